@@ -1,0 +1,75 @@
+"""The model's settings: one frozen dataclass that every decoder family is a value of.
+
+Defaults live in configs/base.yaml (with a line of doc each) and presets in configs/model/*.yaml;
+this class only fixes the names, the types and the allowed values, so that the model package never
+depends on how configs are loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+BLOCKS = ("parallel", "sequential")
+MLPS = ("swiglu", "gelu")
+NORMS = ("rmsnorm", "layernorm")
+POSITIONS = ("rope", "learned")
+REMAT_POLICIES = ("none", "full", "save_dots")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer; PaLM, Llama and GPT-3 are particular values of these fields."""
+
+    name: str
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    d_ff: int
+    max_seq_len: int
+    block: str
+    mlp: str
+    norm: str
+    norm_eps: float
+    positions: str
+    rope_theta: float
+    use_bias: bool
+    tie_embeddings: bool
+    z_loss: float
+    init_std: float
+    dtype: str
+    param_dtype: str
+    remat: str
+    scan_layers: bool
+
+    @property
+    def num_query_groups(self) -> int:
+        """Query heads that share one key/value head (1 = multi-head, num_heads = multi-query)."""
+        return self.num_heads // self.num_kv_heads
+
+
+def model_config_errors(cfg: ModelConfig) -> list[tuple[str, object, str]]:
+    """Returns (key, value, what would be valid) for every inconsistent field; empty when valid."""
+    errors = []
+    for key, allowed in (("block", BLOCKS), ("mlp", MLPS), ("norm", NORMS), ("positions", POSITIONS),
+                     ("remat", REMAT_POLICIES), ("dtype", DTYPES), ("param_dtype", DTYPES[1:])):
+        value = getattr(cfg, key)
+        if value not in allowed:
+            errors.append((key, value, f"one of {', '.join(allowed)}"))
+    for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
+              "max_seq_len"):
+        if getattr(cfg, key) < 1:
+            errors.append((key, getattr(cfg, key), "a positive integer"))
+    if cfg.num_kv_heads >= 1 and cfg.num_heads % cfg.num_kv_heads:
+        errors.append(("num_kv_heads", cfg.num_kv_heads, f"a divisor of num_heads={cfg.num_heads}"))
+    if cfg.positions == "rope" and cfg.head_dim % 2:
+        errors.append(("head_dim", cfg.head_dim, "an even number (rotary embeddings rotate pairs)"))
+    for key in ("norm_eps", "rope_theta", "init_std"):
+        if getattr(cfg, key) <= 0:
+            errors.append((key, getattr(cfg, key), "a positive number"))
+    if cfg.z_loss < 0:
+        errors.append(("z_loss", cfg.z_loss, "a number >= 0"))
+    return errors

@@ -1,0 +1,92 @@
+"""The typed tree of an experiment: the single truth that YAML files, gin files and `key=value`
+overrides all resolve to.
+
+Fields carry no defaults here on purpose: configs/base.yaml holds every default with a line of doc,
+so there is one place to read and change them. The loader rejects a base.yaml that misses a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model.config import ModelConfig
+
+OPTIMIZERS = ("adamw", "adafactor")
+SCHEDULES = ("cosine", "rsqrt", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where text comes from, how it is tokenized and packed into rows."""
+
+    dataset: str
+    text_dir: str | None
+    text_key: str
+    data_dir: str
+    train_split: str
+    eval_split: str
+    eval_fraction: float
+    tokenizer: str | None
+    seq_len: int
+    shuffle: bool
+    prefetch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How many steps, how big a batch, how often to log and evaluate."""
+
+    steps: int
+    batch_size: int
+    batch_ramp: tuple[tuple[int, int], ...]
+    microbatches: int
+    log_every: int
+    eval_every: int
+    eval_batches: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The update rule and its learning-rate schedule."""
+
+    name: str
+    learning_rate: float
+    schedule: str
+    warmup_steps: int
+    decay_steps: int | None
+    min_lr_ratio: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    grad_clip: float
+    adafactor_decay_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When checkpoints are written and which are kept."""
+
+    every: int
+    keep: int
+    keep_every: int | None
+    async_save: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole run. `model` is filled from a preset (configs/model/) and then overridden."""
+
+    name: str
+    run_dir: str | None
+    seed: int
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    optimizer: OptimizerConfig
+    checkpoint: CheckpointConfig
+
+
+# The sections whose change makes an existing run directory a different run (resuming it with
+# other values would silently train a different model on different data).
+RUN_IDENTITY_SECTIONS = ("seed", "model", "data", "optimizer")
