@@ -1,8 +1,18 @@
-"""Experiment configuration: one typed tree (schema.py), reached from YAML, gin and `key=value`."""
+"""Experiment configuration: one typed tree (schema.py), reached from YAML, gin and `key=value`.
 
-from trainer.config.presets import model_preset
-from trainer.config.schema import (CheckpointConfig, DataConfig, ExperimentConfig, OptimizerConfig,
-                                   TrainConfig)
+load_experiment resolves base.yaml -> preset -> experiment -> overrides; config_to_dict,
+config_from_dict, dump_config and load_config_file move a resolved config to and from a run
+directory; config_differences tells whether a saved run and a new config are the same run.
+"""
 
-__all__ = ["model_preset", "CheckpointConfig", "DataConfig", "ExperimentConfig", "OptimizerConfig",
-           "TrainConfig"]
+from trainer.config.loader import experiment_names, load_experiment
+from trainer.config.presets import model_preset, preset_fields, preset_names
+from trainer.config.schema import (RUN_IDENTITY_SECTIONS, CheckpointConfig, DataConfig,
+                                   ExperimentConfig, OptimizerConfig, TrainConfig)
+from trainer.config.serialize import (config_differences, config_from_dict, config_to_dict,
+                                      dump_config, load_config_file)
+
+__all__ = ["load_experiment", "experiment_names", "model_preset", "preset_fields", "preset_names",
+           "config_to_dict", "config_from_dict", "dump_config", "load_config_file",
+           "config_differences", "RUN_IDENTITY_SECTIONS", "CheckpointConfig", "DataConfig",
+           "ExperimentConfig", "OptimizerConfig", "TrainConfig"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import yaml
-
 from model.config import ModelConfig
+from trainer.config.errors_fmt import did_you_mean
 from trainer.config.paths import BASE_YAML, MODEL_PRESET_DIR
+from trainer.config.yamlio import read_yaml_mapping
 from trainer.errors import ConfigError
 
 
@@ -15,19 +15,20 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in MODEL_PRESET_DIR.glob("*.yaml"))
 
 
-def preset_fields(name: str) -> dict:
-    """The model fields a preset sets (base defaults not included)."""
+def preset_fields(name: str, source: str = "model=") -> dict:
+    """The model fields a preset sets (base defaults not included); unknown names list the known."""
     path = MODEL_PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"model={name!r}: no such preset; known presets: {', '.join(preset_names())}")
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    if "/" in name or not path.is_file():
+        known = preset_names()
+        raise ConfigError(f"model={name!r} (from {source}): no such preset (known: "
+                          f"{', '.join(known)}){did_you_mean(name, known)}")
+    return read_yaml_mapping(path)
 
 
 def model_preset(name: str, **overrides) -> ModelConfig:
-    """A ModelConfig from a preset name plus field overrides (no validation beyond the fields' names)."""
-    with open(BASE_YAML) as f:
-        fields = dict(yaml.safe_load(f)["model"])
+    """A ModelConfig from a preset name plus field overrides (no validation beyond the fields' names;
+    load_experiment is the checked path)."""
+    fields = dict(read_yaml_mapping(BASE_YAML)["model"])
     fields.update(preset_fields(name))
     fields.update(overrides)
     known = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -1,0 +1,76 @@
+"""Causal self-attention over packed rows, with any number of key/value heads from 1 to num_heads.
+
+One code path covers multi-head (Llama 2 7B, GPT-3), grouped-query and multi-query (PaLM)
+attention: queries are grouped as [batch, length, kv_heads, group, head_dim] so each key/value head
+is read by its group of query heads without copying keys and values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model import axes
+from model.config import ModelConfig
+from model.layers import Dense
+from model.rope import apply_rope
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """[batch, query, key] booleans: key j is visible from query i when j <= i in the same segment.
+
+    Segment 0 marks padding; padding tokens see only earlier padding, and every token sees at least
+    itself, so no row of the softmax is empty and padding cannot produce NaNs.
+    """
+    length = segment_ids.shape[-1]
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return causal[None] & same_segment
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(head_dim)) v with q [B, T, H, D], k and v [B, S, Hkv, D], mask [B, T, S].
+
+    Scores and softmax are float32 whatever the compute dtype: bfloat16 logits lose the small
+    differences that decide long-range attention. Query head h reads key/value head h // group,
+    the same assignment as Hugging Face's repeat_kv.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(head_dim)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, length, heads, head_dim)
+
+
+class Attention(nnx.Module):
+    """Query, key, value and output projections around dot_product_attention."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        e, h, hkv, d = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        kv_names = (axes.EMBED, axes.KV_HEADS, axes.KV)
+        self.query = Dense(cfg, (e,), (h, d), (axes.EMBED, axes.HEADS, axes.KV), use_bias=cfg.use_bias,
+                           rngs=rngs)
+        self.key = Dense(cfg, (e,), (hkv, d), kv_names, use_bias=cfg.use_bias, rngs=rngs)
+        self.value = Dense(cfg, (e,), (hkv, d), kv_names, use_bias=cfg.use_bias, rngs=rngs)
+        self.out = Dense(cfg, (h, d), (e,), (axes.HEADS, axes.KV, axes.EMBED), use_bias=cfg.use_bias,
+                         rngs=rngs)
+        self.rope_theta = cfg.rope_theta if cfg.positions == "rope" else None
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        if self.rope_theta is not None:
+            q = apply_rope(q, positions, self.rope_theta)
+            k = apply_rope(k, positions, self.rope_theta)
+        # Keys and values are left to follow their kernels' layout: with one key/value head
+        # (multi-query) their head axis cannot be split like the query heads.
+        head_axes = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
+        q = axes.constrain(q, head_axes)
+        out = axes.constrain(dot_product_attention(q, k, v, mask), head_axes)
+        return self.out(out)

@@ -1,0 +1,23 @@
+"""Shared fixtures: one prepared copy of the embedded corpus and its tokenizer for the whole session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir with python_docs prepared and a 512-piece tokenizer cached, built once."""
+    from trainer.config import load_experiment
+    from trainer.data import prepare_dataset, tokenizer_for
+
+    path = tmp_path_factory.mktemp("datasets")
+    cfg = load_experiment(None, [f"data.data_dir={path}", *SMALL_MODEL])
+    prepare_dataset(cfg.data)
+    tokenizer_for(cfg.data, cfg.model.vocab_size)
+    return path
+
+
+# A model small enough that a training step takes milliseconds on one CPU core.
+SMALL_MODEL = ["model.vocab_size=512", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
+               "model.head_dim=16", "model.d_ff=64", "data.seq_len=32", "train.batch_size=4"]

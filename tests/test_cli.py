@@ -1,0 +1,91 @@
+"""The command lines as a user runs them: exit codes, one-line errors, nothing written on bad input,
+a clean checkpoint on SIGTERM, and the tokenizer command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMALL_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def meshtrain(*args, cwd, timeout=300):
+    """Runs `python -m tools.cli ARGS` (the console script's code) and returns the finished process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+BAD_INPUTS = [
+    (["train", "trian.steps=5"], "did you mean 'train.steps'"),
+    (["train", "train.steps=abc"], "train.steps"),
+    (["train", "train.steps=-1"], "train.steps"),
+    (["train", "model=palm-9000b"], "palm-9000b"),
+    (["train", "configs/experiment/nope.yaml"], "nope.yaml"),
+    (["train", "model.num_kv_heads=3"], "num_kv_heads"),
+    (["train", "--gin_param", "TrainConfig.stepz=3"], "stepz"),
+    (["train", "data.dataset=c4/en:3.1.0"], "c4/en:3.1.0"),
+    (["tokenizer", "data.dataset=local_text", "data.text_dir=/no/such/dir"], "/no/such/dir"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(args, fragment, tmp_path):
+    data_dir = tmp_path / "datasets"
+    result = meshtrain(*args, f"data.data_dir={data_dir}", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("meshtrain: error:"), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = meshtrain("train", "trian.steps=5", "--debug", cwd=tmp_path, timeout=120)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(data_dir, tmp_path):
+    args = ["train", f"data.data_dir={data_dir}", *SMALL_MODEL, "train.steps=100000", "train.log_every=1",
+            "train.eval_every=0", "checkpoint.every=100000", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "default" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "interrupted" in stdout
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    checkpoints = sorted(int(p.name) for p in (tmp_path / "runs/default/checkpoints").iterdir() if p.name.isdigit())
+    assert checkpoints == [last_logged + 1]
+
+    resumed = meshtrain(*args[:-1], f"train.steps={last_logged + 3}", "--no-progress", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"steps {last_logged + 1}->{last_logged + 3}" in resumed.stdout
+
+
+def test_tokenizer_command_trains_a_round_tripping_model(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.txt").write_text(f"Document {i}: the quick brown fox\n\tjumps  over {i * 7} dogs.\n" * 20)
+    output = tmp_path / "tok.model"
+    result = meshtrain("tokenizer", "data.dataset=local_text", f"data.text_dir={corpus}",
+                       f"data.data_dir={tmp_path / 'datasets'}", "model.vocab_size=300",
+                       f"--output={output}", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert output.is_file() and "round trip exact" in result.stdout

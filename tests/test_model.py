@@ -1,0 +1,254 @@
+"""The decoder's contract: published parameter counts, packed-row isolation, causality, layouts that
+must agree (scan/unrolled, remat policies, grouped/repeated heads), named parameters, dtypes, training."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from model import axes
+from model.decoder import Decoder
+from model.loss import cross_entropy_loss
+from model.params import count_params
+from model.rope import apply_rope
+from trainer.config import model_preset
+
+# Small enough to compile in a second on a CPU, large enough to have groups, layers and a vocab.
+SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,
+             max_seq_len=32, dtype="float32", z_loss=1e-4)
+VARIANTS = {
+    "palm": dict(),
+    "mqa": dict(num_kv_heads=1),
+    "mha": dict(num_kv_heads=4),
+    "llama": dict(block="sequential", tie_embeddings=False, num_kv_heads=4),
+    "gpt3": dict(block="sequential", mlp="gelu", norm="layernorm", positions="learned", use_bias=True),
+}
+LENGTH = 16
+
+
+@nnx.jit
+def run(model, tokens, positions, segment_ids):
+    """One compiled forward per config and shape; eager op-by-op dispatch would dominate test time."""
+    return model(tokens, positions, segment_ids)
+
+
+def small(**overrides):
+    return model_preset("tiny", **{**SMALL, **overrides})
+
+
+def inputs(batch=2, seed=0):
+    tokens = jax.random.randint(jax.random.key(seed), (batch, LENGTH), 0, SMALL["vocab_size"])
+    positions = jnp.tile(jnp.arange(LENGTH), (batch, 1))
+    return tokens, positions, jnp.ones((batch, LENGTH), jnp.int32)
+
+
+# --- parameter counts ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset, billions", [("palm-8b", 8.63), ("palm-62b", 62.50), ("palm-540b", 540.35)])
+def test_palm_counts_match_table_1(preset, billions):
+    count = count_params(model_preset(preset))
+    # PaLM's Table 1 leaves out the norm scales (2.2M at 540B, enough to round 540.354 up to .36).
+    assert round((count.total - count.norm) / 1e9, 2) == billions
+
+
+def test_llama2_7b_count():
+    assert round(count_params(model_preset("llama2-7b")).total / 1e9, 2) == 6.74
+
+
+def test_gpt3_175b_count():
+    assert abs(count_params(model_preset("gpt3-175b")).total / 175e9 - 1) < 0.005
+
+
+@pytest.mark.parametrize("variant", ["palm", "llama", "gpt3"])
+def test_count_equals_instantiated_model(variant):
+    cfg = small(**VARIANTS[variant])
+    params = nnx.state(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    real = sum(x.size for x in jax.tree.leaves(params))
+    count = count_params(cfg)
+    assert count.total == real
+    assert count.embedding == cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2) + (
+        cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0)
+    norms_per_layer = 1 if cfg.block == "parallel" else 2
+    assert count.norm == (cfg.num_layers * norms_per_layer + 1) * cfg.d_model * (2 if cfg.use_bias else 1)
+
+
+# --- packed rows and causality ------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", ["parallel", "sequential"])
+def test_packed_documents_do_not_see_each_other(block):
+    model = Decoder(small(block=block), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (1, LENGTH), 0, SMALL["vocab_size"])
+    # Doc 1 at 0..8, doc 2 at 9..13 (positions restart at 0), then 2 padding tokens.
+    segments = jnp.array([[1] * 9 + [2] * 5 + [0] * 2])
+    positions = jnp.array([list(range(9)) + list(range(5)) + [0, 0]])
+    doc1, doc2 = slice(0, 9), slice(9, 14)
+    logits = run(model, tokens, positions, segments)
+    assert np.isfinite(logits).all()  # padding rows included
+
+    other_doc2 = tokens.at[:, doc2].set((tokens[:, doc2] + 1) % SMALL["vocab_size"])
+    np.testing.assert_array_equal(run(model, other_doc2, positions, segments)[:, doc1], logits[:, doc1])
+    other_doc1 = tokens.at[:, doc1].set((tokens[:, doc1] + 1) % SMALL["vocab_size"])
+    changed = run(model, other_doc1, positions, segments)
+    np.testing.assert_allclose(changed[:, doc2], logits[:, doc2], atol=1e-6)
+    # Not vacuous: in one segment the same change does reach the later tokens.
+    one_segment = jnp.ones_like(segments)
+    assert not np.allclose(run(model, other_doc1, positions, one_segment)[:, doc2],
+                           run(model, tokens, positions, one_segment)[:, doc2], atol=1e-6)
+    # Doc 2 packed behind doc 1 computes exactly what it computes alone.
+    alone = run(model, tokens[:, doc2], positions[:, doc2], jnp.ones((1, 5), jnp.int32))
+    np.testing.assert_allclose(logits[:, doc2], alone, atol=1e-5)
+
+
+def test_later_tokens_do_not_change_earlier_logits():
+    model = Decoder(small(), rngs=nnx.Rngs(0))
+    tokens, positions, segments = inputs()
+    logits = run(model, tokens, positions, segments)
+    changed = run(model, tokens.at[:, 10].set((tokens[:, 10] + 1) % SMALL["vocab_size"]), positions, segments)
+    np.testing.assert_array_equal(changed[:, :10], logits[:, :10])
+    assert not np.allclose(changed[:, 10:], logits[:, 10:])
+
+
+# --- layouts that must agree --------------------------------------------------------------------
+
+def test_scan_and_unrolled_layers_agree():
+    scanned = Decoder(small(scan_layers=True), rngs=nnx.Rngs(0))
+    unrolled = Decoder(small(scan_layers=False), rngs=nnx.Rngs(0))
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
+    assert shapes(scanned) == shapes(unrolled)
+    np.testing.assert_allclose(run(unrolled, *inputs()), run(scanned, *inputs()), atol=1e-5)
+
+
+def loss_and_grads(cfg):
+    graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    tokens, positions, segments = inputs()
+
+    def loss_fn(params):
+        logits = nnx.merge(graphdef, params)(tokens, positions, segments)
+        return cross_entropy_loss(logits[:, :-1], tokens[:, 1:], segments[:, 1:], cfg.z_loss)[0]
+
+    return jax.jit(jax.value_and_grad(loss_fn))(params)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_remat_policies_change_nothing_but_memory(scan_layers):
+    loss, grads = loss_and_grads(small(remat="none", scan_layers=scan_layers))
+    for policy in ("full", "save_dots"):
+        other_loss, other_grads = loss_and_grads(small(remat=policy, scan_layers=scan_layers))
+        np.testing.assert_allclose(other_loss, loss, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), other_grads, grads)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_attention_equals_heads_repeated(kv_heads):
+    """Query head h reads key/value head h // group (Hugging Face's repeat_kv), so repeating each
+    key/value head group times must turn the model into an equivalent multi-head one."""
+    grouped = Decoder(small(num_kv_heads=kv_heads), rngs=nnx.Rngs(0))
+    multi_head = Decoder(small(num_kv_heads=SMALL["num_heads"]), rngs=nnx.Rngs(0))
+    group = SMALL["num_heads"] // kv_heads
+    params = nnx.state(grouped, nnx.Param)
+    attention = params["layers"]["attention"]
+    for name in ("key", "value"):
+        attention[name]["kernel"].set_value(jnp.repeat(attention[name]["kernel"][...], group, axis=2))
+    nnx.update(multi_head, params)
+    np.testing.assert_allclose(run(multi_head, *inputs()), run(grouped, *inputs()), atol=1e-5)
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, 8))
+    score = lambda m, n: jnp.sum(apply_rope(q, jnp.array([[m]]), 1e4) * apply_rope(k, jnp.array([[n]]), 1e4))
+    np.testing.assert_allclose(score(7, 3), score(107, 103), rtol=1e-4)
+    assert not np.isclose(score(7, 3), score(7, 4))
+
+
+# --- parameter names, variants, dtypes, training ------------------------------------------------
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_parameter_has_logical_axis_names(variant):
+    params = nnx.state(Decoder(small(**VARIANTS[variant]), rngs=nnx.Rngs(0)), nnx.Param)
+    names = dict(nnx.to_flat_state(axes.logical_axes(params)))
+    shapes = dict(nnx.to_flat_state(params))
+    assert names.keys() == shapes.keys()
+    for path, axis_names in names.items():
+        assert len(axis_names) == shapes[path].ndim, path
+        assert set(axis_names) <= set(axes.ALL), path
+        stacked = path[0] == "layers"
+        assert (axis_names[0] == axes.LAYERS) == stacked and axis_names.count(axes.LAYERS) == stacked, path
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_produce_finite_logits(variant):
+    logits = run(Decoder(small(**VARIANTS[variant]), rngs=nnx.Rngs(0)), *inputs())
+    assert logits.shape == (2, LENGTH, SMALL["vocab_size"]) and logits.dtype == jnp.float32
+    assert np.isfinite(logits).all()
+
+
+def dot_operand_dtypes(jaxpr):
+    """The dtypes of every dot_general operand in a jaxpr, scan and checkpoint bodies included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield from (v.aval.dtype for v in eqn.invars)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from dot_operand_dtypes(sub)
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_bfloat16_compute_with_float32_params(tie_embeddings):
+    model = Decoder(small(dtype="bfloat16", param_dtype="float32", tie_embeddings=tie_embeddings),
+                    rngs=nnx.Rngs(0))
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    logits = run(model, *inputs())
+    assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *inputs()).jaxpr
+    operand_dtypes = list(dot_operand_dtypes(jaxpr))
+    assert len(operand_dtypes) == 2 * 10  # q, k, v, scores, mix, out, 3 in the MLP, logits
+    assert set(operand_dtypes) == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_cross_entropy_and_z_loss():
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 5))
+    targets = jnp.array([[0, 1, 2], [3, 4, 0]])
+    weights = jnp.array([[1, 1, 0], [1, 0, 0]])
+    loss, aux = cross_entropy_loss(logits, targets, weights, z_loss=0.1)
+    log_z = jax.nn.logsumexp(logits, -1)
+    ce = log_z - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    mask = weights.astype(bool)
+    np.testing.assert_allclose(aux["ce"], ce[mask].mean(), rtol=1e-6)
+    np.testing.assert_allclose(aux["z_loss"], 0.1 * (log_z[mask] ** 2).mean(), rtol=1e-6)
+    np.testing.assert_allclose(loss, aux["ce"] + aux["z_loss"], rtol=1e-6)
+    assert aux["tokens"] == 3
+    assert cross_entropy_loss(logits, targets, jnp.zeros_like(weights), 0.1)[0] == 0.0
+
+
+def test_tiny_model_trains():
+    cfg = small()
+    graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    tokens, positions, segments = inputs(batch=4)
+    optimizer = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss_fn(params):
+            logits = nnx.merge(graphdef, params)(tokens, positions, segments)
+            return cross_entropy_loss(logits[:, :-1], tokens[:, 1:], segments[:, 1:], cfg.z_loss)[1]["ce"]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = optimizer.init(params)
+    losses = []
+    for _ in range(15):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert abs(losses[0] - math.log(cfg.vocab_size)) < 0.2  # the init starts near uniform predictions
+    assert losses[-1] < losses[0] - 1.0

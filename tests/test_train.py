@@ -1,0 +1,114 @@
+"""The training loop end to end on the embedded corpus: resume, accumulation, ramps, run directories."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL_MODEL
+from trainer.checkpoint import Checkpoints
+from trainer.config import load_experiment
+from trainer.errors import ConfigError
+from trainer.loop import train
+from trainer.train_state import abstract_state, model_def, optimizer_for
+
+
+def experiment(data_dir, run_dir, *overrides):
+    return load_experiment(None, [f"data.data_dir={data_dir}", f"run_dir={run_dir}", *SMALL_MODEL,
+                                  "train.eval_every=0", *overrides])
+
+
+def logged(run_dir, key="loss"):
+    """{step: value} from metrics.jsonl (a resumed run's later lines win, as a reader would take them)."""
+    values = {}
+    for line in open(run_dir / "metrics.jsonl"):
+        record = json.loads(line)
+        if key in record:
+            values[record["step"]] = record[key]
+    return values
+
+
+def final_state(cfg):
+    mdef = model_def(cfg)
+    checkpoints = Checkpoints(f"{cfg.run_dir}/checkpoints", cfg.checkpoint)
+    step, state, data_state = checkpoints.restore_latest(abstract_state(cfg, mdef, optimizer_for(cfg, mdef)))
+    checkpoints.close()
+    return step, state, data_state
+
+
+def assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path):
+    common = ["train.log_every=1", "checkpoint.every=3", "optimizer.decay_steps=6",
+              "optimizer.warmup_steps=2"]
+    whole = experiment(data_dir, tmp_path / "whole", "train.steps=6", *common)
+    train(whole, progress=False)
+    half = experiment(data_dir, tmp_path / "halves", "train.steps=3", *common)
+    first = train(half, progress=False)
+    assert first.end_step == 3
+    resumed = train(experiment(data_dir, tmp_path / "halves", "train.steps=6", *common), progress=False)
+    assert (resumed.start_step, resumed.end_step) == (3, 6)
+
+    assert logged(tmp_path / "whole") == logged(tmp_path / "halves")
+    assert len(logged(tmp_path / "whole")) == 6
+    step_a, state_a, data_a = final_state(whole)
+    step_b, state_b, data_b = final_state(half)
+    assert step_a == step_b == 6
+    assert data_a == data_b
+    assert_trees_equal(state_a, state_b)
+
+
+def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
+    one = experiment(data_dir, tmp_path / "one", "train.steps=2", "train.log_every=1")
+    two = experiment(data_dir, tmp_path / "two", "train.steps=2", "train.log_every=1", "train.microbatches=2")
+    train(one, progress=False)
+    train(two, progress=False)
+    losses_one, losses_two = logged(tmp_path / "one"), logged(tmp_path / "two")
+    for step in losses_one:
+        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-5)
+    _, state_one, _ = final_state(one)
+    _, state_two, _ = final_state(two)
+    for x, y in zip(jax.tree.leaves(state_one["params"]), jax.tree.leaves(state_two["params"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_batch_ramp_changes_the_batch_at_the_given_steps(data_dir, tmp_path):
+    cfg = experiment(data_dir, tmp_path / "ramp", "train.steps=5", "train.log_every=1",
+                     "train.batch_ramp=[[2, 8], [4, 12]]", "checkpoint.every=100")
+    train(cfg, progress=False)
+    assert logged(tmp_path / "ramp", "batch_size") == {0: 4, 1: 4, 2: 8, 3: 8, 4: 12}
+
+
+def test_run_directory_with_another_model_is_refused_and_left_alone(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    train(experiment(data_dir, run_dir, "train.steps=1"), progress=False)
+    before = (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"model\.num_layers.*2.*3"):
+        train(experiment(data_dir, run_dir, "train.steps=2", "model.num_layers=3"), progress=False)
+    assert (run_dir / "config.yaml").read_text() == before
+
+
+def test_run_directory_records_config_metrics_events_and_checkpoints(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = experiment(data_dir, run_dir, "train.steps=4", "train.log_every=2", "train.eval_every=2",
+                     "train.eval_batches=1")
+    summary = train(cfg, progress=False)
+    assert load_experiment(str(run_dir / "config.yaml")) == cfg
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [0, 2, 3]
+    for record in train_records:
+        assert {"step", "loss", "tokens_per_sec", "step_time_s", "learning_rate"} <= set(record)
+        assert record["tokens_per_sec"] > 0 and np.isfinite(record["loss"])
+    assert [r["step"] for r in records if "eval_loss" in r] == [1, 3]
+    assert summary.last_eval_loss == pytest.approx(records[-1]["eval_loss"])
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert final_state(cfg)[0] == 4

@@ -1,0 +1,28 @@
+"""The `meshtrain` console script: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tools import tokenizer
+from trainer import train
+from trainer.cli import run_with_user_errors
+
+SUBCOMMANDS = {
+    "train": (train, "train an experiment (default: configs/experiment/default.yaml)"),
+    "tokenizer": (tokenizer, "train a sentencepiece tokenizer on an experiment's dataset"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshtrain", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        module.build_parser(commands.add_parser(name, help=help_text, description=module.__doc__))
+    args = parser.parse_args(argv)
+    return run_with_user_errors(SUBCOMMANDS[args.command][0].run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""`meshtrain tokenizer` (also `python -m tools.tokenizer`): train a sentencepiece model on a dataset.
+
+Takes an experiment like `meshtrain train` does and trains on its dataset's train split with
+`model.vocab_size` pieces. Without --output the model goes where training looks for it (the cache
+in data.data_dir), so a later `meshtrain train` of the same experiment uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.cli import add_experiment_arguments, quiet_libraries, run_with_user_errors, split_experiment_and_overrides
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="meshtrain tokenizer", description=__doc__)
+    add_experiment_arguments(parser)
+    parser.add_argument("--output", help="where to write the .model (default: the experiment's tokenizer cache)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.config import load_experiment
+    from trainer.data import encode, load_tokenizer, open_split, prepare_dataset, train_tokenizer
+    from trainer.data.tokenizer import tokenizer_path
+
+    experiment, overrides = split_experiment_and_overrides(args.args)
+    cfg = load_experiment(experiment, overrides, gin_files=args.gin_file, gin_params=args.gin_param)
+    quiet_libraries()
+    prepare_dataset(cfg.data)
+    source = open_split(cfg.data, cfg.data.train_split)
+    output = args.output or tokenizer_path(cfg.data, cfg.model.vocab_size)
+    train_tokenizer((source[i] for i in range(len(source))), cfg.model.vocab_size, output)
+    tokenizer = load_tokenizer(output)
+    sample = source[0]
+    ids = encode(tokenizer, sample)
+    print(f"{output}: {tokenizer.get_piece_size()} pieces, trained on {len(source)} documents of "
+          f"{cfg.data.dataset!r}; {len(sample) / max(len(ids), 1):.2f} characters per token on the "
+          f"first document, round trip {'exact' if tokenizer.decode(ids) == sample else 'NOT exact'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_with_user_errors(run, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""What every meshtrain command line shares: argument shapes and how user errors are shown."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from trainer.errors import UserError
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """EXPERIMENT [key=value ...] plus gin's --gin_file/--gin_param, as train, eval and cost take them."""
+    parser.add_argument("args", nargs="*", metavar="[EXPERIMENT] [key=value ...]",
+                        help="an experiment YAML (path, or name in configs/experiment/; default: default) "
+                             "followed by dotted overrides such as train.steps=100 model=palm-8b")
+    parser.add_argument("--gin_file", action="append", default=[], help="a gin file binding the config dataclasses")
+    parser.add_argument("--gin_param", action="append", default=[], help="a gin binding, e.g. 'TrainConfig.steps=10'")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+
+
+def split_experiment_and_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The experiment is the first argument without '='; everything else is an override."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def quiet_libraries() -> None:
+    """TFDS and Orbax report routine file operations (even as warnings) through absl; a user wants
+    our progress bar and our own warnings, which go through the `trainer` logger."""
+    import tensorflow_datasets as tfds
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("trainer").setLevel(logging.WARNING)
+    tfds.disable_progress_bar()  # Preparing our corpora takes a second; its bars would bury ours.
+
+
+def run_with_user_errors(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Runs `main`; a UserError becomes one line on stderr and exit code 2 (a traceback with --debug)."""
+    try:
+        return main(args)
+    except UserError as error:
+        if getattr(args, "debug", False):
+            raise
+        print(f"meshtrain: error: {error}", file=sys.stderr)
+        return 2

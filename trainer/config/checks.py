@@ -1,0 +1,136 @@
+"""Value checks on a typed ExperimentConfig: ranges, choices and cross-field rules.
+
+They run on every config any front door produces (YAML, gin, a run directory's config.yaml), so an
+impossible setting stops the run before a directory is created or a step is compiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from model import config as model_config
+from trainer.config.errors_fmt import did_you_mean, show
+from trainer.config.schema import OPTIMIZERS, SCHEDULES, ExperimentConfig
+from trainer.errors import ConfigError
+
+_positive = (lambda v: v >= 1, "a positive integer")
+_non_negative = (lambda v: v >= 0, "an integer >= 0")
+_non_empty = (lambda v: bool(v.strip()), "a non-empty string")
+_unit = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+# dotted key -> (predicate, what would be valid). None values of `X | None` fields are not checked.
+RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "name": _non_empty,
+    "run_dir": _non_empty,
+    "seed": _non_negative,
+    "data.dataset": _non_empty,
+    "data.text_dir": _non_empty,
+    "data.text_key": _non_empty,
+    "data.data_dir": _non_empty,
+    "data.train_split": _non_empty,
+    "data.eval_split": _non_empty,
+    "data.eval_fraction": _unit,
+    "data.tokenizer": _non_empty,
+    "data.seq_len": _positive,
+    "data.prefetch": _non_negative,
+    "train.steps": _positive,
+    "train.batch_size": _positive,
+    "train.microbatches": _positive,
+    "train.log_every": _positive,
+    "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = never)"),
+    "train.eval_batches": _positive,
+    "optimizer.learning_rate": (lambda v: v > 0, "a positive number"),
+    "optimizer.warmup_steps": _non_negative,
+    "optimizer.decay_steps": _positive,
+    "optimizer.min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "optimizer.b1": _unit,
+    "optimizer.b2": _unit,
+    "optimizer.eps": (lambda v: v > 0, "a positive number"),
+    "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "optimizer.grad_clip": (lambda v: v >= 0, "a number >= 0 (0 = no clipping)"),
+    "optimizer.adafactor_decay_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "checkpoint.every": _positive,
+    "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1 (the latest checkpoint is always kept)"),
+    "checkpoint.keep_every": _positive,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer.name": OPTIMIZERS,
+    "optimizer.schedule": SCHEDULES,
+    "model.block": model_config.BLOCKS,
+    "model.mlp": model_config.MLPS,
+    "model.norm": model_config.NORMS,
+    "model.positions": model_config.POSITIONS,
+    "model.remat": model_config.REMAT_POLICIES,
+    "model.dtype": model_config.DTYPES,
+    "model.param_dtype": model_config.DTYPES[1:],
+}
+
+
+def _get(cfg: ExperimentConfig, key: str) -> object:
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _problem(key: str, value: object, want: str, sources: Mapping[str, str]) -> str:
+    where = f", from {sources[key]}" if key in sources else ""
+    hint = did_you_mean(value, CHOICES[key]) if key in CHOICES and isinstance(value, str) else ""
+    return f"{key}={show(value)}{where}: expected {want}{hint}"
+
+
+def config_problems(cfg: ExperimentConfig, sources: Mapping[str, str] = {}) -> list[str]:
+    """Every invalid value as one line naming key, value, origin and what would be valid."""
+    problems = []
+    for key, (ok, want) in RANGES.items():
+        value = _get(cfg, key)
+        if value is not None and not ok(value):
+            problems.append(_problem(key, value, want, sources))
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed and not key.startswith("model."):
+            problems.append(_problem(key, value, f"one of {', '.join(allowed)}", sources))
+    for key, value, want in model_config.model_config_errors(cfg.model):
+        problems.append(_problem(f"model.{key}", value, want, sources))
+    problems.extend(_cross_field_problems(cfg, sources))
+    return problems
+
+
+def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> list[str]:
+    """Rules that tie two fields together; each message names both."""
+    out = []
+    train, micro = cfg.train, cfg.train.microbatches
+    if micro >= 1 and train.batch_size % micro:
+        out.append(_problem("train.batch_size", train.batch_size,
+                            f"a multiple of train.microbatches={micro}", sources))
+    previous = 0
+    for i, (step, size) in enumerate(train.batch_ramp):
+        entry = f"train.batch_ramp[{i}]=[{step}, {size}]"
+        if step <= previous:
+            out.append(f"{entry}: steps must be positive and strictly increasing "
+                       f"(expected a step > {previous})")
+        if size < 1 or (micro >= 1 and size % micro):
+            out.append(f"{entry}: expected a positive batch size divisible by "
+                       f"train.microbatches={micro}")
+        previous = max(previous, step)
+    if cfg.model.positions == "learned" and cfg.data.seq_len > cfg.model.max_seq_len:
+        out.append(_problem("data.seq_len", cfg.data.seq_len, f"at most model.max_seq_len="
+                            f"{cfg.model.max_seq_len} (learned positions have that many rows)",
+                            sources))
+    if cfg.data.dataset == "local_text" and cfg.data.text_dir is None:
+        out.append(_problem("data.text_dir", None, "a directory of .txt/.jsonl files when "
+                            "data.dataset=local_text", sources))
+    opt = cfg.optimizer
+    if opt.schedule == "cosine" and opt.decay_steps is not None and opt.decay_steps <= opt.warmup_steps:
+        out.append(_problem("optimizer.decay_steps", opt.decay_steps,
+                            f"more than optimizer.warmup_steps={opt.warmup_steps}", sources))
+    return out
+
+
+def check_config(cfg: ExperimentConfig, sources: Mapping[str, str] = {}) -> ExperimentConfig:
+    """cfg unchanged, or ConfigError listing every problem on one line."""
+    problems = config_problems(cfg, sources)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg

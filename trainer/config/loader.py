@@ -1,0 +1,60 @@
+"""load_experiment: the one entry point that turns an experiment name, `key=value` overrides and
+gin files/params into a checked ExperimentConfig, raising ConfigError before anything is written."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from trainer.config.errors_fmt import did_you_mean
+from trainer.config.gin_front import gin_layers
+from trainer.config.paths import EXPERIMENT_DIR
+from trainer.config.resolve import Layer, normalize_layer, override_layer, resolve_layers
+from trainer.config.schema import ExperimentConfig
+from trainer.config.yamlio import read_yaml_mapping
+from trainer.errors import ConfigError
+
+
+def experiment_names() -> list[str]:
+    """Shipped experiments (configs/experiment/*.yaml)."""
+    return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+
+
+def experiment_path(experiment: str | None) -> Path:
+    """A YAML path, or a bare name resolved in configs/experiment/ (None = default)."""
+    name = "default" if experiment is None else experiment
+    path = Path(name).expanduser()
+    if not path.is_file() and path.suffix not in (".yaml", ".yml") and "/" not in name:
+        path = EXPERIMENT_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = experiment_names()
+        raise ConfigError(f"experiment {name!r}: no such file {path} (shipped experiments: "
+                          f"{', '.join(known)}){did_you_mean(Path(name).stem, known)}")
+    return path
+
+
+def experiment_layer(experiment: str | None) -> Layer:
+    """The experiment file as a layer; without a `name:` it is named after the file's stem."""
+    path = experiment_path(experiment)
+    layer = normalize_layer(str(path), read_yaml_mapping(path))
+    layer.setdefault("name", path.stem)
+    return str(path), layer
+
+
+def load_experiment(experiment: str | None, overrides: Sequence[str] | None = (), *,
+                    gin_files: Sequence[str] | None = (),
+                    gin_params: Sequence[str] | None = ()) -> ExperimentConfig:
+    """Resolves base.yaml -> model preset -> experiment (YAML, then gin files, gin params) ->
+    `key=value` overrides into a checked ExperimentConfig.
+
+    `experiment` is a YAML path or a name in configs/experiment/; None means default.yaml unless
+    gin files are given, which then are the experiment (None for a sequence means empty, as
+    argparse leaves an unused append option). Every problem is a one-line ConfigError."""
+    overrides, gin_files, gin_params = overrides or (), gin_files or (), gin_params or ()
+    if isinstance(overrides, str) or isinstance(gin_files, str) or isinstance(gin_params, str):
+        raise TypeError("overrides, gin_files and gin_params are sequences of strings")
+    use_yaml = experiment is not None or not gin_files
+    layers = [experiment_layer(experiment)] if use_yaml else []
+    layers += gin_layers(gin_files, gin_params, name_from_file=not use_yaml)
+    layers += [override_layer(text) for text in overrides]
+    return resolve_layers(layers)

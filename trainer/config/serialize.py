@@ -1,0 +1,78 @@
+"""A resolved config as plain data and back: the run directory's config.yaml is written here and
+read back strictly, so resuming a run reproduces the exact settings it started with."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from trainer.config.resolve import as_dict, build, flatten
+from trainer.config.schema import ExperimentConfig
+from trainer.config.yamlio import read_yaml_mapping
+
+_HEADER = ("# The fully resolved meshtrain config of this run (every field, no preset).\n"
+           "# Given as the experiment (a YAML path) it repeats the run exactly.\n")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, flow style for short lists of scalars ([50000, 1024])."""
+
+    def represent_list(self, data):
+        flow = all(not isinstance(v, (list, dict)) for v in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _Dumper.represent_list)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict:
+    """Plain nested dict (tuples as lists), safe for yaml.safe_dump and json."""
+    return as_dict(cfg)
+
+
+def config_from_dict(data: dict, source: str = "config dict") -> ExperimentConfig:
+    """The inverse of config_to_dict, with the loader's full strictness: every key must be known,
+    every field present and of its type, every value in range."""
+    return build(data, source=source)
+
+
+def load_config_file(path: str | Path) -> ExperimentConfig:
+    """A config.yaml written by dump_config (e.g. a run directory's) back as a checked config."""
+    return config_from_dict(read_yaml_mapping(path), source=str(path))
+
+
+def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Writes cfg as YAML atomically (temporary file, fsync, os.replace): a crash leaves either
+    the old file or the new one, never half of one."""
+    path = Path(path)
+    text = _HEADER + yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False,
+                               default_flow_style=False)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def config_differences(a: ExperimentConfig, b: ExperimentConfig,
+                       sections: Sequence[str] | None = None) -> list[tuple[str, object, object]]:
+    """(dotted key, a's value, b's value) for every leaf that differs, in field order; `sections`
+    limits the comparison to keys equal to or under those names (e.g. RUN_IDENTITY_SECTIONS)."""
+    if isinstance(sections, str):
+        raise TypeError(f"sections={sections!r}: expected a sequence of section names")
+    flat_a, flat_b = flatten(config_to_dict(a)), flatten(config_to_dict(b))
+    out = []
+    for key, value in flat_a.items():
+        if sections is not None and not any(key == s or key.startswith(f"{s}.") for s in sections):
+            continue
+        if value != flat_b[key]:
+            out.append((key, value, flat_b[key]))
+    return out

@@ -1,0 +1,158 @@
+"""The training loop: from a resolved ExperimentConfig to a trained, checkpointed run directory.
+
+Everything that can fail on bad input (dataset, tokenizer, a run directory holding another run)
+fails before the run directory is written. The loop then only waits on the device at logging,
+eval and checkpoint steps; batches are prepared ahead in a background thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from trainer.batch_schedule import batch_size_at
+from trainer.checkpoint import Checkpoints
+from trainer.config.schema import ExperimentConfig
+from trainer.data import BatchStream, prepare_dataset, tokenizer_for
+from trainer.errors import DataError
+from trainer.metrics_log import MetricsLog
+from trainer.optimizer import learning_rate_schedule
+from trainer.prefetch import Prefetcher
+from trainer.run_dir import check_same_run, open_run_dir, run_dir_path
+from trainer.train_state import abstract_state, init_state, model_def, optimizer_for
+from trainer.train_step import make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class RunSummary:
+    run_dir: str
+    start_step: int
+    end_step: int
+    first_loss: float | None = None
+    last_loss: float | None = None
+    last_eval_loss: float | None = None
+    interrupted: bool = False
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a request to checkpoint and exit at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _load_tokenizer(cfg: ExperimentConfig):
+    tokenizer = tokenizer_for(cfg.data, cfg.model.vocab_size)
+    if tokenizer.get_piece_size() > cfg.model.vocab_size:
+        raise DataError(f"tokenizer has {tokenizer.get_piece_size()} pieces but model.vocab_size="
+                        f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
+    return tokenizer
+
+
+def evaluate(cfg: ExperimentConfig, tokenizer, eval_step, params) -> float:
+    """Mean cross-entropy over the first `eval_batches` batches of the eval split (same ones each time)."""
+    stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.eval_split)
+    rows = cfg.train.batch_size // jax.process_count()
+    ce_sum, tokens = 0.0, 0.0
+    for _ in range(cfg.train.eval_batches):
+        batch_ce, batch_tokens = eval_step(params, jax.device_put(stream.next_batch(rows)))
+        ce_sum, tokens = ce_sum + float(batch_ce), tokens + float(batch_tokens)
+    return ce_sum / max(tokens, 1.0)
+
+
+def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
+    check_same_run(cfg, run_dir_path(cfg))
+    prepare_dataset(cfg.data)
+    tokenizer = _load_tokenizer(cfg)
+    mdef = model_def(cfg)
+    optimizer = optimizer_for(cfg, mdef)
+    run_dir = open_run_dir(cfg)
+
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)
+    stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.train_split)
+    restored = checkpoints.restore_latest(abstract_state(cfg, mdef, optimizer))
+    if restored:
+        start, state, data_state = restored
+        stream.set_state(data_state)
+    else:
+        start, state = 0, jax.jit(lambda: init_state(cfg, mdef, optimizer))()
+    summary = RunSummary(str(run_dir), start, start)
+    if start >= cfg.train.steps:
+        print(f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps}); "
+              f"raise train.steps to continue")
+        checkpoints.close()
+        return summary
+
+    train_step = jax.jit(make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(mdef, cfg.model.z_loss))
+    schedule = learning_rate_schedule(cfg.optimizer, cfg.train.steps)
+    rows_at = lambda step: batch_size_at(cfg.train, step) // jax.process_count()
+    prefetcher = Prefetcher(stream, rows_at, start, cfg.train.steps, cfg.data.prefetch, jax.device_put)
+    log = MetricsLog(run_dir)
+    bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.name, unit="step", disable=not progress,
+               dynamic_ncols=True)
+    interval_start, interval_tokens, interval_steps = time.perf_counter(), 0, 0
+
+    try:
+        with _StopRequest() as stop:
+            for step in range(start, cfg.train.steps):
+                batch, data_state = prefetcher.next()
+                state, metrics = train_step(state, batch)
+                interval_tokens += batch_size_at(cfg.train, step) * cfg.data.seq_len
+                interval_steps += 1
+                summary.end_step = step + 1
+                bar.update(1)
+                last_step = step + 1 == cfg.train.steps
+                if step == start or step % cfg.train.log_every == 0 or last_step or stop.requested:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - interval_start
+                    record = {"loss": metrics["loss"], "ce": metrics["ce"],
+                              "grad_norm": metrics["grad_norm"], "learning_rate": float(schedule(step)),
+                              "batch_size": batch_size_at(cfg.train, step),
+                              "tokens_per_sec": interval_tokens / elapsed,
+                              "step_time_s": elapsed / interval_steps}
+                    log.write(step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:,.0f}")
+                    summary.first_loss = summary.first_loss if summary.first_loss is not None else record["loss"]
+                    summary.last_loss = record["loss"]
+                    interval_start, interval_tokens, interval_steps = time.perf_counter(), 0, 0
+                if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step):
+                    summary.last_eval_loss = evaluate(cfg, tokenizer, eval_step, state["params"])
+                    log.write(step, {"eval_loss": summary.last_eval_loss})
+                    bar.write(f"step {step + 1}: eval loss {summary.last_eval_loss:.4f}")
+                if (step + 1) % cfg.checkpoint.every == 0 or last_step or stop.requested:
+                    checkpoints.save(step + 1, state, data_state)
+                if stop.requested:
+                    summary.interrupted = True
+                    bar.write(f"stopped by signal: checkpoint saved at step {step + 1}")
+                    break
+                # Restart the interval clock after eval/checkpoint work so throughput stays honest.
+                if interval_steps == 0:
+                    interval_start = time.perf_counter()
+    finally:
+        prefetcher.close()
+        bar.close()
+        log.close()
+        checkpoints.close()
+    return summary
