@@ -8,7 +8,7 @@ from flax import nnx
 
 from model import axes
 from model.config import ModelConfig
-from model.dtypes import compute_dtype, param_dtype
+from model.dtypes import param_dtype
 
 
 def param(cfg: ModelConfig, shape: tuple[int, ...], names: tuple[str, ...], rngs: nnx.Rngs,

@@ -112,3 +112,11 @@ def test_run_directory_records_config_metrics_events_and_checkpoints(data_dir, t
     assert summary.last_eval_loss == pytest.approx(records[-1]["eval_loss"])
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert final_state(cfg)[0] == 4
+
+
+def test_checkpoints_keep_the_last_n_and_every_kth(data_dir, tmp_path):
+    cfg = experiment(data_dir, tmp_path / "run", "train.steps=8", "checkpoint.every=1", "checkpoint.keep=2",
+                     "checkpoint.keep_every=4", "train.log_every=100")
+    train(cfg, progress=False)
+    kept = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [4, 7, 8]

@@ -13,7 +13,6 @@ import threading
 import time
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from trainer.batch_schedule import batch_size_at

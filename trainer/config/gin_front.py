@@ -16,7 +16,7 @@ import gin
 
 from trainer.config import tree
 from trainer.config.errors_fmt import did_you_mean
-from trainer.config.paths import GIN_DIR
+from trainer.config.paths import GIN_DIR, shipped_names, shipped_or_path
 from trainer.config.resolve import Layer, normalize_layer
 from trainer.errors import ConfigError
 
@@ -49,19 +49,12 @@ def _all_parameters() -> list[str]:
 
 def gin_names() -> list[str]:
     """Shipped gin experiments (configs/gin/*.gin), for messages and tests."""
-    return sorted(p.stem for p in GIN_DIR.glob("*.gin"))
+    return shipped_names(GIN_DIR, ".gin")
 
 
 def gin_path(name: str) -> Path:
     """A path to a .gin file, or a bare name resolved in configs/gin/."""
-    path = Path(name).expanduser()
-    if not path.is_file() and path.suffix != ".gin" and "/" not in name:
-        path = GIN_DIR / f"{name}.gin"
-    if not path.is_file():
-        known = gin_names()
-        raise ConfigError(f"--gin_file {name!r}: no such file {path} (shipped gin experiments in "
-                          f"{GIN_DIR}: {', '.join(known)}){did_you_mean(Path(name).stem, known)}")
-    return path
+    return shipped_or_path(name, GIN_DIR, ".gin", "--gin_file")
 
 
 def _translate_gin_error(err: Exception, source: str) -> ConfigError:

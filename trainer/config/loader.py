@@ -6,31 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.config.errors_fmt import did_you_mean
 from trainer.config.gin_front import gin_layers
-from trainer.config.paths import EXPERIMENT_DIR
+from trainer.config.paths import EXPERIMENT_DIR, shipped_names, shipped_or_path
 from trainer.config.resolve import Layer, normalize_layer, override_layer, resolve_layers
 from trainer.config.schema import ExperimentConfig
 from trainer.config.yamlio import read_yaml_mapping
-from trainer.errors import ConfigError
 
 
 def experiment_names() -> list[str]:
-    """Shipped experiments (configs/experiment/*.yaml)."""
-    return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+    """Shipped experiments (configs/experiment/*.yaml), for messages and tests."""
+    return shipped_names(EXPERIMENT_DIR, ".yaml")
 
 
 def experiment_path(experiment: str | None) -> Path:
     """A YAML path, or a bare name resolved in configs/experiment/ (None = default)."""
-    name = "default" if experiment is None else experiment
-    path = Path(name).expanduser()
-    if not path.is_file() and path.suffix not in (".yaml", ".yml") and "/" not in name:
-        path = EXPERIMENT_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = experiment_names()
-        raise ConfigError(f"experiment {name!r}: no such file {path} (shipped experiments: "
-                          f"{', '.join(known)}){did_you_mean(Path(name).stem, known)}")
-    return path
+    return shipped_or_path("default" if experiment is None else experiment, EXPERIMENT_DIR, ".yaml",
+                           "experiment")
 
 
 def experiment_layer(experiment: str | None) -> Layer:

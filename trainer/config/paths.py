@@ -1,9 +1,31 @@
 """Where the shipped config files live (configs/ at the repository root, next to the packages)."""
 
+from __future__ import annotations
+
 from pathlib import Path
+
+from trainer.config.errors_fmt import did_you_mean
+from trainer.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BASE_YAML = CONFIG_DIR / "base.yaml"
 MODEL_PRESET_DIR = CONFIG_DIR / "model"
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 GIN_DIR = CONFIG_DIR / "gin"
+
+
+def shipped_names(directory: Path, suffix: str) -> list[str]:
+    return sorted(p.stem for p in directory.glob(f"*{suffix}"))
+
+
+def shipped_or_path(name: str, directory: Path, suffix: str, what: str) -> Path:
+    """`name` as a file path, or as a bare name of a file shipped in `directory`; else a ConfigError
+    listing what is shipped there."""
+    path = Path(name).expanduser()
+    if not path.is_file() and path.suffix != suffix and "/" not in name:
+        path = directory / f"{name}{suffix}"
+    if not path.is_file():
+        known = shipped_names(directory, suffix)
+        raise ConfigError(f"{what} {name!r}: no such file {path} (shipped in {directory}: "
+                          f"{', '.join(known)}){did_you_mean(Path(name).stem, known)}")
+    return path
