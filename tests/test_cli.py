@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,3 +90,38 @@ def test_tokenizer_command_trains_a_round_tripping_model(tmp_path):
                        f"--output={output}", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert output.is_file() and "round trip exact" in result.stdout
+
+
+def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(data_dir, tmp_path):
+    """A run killed without warning (mid-step, maybe mid-write) and restarted with the same command
+    ends with the same parameters and per-step losses as a run that was never killed."""
+    common = ["train", f"data.data_dir={data_dir}", *SMALL_MODEL, "train.steps=200", "train.log_every=1",
+              "train.eval_every=0", "checkpoint.every=7", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "tools.cli", *common, f"run_dir={killed_dir}"],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 30):
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.kill()
+    process.wait()
+    resumed = meshtrain(*common, f"run_dir={killed_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_from = int(re.search(r"steps (\d+)->200", resumed.stdout).group(1))
+    assert resumed_from > 0 and resumed_from % 7 == 0
+    whole = meshtrain(*common, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+
+    def last_losses(run_dir):
+        return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+    assert last_losses(killed_dir) == last_losses(tmp_path / "whole")
+    assert (killed_dir / "checkpoints" / "200").is_dir()
+    from tests.test_train import assert_trees_equal, final_state
+    from trainer.config import load_experiment
+    _, killed_state, _ = final_state(load_experiment(str(killed_dir / "config.yaml")))
+    _, whole_state, _ = final_state(load_experiment(str(tmp_path / "whole" / "config.yaml")))
+    assert_trees_equal(killed_state, whole_state)

@@ -7,7 +7,7 @@ import sys
 
 from tools import tokenizer
 from trainer import train
-from trainer.cli import run_with_user_errors
+from trainer.cli import parse_args, run_with_user_errors
 
 SUBCOMMANDS = {
     "train": (train, "train an experiment (default: configs/experiment/default.yaml)"),
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         module.build_parser(commands.add_parser(name, help=help_text, description=module.__doc__))
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     return run_with_user_errors(SUBCOMMANDS[args.command][0].run, args)
 
 

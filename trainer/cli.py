@@ -20,6 +20,17 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like parse_args, but `key=value` overrides may also come after flags (`--no-progress x=1`),
+    which argparse alone would reject once its positional list has been closed by a flag."""
+    args, extra = parser.parse_known_args(argv)
+    unknown = [arg for arg in extra if arg.startswith("-") or "=" not in arg]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.args = [*getattr(args, "args", []), *extra]
+    return args
+
+
 def split_experiment_and_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
     """The experiment is the first argument without '='; everything else is an override."""
     if args and "=" not in args[0]:

@@ -136,19 +136,24 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
                     summary.first_loss = summary.first_loss if summary.first_loss is not None else record["loss"]
                     summary.last_loss = record["loss"]
                     interval_start, interval_tokens, interval_steps = time.perf_counter(), 0, 0
-                if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step):
-                    summary.last_eval_loss = evaluate(cfg, tokenizer, eval_step, state["params"])
-                    log.write(step, {"eval_loss": summary.last_eval_loss})
-                    bar.write(f"step {step + 1}: eval loss {summary.last_eval_loss:.4f}")
-                if (step + 1) % cfg.checkpoint.every == 0 or last_step or stop.requested:
-                    checkpoints.save(step + 1, state, data_state)
+                eval_now = cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step)
+                save_now = (step + 1) % cfg.checkpoint.every == 0 or last_step or stop.requested
+                if eval_now or save_now:
+                    # Eval and checkpoint time is not training time: finish the queued steps first,
+                    # then move the interval's start past the side work so tokens/s stays honest.
+                    jax.block_until_ready(state)
+                    side_work_start = time.perf_counter()
+                    if eval_now:
+                        summary.last_eval_loss = evaluate(cfg, tokenizer, eval_step, state["params"])
+                        log.write(step, {"eval_loss": summary.last_eval_loss})
+                        bar.write(f"step {step + 1}: eval loss {summary.last_eval_loss:.4f}")
+                    if save_now:
+                        checkpoints.save(step + 1, state, data_state)
+                    interval_start += time.perf_counter() - side_work_start
                 if stop.requested:
                     summary.interrupted = True
                     bar.write(f"stopped by signal: checkpoint saved at step {step + 1}")
                     break
-                # Restart the interval clock after eval/checkpoint work so throughput stays honest.
-                if interval_steps == 0:
-                    interval_start = time.perf_counter()
     finally:
         prefetcher.close()
         bar.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.cli import add_experiment_arguments, quiet_libraries, run_with_user_errors, split_experiment_and_overrides
+from trainer.cli import add_experiment_arguments, parse_args, quiet_libraries, run_with_user_errors, split_experiment_and_overrides
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_with_user_errors(run, build_parser().parse_args(argv))
+    parser = build_parser()
+    return run_with_user_errors(run, parse_args(parser, argv))
 
 
 if __name__ == "__main__":
