@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.cli import add_experiment_arguments, parse_args, quiet_libraries, run_with_user_errors, split_experiment_and_overrides
+from trainer.cli import (add_experiment_arguments, command_main, quiet_libraries,
+                         split_experiment_and_overrides)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -42,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    return run_with_user_errors(run, parse_args(parser, argv))
+    return command_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

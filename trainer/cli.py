@@ -57,3 +57,9 @@ def run_with_user_errors(main: Callable[[argparse.Namespace], int], args: argpar
             raise
         print(f"meshtrain: error: {error}", file=sys.stderr)
         return 2
+
+
+def command_main(build_parser: Callable[[], argparse.ArgumentParser],
+                 run: Callable[[argparse.Namespace], int], argv: Sequence[str] | None) -> int:
+    """The body of every `python -m <module>` entry point: parse, run, show user errors."""
+    return run_with_user_errors(run, parse_args(build_parser(), argv))
