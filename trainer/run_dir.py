@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from trainer.config import config_differences, config_from_dict, dump_config
+from trainer.config import config_differences, dump_config, load_config_file
 from trainer.config.schema import RUN_IDENTITY_SECTIONS, ExperimentConfig
 from trainer.errors import ConfigError
 
@@ -25,8 +23,7 @@ def check_same_run(cfg: ExperimentConfig, path: Path) -> None:
     saved_path = path / "config.yaml"
     if not saved_path.is_file():
         return
-    with open(saved_path) as f:
-        saved = config_from_dict(yaml.safe_load(f))
+    saved = load_config_file(saved_path)
     differences = config_differences(saved, cfg, RUN_IDENTITY_SECTIONS)
     if differences:
         shown = ", ".join(f"{key}: {old!r} in the run, {new!r} now" for key, old, new in differences)
