@@ -1,0 +1,100 @@
+"""Device meshes with named axes, each split into a fast inner (ICI) and a slow outer (DCN) part.
+
+PaLM 540B's layout reads: inside a pod, fsdp=256 x tensor=12 over ICI; across the two pods,
+data=2 over DCN. A MeshShape says exactly that, and `build_mesh` turns it into a jax Mesh whose
+device order puts the most talkative axis (tensor) on the nearest chips, using JAX's own mesh
+utilities (hybrid meshes for several slices or processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh
+
+# Ordered by increasing communication: the last axis gets the closest devices.
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+
+
+class MeshError(ValueError):
+    """A mesh shape that cannot be laid over the devices at hand."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    """Per-axis sizes inside a slice (ici) and across slices (dcn); -1 fills with what is left."""
+
+    ici: dict[str, int]
+    dcn: dict[str, int]
+
+    def resolved(self, num_devices: int, num_slices: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(ici sizes, dcn sizes) in MESH_AXES order, with each -1 filled; raises MeshError."""
+        for part, sizes in (("ici", self.ici), ("dcn", self.dcn)):
+            unknown = sorted(set(sizes) - set(MESH_AXES))
+            if unknown:
+                raise MeshError(f"mesh.{part}_{unknown[0]}: no such mesh axis; axes are {', '.join(MESH_AXES)}")
+        if num_devices % num_slices:
+            raise MeshError(f"{num_devices} devices do not split into {num_slices} equal slices")
+        dcn = _fill("dcn", [self.dcn.get(a, 1) for a in MESH_AXES], num_slices)
+        ici = _fill("ici", [self.ici.get(a, 1) for a in MESH_AXES], num_devices // num_slices)
+        return tuple(ici), tuple(dcn)
+
+
+def _fill(part: str, sizes: list[int], total: int) -> list[int]:
+    """Replaces one -1 by total / product(others); checks the product equals total."""
+    fills = [i for i, s in enumerate(sizes) if s == -1]
+    bad = [f"mesh.{part}_{MESH_AXES[i]}={s}" for i, s in enumerate(sizes) if s != -1 and s < 1]
+    if bad or len(fills) > 1:
+        raise MeshError(f"{', '.join(bad) or 'more than one axis is -1'}: each {part} size is a "
+                        f"positive integer, and at most one may be -1 (fill)")
+    known = math.prod(s for s in sizes if s != -1)
+    if fills:
+        if total % known:
+            raise MeshError(f"the {part} axes other than mesh.{part}_{MESH_AXES[fills[0]]} take {known} "
+                            f"devices, which does not divide the {total} available")
+        sizes[fills[0]] = total // known
+    if math.prod(sizes) != total:
+        shown = " x ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes) if s != 1) or "1"
+        raise MeshError(f"the {part} mesh {shown} has {math.prod(sizes)} devices but {total} are "
+                        f"available: make the sizes multiply to {total}, or set one to -1 to fill")
+    return sizes
+
+
+def build_mesh(shape: MeshShape, devices: Sequence | None = None, num_slices: int | None = None) -> Mesh:
+    """The jax Mesh for `shape` over `devices` (default: all of them, across all processes).
+
+    The DCN level is TPU slices where devices have a slice_index; elsewhere (GPU hosts, CPU
+    processes) it is processes, but only when the shape asks for DCN parallelism: without it all
+    devices form one ICI mesh, so 2 processes x 4 devices run the same layout as 1 x 8.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if num_slices is None:
+        num_slices = _dcn_granules(shape, devices)
+    ici, dcn = shape.resolved(len(devices), num_slices)
+    if num_slices == 1:
+        grid = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
+    else:
+        grid = mesh_utils.create_hybrid_device_mesh(
+            ici, dcn, devices, process_is_granule=_slice_count(devices) is None,
+            allow_split_physical_axes=True)
+    return Mesh(np.asarray(grid), MESH_AXES)
+
+
+def _slice_count(devices: Sequence) -> int | None:
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    return None if None in slices else len(slices)
+
+
+def _dcn_granules(shape: MeshShape, devices: Sequence) -> int:
+    """How many DCN-connected groups the devices form: TPU slices, else processes if DCN is used."""
+    slices = _slice_count(devices)
+    if slices is not None:
+        return slices
+    if all(size == 1 for size in shape.dcn.values()):
+        return 1
+    return len({d.process_index for d in devices})
