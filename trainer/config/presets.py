@@ -6,13 +6,13 @@ import dataclasses
 
 from model.config import ModelConfig
 from trainer.config.errors_fmt import did_you_mean
-from trainer.config.paths import BASE_YAML, MODEL_PRESET_DIR
+from trainer.config.paths import BASE_YAML, MODEL_PRESET_DIR, shipped_names
 from trainer.config.yamlio import read_yaml_mapping
 from trainer.errors import ConfigError
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in MODEL_PRESET_DIR.glob("*.yaml"))
+    return shipped_names(MODEL_PRESET_DIR, ".yaml")
 
 
 def preset_fields(name: str, source: str = "model=") -> dict:
