@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from tools import compile as compile_step
-from tools import cost
+from tools import convert_checkpoint, cost, sample
 from tools import tokenizer
 from tools.launch import render as launch
 from trainer import train
@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "launch": (launch, "write a TPU VM, JobSet or SLURM recipe that runs an experiment on many hosts"),
     "compile": (compile_step, "compile an experiment's train step for a TPU topology here; does it fit in HBM?"),
     "cost": (cost, "estimate an experiment's FLOPs, time, chip-hours, dollars and memory per chip before launch"),
+    "convert": (convert_checkpoint, "convert weights between Hugging Face and meshtrain, dtypes and meshes; --verify"),
+    "sample": (sample, "greedy text from a run or converted checkpoint, with a KV cache"),
 }
 
 

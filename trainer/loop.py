@@ -34,6 +34,7 @@ from trainer.partition import (abstract_sharded_state, global_batch, init_sharde
                                jit_eval_step, jit_train_step, make_mesh, plan_run)
 from trainer.prefetch import Prefetcher
 from trainer.run_dir import check_same_run, open_run_dir, run_dir_path
+from trainer.saved_weights import initial_weights_for, restore_params
 from trainer.tracker import Tracker
 from trainer.train_state import model_def, optimizer_for
 
@@ -109,6 +110,18 @@ def _any_process(flag: bool) -> bool:
     return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
 
 
+def _initial_state(cfg: ExperimentConfig, mdef, optimizer, plan, abstract, initial_weights,
+                   tracker: Tracker, primary: bool):
+    """Step 0 of a new run: around the weights `checkpoint.init_from` names, or freshly initialized."""
+    if initial_weights is None:
+        return init_sharded_state(cfg, mdef, optimizer, plan)
+    with tracker.timed("checkpointing"):
+        params = restore_params(initial_weights, abstract["params"])
+    if primary:
+        print(f"initialized from {initial_weights.step_dir} (parameters only; fresh optimizer state)")
+    return init_sharded_state(cfg, mdef, optimizer, plan, params)
+
+
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     started_at = time.perf_counter()
     initialize(cfg.distributed)
@@ -118,18 +131,21 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
+    initial_weights = initial_weights_for(cfg)
     run_dir = open_run_dir(cfg) if primary else run_dir_path(cfg)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)
     stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.train_split)
     tracker = Tracker(cfg, run_dir, primary=primary, started_at=started_at)
+    abstract = abstract_sharded_state(cfg, mdef, optimizer, plan)
     with tracker.timed("checkpointing"):
-        restored = checkpoints.restore_latest(abstract_sharded_state(cfg, mdef, optimizer, plan))
+        restored = checkpoints.restore_latest(abstract)
     if restored:
         start, state, data_state = restored
         stream.set_state(data_state)
     else:
-        start, state = 0, init_sharded_state(cfg, mdef, optimizer, plan)
+        start, state = 0, _initial_state(cfg, mdef, optimizer, plan, abstract, initial_weights,
+                                         tracker, primary)
     summary = RunSummary(str(run_dir), start, start)
     if start >= cfg.train.steps:
         print(f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps}); "

@@ -158,9 +158,13 @@ def abstract_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, pla
                         shapes, plan.state)
 
 
-def init_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: Plan):
-    """A fresh state created directly in its shards (no device ever holds all of it)."""
-    return jax.jit(lambda: init_state(cfg, mdef, optimizer), out_shardings=plan.state)()
+def init_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: Plan, params=None):
+    """A fresh state created directly in its shards (no device ever holds all of it); `params`,
+    already in the plan's shardings (restored weights), replace the random initialization."""
+    if params is None:
+        return jax.jit(lambda: init_state(cfg, mdef, optimizer), out_shardings=plan.state)()
+    return jax.jit(lambda p: init_state(cfg, mdef, optimizer, p), in_shardings=(plan.state["params"],),
+                   out_shardings=plan.state, donate_argnums=0)(params)
 
 
 def _traced_with_layout(fn: Callable, layout: MeshLayout) -> Callable:

@@ -72,6 +72,7 @@ class CheckpointConfig:
     keep: int
     keep_every: int | None
     async_save: bool
+    init_from: str | None
 
 
 @dataclasses.dataclass(frozen=True)

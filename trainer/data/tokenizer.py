@@ -104,6 +104,12 @@ def tokenizer_path(cfg: DataConfig, vocab_size: int) -> str:
     return os.path.join(data_dir(cfg), "tokenizers", f"{dataset_key(cfg)}-{vocab_size}.model")
 
 
+def existing_tokenizer(cfg: DataConfig, vocab_size: int) -> str | None:
+    """The tokenizer file a run used (cfg.tokenizer or the cached one), or None; never trains one."""
+    path = os.path.expanduser(cfg.tokenizer) if cfg.tokenizer else tokenizer_path(cfg, vocab_size)
+    return path if os.path.isfile(path) else None
+
+
 def tokenizer_for(cfg: DataConfig, vocab_size: int) -> spm.SentencePieceProcessor:
     """cfg.tokenizer if set; else the cached one for this dataset, trained on its train split."""
     if cfg.tokenizer:

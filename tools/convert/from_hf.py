@@ -1,0 +1,119 @@
+"""Hugging Face -> meshtrain: a local Llama or GPT-NeoX directory becomes a meshtrain checkpoint.
+
+The output is run-shaped (config.yaml + checkpoints/0 holding the parameters) and its config.yaml
+names itself in `checkpoint.init_from`, so `meshtrain train DST/config.yaml [key=value ...]` starts
+a new run from the converted weights. Every expected tensor is checked by name and shape before
+anything is written; then each meshtrain parameter is assembled layer by layer from the source
+files and saved, so memory holds one parameter (stacked over layers) plus one source tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from model.config import model_config_errors
+from tools.convert.families import Family, TensorGroup, family_for_architectures, hf_shapes
+from tools.convert.meshtrain_format import StreamingCheckpointWriter, param_shapes
+from tools.convert.safetensors_io import open_weights
+from trainer.config import dump_config, load_experiment
+from trainer.config.schema import ExperimentConfig
+from trainer.errors import UserError
+
+TOKENIZER_FILE = "tokenizer.model"  # a sentencepiece model, as Llama checkpoints carry
+
+
+def read_hf_config(source: Path) -> dict:
+    path = source / "config.json"
+    if not path.is_file():
+        raise UserError(f"{source}: no config.json; a Hugging Face model directory holds config.json "
+                        f"beside its weights (model.safetensors or a sharded index)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not valid JSON ({error})") from None
+
+
+def expected_tensors(family: Family, groups: list[TensorGroup], cfg: ExperimentConfig) -> dict[str, tuple]:
+    """Every Hugging Face tensor name the model needs -> its shape."""
+    shapes = param_shapes(cfg)
+    expected = {}
+    for group in groups:
+        layer_shapes = hf_shapes(group, shapes)
+        for layer in range(cfg.model.num_layers) if group.stacked else [None]:
+            expected.update(zip(group.hf_names_at(layer), layer_shapes))
+    return expected
+
+
+def check_tensors(reader, expected: dict[str, tuple], family: Family, cfg: ExperimentConfig,
+                  source: Path) -> None:
+    """One error listing every missing, unexpected and mis-shaped tensor, by name and shape."""
+    found = {name for name in reader.names() if not family.ignored(name, cfg.model)}
+    problems = [f"missing {name} (expected shape {list(expected[name])})"
+                for name in sorted(set(expected) - found)]
+    problems += [f"unexpected {name} (shape {list(reader.shape(name))})" for name in sorted(found - set(expected))]
+    problems += [f"{name}: expected shape {list(expected[name])}, found {list(reader.shape(name))}"
+                 for name in sorted(found & set(expected)) if tuple(reader.shape(name)) != tuple(expected[name])]
+    if problems:
+        shown = problems[:40] + ([f"... and {len(problems) - 40} more"] if len(problems) > 40 else [])
+        raise UserError(f"{source}: the weights do not match config.json ({family.architecture}):\n  "
+                        + "\n  ".join(shown))
+
+
+def converted_config(family: Family, hf_config: dict, reader, destination: Path, dtype: str | None,
+                     has_tokenizer: bool) -> ExperimentConfig:
+    """The default experiment with the Hugging Face model in it, starting from `destination`."""
+    base = load_experiment(None, [f"name={destination.name}"])
+    model = family.model_config(hf_config, base.model)
+    embedding = family.groups(model)[0].hf_names[0]
+    source_dtype = np.dtype(reader.dtype(embedding)).name if embedding in reader else "float32"
+    model = dataclasses.replace(model, param_dtype=dtype or source_dtype)
+    errors = model_config_errors(model)
+    if errors:
+        raise UserError("config.json gives a model meshtrain cannot build: " + "; ".join(
+            f"{key}={value!r} must be {valid}" for key, value, valid in errors))
+    data = (dataclasses.replace(base.data, tokenizer=str(destination / TOKENIZER_FILE)) if has_tokenizer
+            else base.data)
+    return dataclasses.replace(base, model=model, data=data,
+                               checkpoint=dataclasses.replace(base.checkpoint, init_from=str(destination)))
+
+
+def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: str | None,
+                    allow_pickle: bool, on_tensor: Callable[[str], None] = lambda name: None) -> ExperimentConfig:
+    """Writes the meshtrain checkpoint of `source` into `staging` (renamed to `destination` later)."""
+    hf_config = read_hf_config(source)
+    family = family_for_architectures(hf_config.get("architectures"))
+    has_tokenizer = (source / TOKENIZER_FILE).is_file()
+    with open_weights(source, allow_pickle=allow_pickle) as reader:
+        cfg = converted_config(family, hf_config, reader, destination, dtype, has_tokenizer)
+        groups = family.groups(cfg.model)
+        check_tensors(reader, expected_tensors(family, groups, cfg), family, cfg, source)
+        shapes = param_shapes(cfg)
+        writer = StreamingCheckpointWriter(staging, step=0)
+        for group in groups:
+            writer.write(_assemble(group, reader, shapes, cfg.model.num_layers, on_tensor))
+        writer.close()
+    if has_tokenizer:
+        shutil.copyfile(source / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    dump_config(cfg, staging / "config.yaml")
+    return cfg
+
+
+def _assemble(group: TensorGroup, reader, shapes, num_layers: int, on_tensor) -> dict:
+    """The group's meshtrain parameters, filled one layer's source tensors at a time."""
+    params = {path: np.empty(*shapes[path]) for path in group.params}
+    for layer in range(num_layers) if group.stacked else [None]:
+        names = group.hf_names_at(layer)
+        hf = []
+        for name in names:
+            hf.append(reader.read(name))
+            on_tensor(name)
+        for path, value in zip(group.params, group.to_meshtrain(*hf)):
+            target = params[path] if layer is None else params[path][layer]
+            target[...] = np.asarray(value).astype(params[path].dtype)
+    return params

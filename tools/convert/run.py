@@ -1,0 +1,110 @@
+"""One conversion from start to finish: what the source is, where it goes, checks, verify, summary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from tools.convert import from_hf, reshard, to_hf, verify
+from tools.convert.meshtrain_format import param_shapes
+from tools.convert.output import check_destination, staged_directory
+from trainer.errors import UserError
+from trainer.saved_weights import CONFIG_FILE, find_checkpoint
+
+HF, MESHTRAIN = "hf", "meshtrain"
+_FORMAT_NAMES = {HF: "Hugging Face", MESHTRAIN: "meshtrain"}
+
+
+def source_format(source: Path) -> str:
+    """hf for a directory with config.json; meshtrain for a run-shaped one (config.yaml)."""
+    if (source / "config.json").is_file() and not (source / CONFIG_FILE).is_file():
+        return HF
+    if not source.exists():
+        raise UserError(f"{source}: no such file or directory")
+    return MESHTRAIN
+
+
+class Conversion:
+    def __init__(self, source: Path, destination: Path, *, to: str | None, dtype: str | None,
+                 params_only: bool, architecture: str | None, step: int | None, overrides: list[str],
+                 allow_pickle: bool, overwrite: bool, progress: bool):
+        self.source, self.destination = source, destination
+        self.source_format = source_format(source)
+        self.to = to or (MESHTRAIN if self.source_format == HF else HF)
+        self.dtype, self.params_only, self.architecture = dtype, params_only, architecture
+        self.overrides, self.allow_pickle, self.progress = overrides, allow_pickle, progress
+        self.saved = find_checkpoint(source, step) if self.source_format == MESHTRAIN else None
+        if self.source_format == HF and self.to == HF:
+            raise UserError(f"{source} is a Hugging Face model already; --to hf converts meshtrain checkpoints")
+        if step is not None and self.saved is None:
+            raise UserError("--step selects a step of a meshtrain source; a Hugging Face source has one")
+        if overrides and not (self.saved and self.to == MESHTRAIN):
+            raise UserError(f"key=value overrides ({' '.join(overrides)}) apply to meshtrain -> meshtrain "
+                            f"conversions only (e.g. mesh.ici_tensor=2 to reshard)")
+        if params_only and not (self.saved and self.to == MESHTRAIN):
+            raise UserError("--params-only applies to meshtrain -> meshtrain; the other directions "
+                            "convert parameters only anyway")
+        if architecture and self.to != HF:
+            raise UserError("--architecture picks the Hugging Face class of a meshtrain -> Hugging Face conversion")
+        check_destination(destination, overwrite=overwrite, source=source)
+
+    def run(self, *, verify: bool, tolerance: float | None) -> dict:
+        summary = {"source": str(self.source), "destination": str(self.destination),
+                   "source_format": _FORMAT_NAMES[self.source_format], "destination_format": _FORMAT_NAMES[self.to]}
+        with staged_directory(self.destination) as staging:
+            summary.update(self._convert(staging))
+            if verify:
+                summary.update(self._verify(staging, tolerance))
+            summary["bytes_written"] = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        return summary
+
+    def _convert(self, staging: Path) -> dict:
+        bar = tqdm(desc="convert", unit="tensor", disable=not self.progress, dynamic_ncols=True)
+        on_tensor = lambda name: bar.update()
+        with bar:
+            if self.source_format == HF:
+                cfg = from_hf.convert_from_hf(self.source, staging, self.destination, dtype=self.dtype,
+                                              allow_pickle=self.allow_pickle, on_tensor=on_tensor)
+                return {**self._describe(cfg), "source_format": f"Hugging Face {cfg.model.name}",
+                        "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
+            if self.to == HF:
+                architecture = to_hf.convert_to_hf(self.saved, staging, dtype=self.dtype,
+                                                   architecture=self.architecture, on_tensor=on_tensor)
+                return {**self._describe(self.saved.config, self.dtype), "step": self.saved.step,
+                        "destination_format": f"Hugging Face {architecture}"}
+        cfg = reshard.target_config(self.saved, self.destination, dtype=self.dtype,
+                                    params_only=self.params_only, overrides=self.overrides)
+        reshard.convert_meshtrain(self.saved, staging, cfg, params_only=self.params_only)
+        return {**self._describe(cfg), "step": self.saved.step, "params_only": self.params_only,
+                "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
+
+    @staticmethod
+    def _describe(cfg, dtype: str | None = None) -> dict:
+        shapes = param_shapes(cfg)
+        return {"tensors": len(shapes), "parameters": sum(math.prod(s) for s, _ in shapes.values()),
+                "dtype": dtype or cfg.model.param_dtype}
+
+    def _verify(self, staging: Path, tolerance: float | None) -> dict:
+        model = (self.saved.config.model if self.saved else
+                 find_checkpoint(staging).config.model)
+        tokens = verify.sample_tokens(model.vocab_size, model.max_seq_len)
+        if self.source_format == HF:
+            reference = verify.hf_logits(self.source, tokens)
+        else:
+            reference = verify.meshtrain_logits(self.saved, tokens)
+        converted = (verify.hf_logits(staging, tokens) if self.to == HF
+                     else verify.meshtrain_logits(find_checkpoint(staging), tokens))
+        result = verify.compare_logits(reference, converted)
+        kept_dtype = self.dtype is None or (
+            self.saved is not None and jnp.dtype(self.dtype) == jnp.dtype(self.saved.config.model.param_dtype))
+        if tolerance is None and kept_dtype:
+            tolerance = 1e-4 * max(1.0, result["max_abs_logit"])
+        result["tolerance"] = tolerance
+        if tolerance is not None and not result["max_abs_logit_diff"] <= tolerance:
+            raise UserError(f"--verify failed: the converted model's logits differ from the source's by up "
+                            f"to {result['max_abs_logit_diff']:.3e} (tolerance {tolerance:.3e}, KL divergence "
+                            f"{result['kl_divergence']:.3e}); nothing was written to {self.destination}")
+        return result

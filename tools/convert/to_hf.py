@@ -1,0 +1,74 @@
+"""meshtrain -> Hugging Face: safetensors and config.json that `AutoModelForCausalLM` loads.
+
+The family (Llama or GPT-NeoX) is the one that expresses the model exactly; a model neither can
+express is refused with the settings that stand in the way. Files are planned up front from the
+shapes alone (sharded above 5 GiB, with an index, as transformers writes them) and filled one
+meshtrain parameter at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from tools.convert.families import family_for_model, hf_shapes
+from tools.convert.from_hf import TOKENIZER_FILE
+from tools.convert.meshtrain_format import param_shapes, read_param
+from tools.convert.safetensors_io import SafetensorsWriter
+from trainer.data.tokenizer import existing_tokenizer
+from trainer.saved_weights import SavedCheckpoint
+
+
+def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, architecture: str | None,
+                  on_tensor: Callable[[str], None] = lambda name: None) -> str:
+    """Writes the Hugging Face model of `saved` into `staging`; returns the architecture."""
+    model = saved.config.model
+    family = family_for_model(model, architecture)
+    out_dtype = np.dtype(jnp.dtype(dtype or model.param_dtype))
+    shapes = {path: (shape, out_dtype) for path, (shape, _) in param_shapes(saved.config).items()}
+    groups = family.groups(model)
+    specs = []
+    for group in groups:
+        layer_shapes = hf_shapes(group, shapes)
+        for layer in range(model.num_layers) if group.stacked else [None]:
+            specs += [(name, shape, out_dtype) for name, shape in zip(group.hf_names_at(layer), layer_shapes)]
+    writer = SafetensorsWriter(staging, specs)
+    for group in groups:
+        params = [read_param(saved, path, *shapes[path]) for path in group.params]
+        for layer in range(model.num_layers) if group.stacked else [None]:
+            per_layer = params if layer is None else [p[layer] for p in params]
+            for name, value in zip(group.hf_names_at(layer), group.to_hf(*per_layer)):
+                writer.write(name, np.asarray(value, out_dtype))
+                on_tensor(name)
+        del params
+    writer.close()
+    hf_config = family.hf_config(model, out_dtype.name)
+    hf_config.update(_special_tokens(saved))
+    (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    tokenizer = _tokenizer_path(saved)
+    if tokenizer:
+        shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
+    return family.architecture
+
+
+def _tokenizer_path(saved: SavedCheckpoint) -> Path | None:
+    path = existing_tokenizer(saved.config.data, saved.config.model.vocab_size)
+    return Path(path) if path else None
+
+
+def _special_tokens(saved: SavedCheckpoint) -> dict:
+    """bos/eos/pad ids from the run's sentencepiece tokenizer (copied beside the weights)."""
+    path = _tokenizer_path(saved)
+    if path is None:
+        return {}
+    import sentencepiece as spm
+
+    tokenizer = spm.SentencePieceProcessor(model_file=str(path))
+    ids = {"bos_token_id": tokenizer.bos_id(), "eos_token_id": tokenizer.eos_id(),
+           "pad_token_id": tokenizer.pad_id()}
+    return {key: value for key, value in ids.items() if value >= 0}

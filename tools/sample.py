@@ -1,0 +1,95 @@
+"""`meshtrain sample RUN_OR_CHECKPOINT --prompt "..."` (also `python -m tools.sample`): greedy text
+from a trained run or a converted checkpoint, decoded with a KV cache (model/generate.py).
+
+The prompt is encoded with the checkpoint's sentencepiece tokenizer (the run's, or the
+tokenizer.model a conversion copied), with the tokenizer's BOS first when it has one, as Llama's
+tokenizers do. Generation stops after the tokenizer's EOS, as transformers' generate() does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from trainer.cli import command_main
+from trainer.errors import UserError
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="meshtrain sample", description=__doc__)
+    parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                        help="a run directory, a `meshtrain convert` output, or a step directory")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="text to continue")
+    prompt.add_argument("--prompt-ids", help="token ids to continue, comma-separated (no tokenizer needed)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    parser.add_argument("--tokenizer", help="a sentencepiece .model (default: the checkpoint's)")
+    parser.add_argument("--no-bos", action="store_true", help="do not put the tokenizer's BOS first")
+    parser.add_argument("--json", action="store_true", help="print ids, text and speed as JSON")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from model.generate import greedy_generate
+    from trainer.data.tokenizer import existing_tokenizer, load_tokenizer
+    from trainer.saved_weights import find_checkpoint, load_decoder
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
+    saved = find_checkpoint(args.checkpoint, args.step)
+    model_cfg = saved.config.model
+    tokenizer_file = args.tokenizer or existing_tokenizer(saved.config.data, model_cfg.vocab_size)
+    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
+    if args.prompt_ids is not None:
+        prompt_ids = _parse_ids(args.prompt_ids, model_cfg.vocab_size)
+    else:
+        if tokenizer is None:
+            raise UserError(f"{saved.directory} has no tokenizer to encode --prompt with: pass "
+                            f"--tokenizer PATH.model, or --prompt-ids")
+        bos = [] if args.no_bos or tokenizer.bos_id() < 0 else [tokenizer.bos_id()]
+        prompt_ids = bos + tokenizer.encode(args.prompt)
+    if not prompt_ids:
+        raise UserError("the prompt is empty: generation needs at least one token to continue")
+
+    model = load_decoder(saved)
+    started = time.perf_counter()
+    generated = [int(t) for t in greedy_generate(model, jnp.asarray([prompt_ids]), args.max_new_tokens)[0]]
+    seconds = time.perf_counter() - started
+    eos = tokenizer.eos_id() if tokenizer is not None else -1
+    if eos >= 0 and eos in generated:
+        generated = generated[:generated.index(eos) + 1]
+    text = tokenizer.decode(generated) if tokenizer is not None else None
+    if args.json:
+        print(json.dumps({"checkpoint": str(saved.step_dir), "prompt_ids": prompt_ids,
+                          "generated_ids": generated, "text": text,
+                          "tokens_per_second": round(len(generated) / seconds, 2)}))
+    else:
+        print((args.prompt or "") + (text if text is not None else " ".join(map(str, generated))))
+        print(f"[{len(generated)} tokens in {seconds:.2f} s, including compilation; {saved.step_dir}]",
+              file=sys.stderr)
+    return 0
+
+
+def _parse_ids(text: str, vocab_size: int) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"--prompt-ids {text!r}: expected comma-separated integers") from None
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UserError(f"--prompt-ids: {bad} outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main(build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
