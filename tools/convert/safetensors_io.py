@@ -188,7 +188,32 @@ class _Header:
         return dtype, tuple(shape), begin, end
 
 
-class SafetensorsReader:
+class _TensorIndex:
+    """What both readers share: `_where` maps each tensor name to the file holding it."""
+
+    _where: dict[str, Path]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def names(self) -> list[str]:
+        """Every tensor name, sorted."""
+        return sorted(self._where)
+
+
+class SafetensorsReader(_TensorIndex):
     """Reads tensors one at a time from a .safetensors file or a Hugging Face model directory.
 
     `path` is a .safetensors file, a `model.safetensors.index.json`, or a directory holding
@@ -247,26 +272,10 @@ class SafetensorsReader:
             files.setdefault(file, []).append(name)
         return files
 
-    def __enter__(self) -> "SafetensorsReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._file is not None:
             self._file[1].close()
             self._file = None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._where
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def names(self) -> list[str]:
-        """Every tensor name, sorted."""
-        return sorted(self._where)
 
     def _entry(self, name: str) -> tuple[np.dtype, tuple[int, ...], int, int]:
         if name not in self._where:
@@ -311,7 +320,7 @@ class SafetensorsReader:
         return out
 
 
-class PickleReader:
+class PickleReader(_TensorIndex):
     """The `SafetensorsReader` interface over PyTorch pickle weights (.bin/.pt/.pth, or shards named by
     `pytorch_model.bin.index.json`), for sources one trusts (see `open_weights`).
 
@@ -371,23 +380,8 @@ class PickleReader:
         self._loaded = (file, tensors)
         return tensors
 
-    def __enter__(self) -> "PickleReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         self._loaded = None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._where
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def names(self) -> list[str]:
-        return sorted(self._where)
 
     def _spec(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         if name not in self._specs:
