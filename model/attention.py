@@ -15,6 +15,7 @@ from flax import nnx
 
 from model import axes
 from model.config import ModelConfig
+from model.kv_cache import KVCache
 from model.layers import Dense
 from model.rope import apply_rope
 
@@ -62,15 +63,24 @@ class Attention(nnx.Module):
         self.out = Dense(cfg, (h, d), (e,), (axes.HEADS, axes.KV, axes.EMBED), use_bias=cfg.use_bias,
                          rngs=rngs)
         self.rope_theta = cfg.rope_theta if cfg.positions == "rope" else None
+        self.rotary_dims = cfg.rotary_dims
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Returns (output, cache). Training passes no cache: keys and values are the ones of x and
+        mask is [batch, T, T]. Decoding passes this layer's cache: the new (rotated) keys and values
+        are written at slots positions[0, 0].., the queries attend to the whole cache, and mask is
+        [batch, T, max_len]; the updated cache comes back."""
         q, k, v = self.query(x), self.key(x), self.value(x)
         if self.rope_theta is not None:
-            q = apply_rope(q, positions, self.rope_theta)
-            k = apply_rope(k, positions, self.rope_theta)
+            q = apply_rope(q, positions, self.rope_theta, self.rotary_dims)
+            k = apply_rope(k, positions, self.rope_theta, self.rotary_dims)
+        if cache is not None:
+            cache = cache.update(k, v, positions[0, 0])
+            k, v = cache.keys, cache.values
         # Keys and values are left to follow their kernels' layout: with one key/value head
         # (multi-query) their head axis cannot be split like the query heads.
         head_axes = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
         q = axes.constrain(q, head_axes)
         out = axes.constrain(dot_product_attention(q, k, v, mask), head_axes)
-        return self.out(out)
+        return self.out(out), cache

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-BLOCKS = ("parallel", "sequential")
-MLPS = ("swiglu", "gelu")
+BLOCKS = ("parallel", "parallel_two_norms", "sequential")
+MLPS = ("swiglu", "gelu", "gelu_exact")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned")
 REMAT_POLICIES = ("none", "full", "save_dots")
@@ -36,6 +36,7 @@ class ModelConfig:
     norm_eps: float
     positions: str
     rope_theta: float
+    rope_fraction: float
     use_bias: bool
     tie_embeddings: bool
     z_loss: float
@@ -49,6 +50,12 @@ class ModelConfig:
     def num_query_groups(self) -> int:
         """Query heads that share one key/value head (1 = multi-head, num_heads = multi-query)."""
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def rotary_dims(self) -> int:
+        """Leading dimensions of each head that rotary embeddings rotate, truncated exactly as Hugging
+        Face GPT-NeoX truncates int(head_size * partial_rotary_factor), so converted checkpoints agree."""
+        return int(self.head_dim * self.rope_fraction)
 
 
 def model_config_errors(cfg: ModelConfig) -> list[tuple[str, object, str]]:
@@ -65,8 +72,16 @@ def model_config_errors(cfg: ModelConfig) -> list[tuple[str, object, str]]:
             errors.append((key, getattr(cfg, key), "a positive integer"))
     if cfg.num_kv_heads >= 1 and cfg.num_heads % cfg.num_kv_heads:
         errors.append(("num_kv_heads", cfg.num_kv_heads, f"a divisor of num_heads={cfg.num_heads}"))
-    if cfg.positions == "rope" and cfg.head_dim % 2:
-        errors.append(("head_dim", cfg.head_dim, "an even number (rotary embeddings rotate pairs)"))
+    if not 0 < cfg.rope_fraction <= 1:
+        errors.append(("rope_fraction", cfg.rope_fraction, "a number in (0, 1]"))
+    elif cfg.positions == "rope" and cfg.head_dim >= 1 and (cfg.rotary_dims < 2 or cfg.rotary_dims % 2):
+        # Rotary embeddings rotate pairs of dimensions: blame head_dim when it is rotated whole.
+        if cfg.rope_fraction == 1:
+            errors.append(("head_dim", cfg.head_dim, "an even number (rotary embeddings rotate pairs)"))
+        else:
+            errors.append(("rope_fraction", cfg.rope_fraction,
+                           f"a share of head_dim={cfg.head_dim} that rotates an even number >= 2 of "
+                           f"dimensions (int(head_dim * rope_fraction) is {cfg.rotary_dims})"))
     for key in ("norm_eps", "rope_theta", "init_std"):
         if getattr(cfg, key) <= 0:
             errors.append((key, getattr(cfg, key), "a positive number"))

@@ -11,6 +11,7 @@ from model.attention import attention_mask
 from model.block import Block
 from model.config import ModelConfig, model_config_errors
 from model.embedding import Embed
+from model.kv_cache import KVCache, cache_mask
 from model.layers import Dense, Norm
 
 # save_dots keeps the outputs of matmuls without batch dimensions, i.e. the weight projections
@@ -39,7 +40,8 @@ def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
 
 
 class Decoder(nnx.Module):
-    """A decoder-only transformer; `__call__(tokens, positions, segment_ids)` returns float32 logits."""
+    """A decoder-only transformer; `__call__(tokens, positions, segment_ids)` returns float32 logits
+    for training, `decode(tokens, positions, cache)` the same logits a few tokens at a time."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         errors = model_config_errors(cfg)
@@ -61,7 +63,23 @@ class Decoder(nnx.Module):
         (0 = padding), and attention never crosses from one to another.
         """
         x = axes.constrain(self.embed(tokens, positions), (axes.BATCH, axes.LENGTH, axes.EMBED))
-        x = self._apply_layers(x, positions, attention_mask(segment_ids))
+        x, _ = self._apply_layers(x, positions, attention_mask(segment_ids))
+        return self._logits(x)
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Runs T new tokens against a cache: (logits float32 [batch, T, vocab], the updated cache).
+
+        tokens, positions: int [batch, T], positions absolute and the same in every row (a whole
+        prompt to prefill, then one token per step). Their keys and values are written at cache slots
+        positions[0, 0]..+T and each query attends to the slots at or before its position, so the
+        logits equal those of __call__ on the whole sequence. The same blocks run as in training,
+        with each layer's slice of the stacked cache scanned alongside its parameters.
+        """
+        x = self.embed(tokens, positions)
+        x, cache = self._apply_layers(x, positions, cache_mask(positions, cache.max_len), cache)
+        return self._logits(x), cache
+
+    def _logits(self, x: jax.Array) -> jax.Array:
         x = self.final_norm(x)
         if self.unembed is None:
             logits = self.embed.attend(x)
@@ -69,12 +87,15 @@ class Decoder(nnx.Module):
             logits = self.unembed(x, out_dtype=jnp.float32)
         return axes.constrain(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
-    def _apply_layers(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-        """Runs the stacked blocks, scanned or unrolled over the same [layers, ...] parameters."""
+    def _apply_layers(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Runs the stacked blocks, scanned or unrolled over the same [layers, ...] parameters (and
+        cache, when decoding); returns the output and the updated cache (None in training)."""
         graphdef, stacked = nnx.split(self.layers)
 
-        def layer(x, params):
-            return nnx.merge(graphdef, params)(x, positions, mask), None
+        def layer(x, params_and_cache):
+            params, layer_cache = params_and_cache
+            return nnx.merge(graphdef, params)(x, positions, mask, layer_cache)
 
         if self.cfg.remat != "none":
             # Inside scan, CSE cannot merge the recomputation into the forward pass, so the guard
@@ -82,7 +103,9 @@ class Decoder(nnx.Module):
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.cfg.remat],
                                    prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
-            return jax.lax.scan(layer, x, stacked)[0]
+            return jax.lax.scan(layer, x, (stacked, cache))
+        caches = []
         for i in range(self.cfg.num_layers):
-            x, _ = layer(x, jax.tree.map(lambda p, i=i: p[i], stacked))
-        return x
+            x, layer_cache = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, cache)))
+            caches.append(layer_cache)
+        return x, jax.tree.map(lambda *layers: jnp.stack(layers), *caches)

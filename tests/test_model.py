@@ -1,8 +1,11 @@
 """The decoder's contract: published parameter counts, packed-row isolation, causality, layouts that
-must agree (scan/unrolled, remat policies, grouped/repeated heads), named parameters, dtypes, training."""
+must agree (scan/unrolled, remat policies, grouped/repeated heads), the GPT-NeoX options (partial
+rotary, two-norm parallel block, exact GELU), cached decoding equal to the full forward pass, named
+parameters, dtypes, training."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -13,7 +16,11 @@ import pytest
 from flax import nnx
 
 from model import axes
+from model.config import model_config_errors
 from model.decoder import Decoder
+from model.generate import greedy_generate
+from model.kv_cache import init_cache
+from model.layers import Mlp
 from model.loss import cross_entropy_loss
 from model.params import count_params
 from model.rope import apply_rope
@@ -28,6 +35,8 @@ VARIANTS = {
     "mha": dict(num_kv_heads=4),
     "llama": dict(block="sequential", tie_embeddings=False, num_kv_heads=4),
     "gpt3": dict(block="sequential", mlp="gelu", norm="layernorm", positions="learned", use_bias=True),
+    "neox": dict(block="parallel_two_norms", mlp="gelu_exact", norm="layernorm", rope_fraction=0.25,
+                 use_bias=True, tie_embeddings=False, num_kv_heads=4),
 }
 LENGTH = 16
 
@@ -65,7 +74,7 @@ def test_gpt3_175b_count():
     assert abs(count_params(model_preset("gpt3-175b")).total / 175e9 - 1) < 0.005
 
 
-@pytest.mark.parametrize("variant", ["palm", "llama", "gpt3"])
+@pytest.mark.parametrize("variant", ["palm", "llama", "gpt3", "neox"])
 def test_count_equals_instantiated_model(variant):
     cfg = small(**VARIANTS[variant])
     params = nnx.state(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
@@ -159,11 +168,113 @@ def test_grouped_query_attention_equals_heads_repeated(kv_heads):
     np.testing.assert_allclose(run(multi_head, *inputs()), run(grouped, *inputs()), atol=1e-5)
 
 
-def test_rope_scores_depend_on_relative_position_only():
+@pytest.mark.parametrize("rotary_dims", [8, 2])
+def test_rope_scores_depend_on_relative_position_only(rotary_dims):
+    """Whole heads (Llama) or only the leading rotary_dims (GPT-NeoX's partial rotary): the rotated
+    part makes q.k depend on m - n alone, and the rest of each head passes through untouched."""
     q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, 8))
-    score = lambda m, n: jnp.sum(apply_rope(q, jnp.array([[m]]), 1e4) * apply_rope(k, jnp.array([[n]]), 1e4))
+    rope = lambda x, m: apply_rope(x, jnp.array([[m]]), 1e4, rotary_dims)
+    score = lambda m, n: jnp.sum(rope(q, m)[..., :rotary_dims] * rope(k, n)[..., :rotary_dims])
     np.testing.assert_allclose(score(7, 3), score(107, 103), rtol=1e-4)
     assert not np.isclose(score(7, 3), score(7, 4))
+    np.testing.assert_array_equal(rope(q, 7)[..., rotary_dims:], q[..., rotary_dims:])
+    # GPT-NeoX spaces the frequencies over the rotated dimensions, not over head_dim: the rotated part
+    # is a whole-head rotation of a head rotary_dims wide.
+    np.testing.assert_allclose(rope(q, 7)[..., :rotary_dims],
+                               apply_rope(q[..., :rotary_dims], jnp.array([[7]]), 1e4), rtol=1e-6)
+
+
+def test_rope_fraction_validation():
+    base = small(head_dim=8)
+    assert model_config_errors(base) == []
+    assert model_config_errors(dataclasses.replace(base, rope_fraction=0.25)) == []  # 2 dimensions
+    for bad in (0.0, 1.5, 0.1, 0.375):  # out of (0, 1]; rotates 0 dimensions; rotates 3
+        assert [key for key, _, _ in model_config_errors(dataclasses.replace(base, rope_fraction=bad))] == [
+            "rope_fraction"], bad
+    assert model_config_errors(dataclasses.replace(base, rope_fraction=0.1, positions="learned")) == []
+    assert [e[0] for e in model_config_errors(dataclasses.replace(base, head_dim=9))] == ["head_dim"]
+
+
+def test_parallel_two_norms_is_parallel_with_a_separate_mlp_norm():
+    """x + attn(pre_norm(x)) + mlp(mlp_norm(x)): with mlp_norm equal to pre_norm it is PaLM's block."""
+    cfg = small(norm="layernorm", use_bias=True)
+    two_norms = Decoder(dataclasses.replace(cfg, block="parallel_two_norms"), rngs=nnx.Rngs(0))
+    one_norm = Decoder(cfg, rngs=nnx.Rngs(0))
+    params = nnx.state(two_norms, nnx.Param)
+    assert set(params["layers"]) == {"pre_norm", "attention", "mlp_norm", "mlp"}
+    nnx.update(one_norm, nnx.filter_state(params, lambda path, _: "mlp_norm" not in path))
+    tokens, positions, segments = inputs()
+    norms = params["layers"]
+    for name in ("scale", "bias"):
+        norms["mlp_norm"][name].set_value(jax.random.normal(jax.random.key(1), norms["mlp_norm"][name].shape))
+    nnx.update(two_norms, params)
+    assert not np.allclose(run(two_norms, tokens, positions, segments),
+                           run(one_norm, tokens, positions, segments), atol=1e-3)
+    for name in ("scale", "bias"):
+        norms["mlp_norm"][name].set_value(norms["pre_norm"][name][...])
+    nnx.update(two_norms, params)
+    np.testing.assert_allclose(run(two_norms, tokens, positions, segments),
+                               run(one_norm, tokens, positions, segments), atol=1e-6)
+
+
+def test_gelu_exact_is_the_erf_gelu():
+    """gelu_exact is Hugging Face's "gelu" (erf); gelu stays the tanh approximation ("gelu_new")."""
+    exact = Mlp(small(mlp="gelu_exact", init_std=0.5), rngs=nnx.Rngs(0))
+    tanh = Mlp(small(mlp="gelu", init_std=0.5), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 3, SMALL["d_model"]))
+    expected = jax.nn.gelu(x @ exact.wi.kernel[...], approximate=False) @ exact.wo.kernel[...]
+    np.testing.assert_allclose(exact(x), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tanh(x), exact(x), rtol=1e-5, atol=1e-6)
+
+
+# --- cached decoding ----------------------------------------------------------------------------
+
+DECODE_CASES = {
+    "sequential-gqa": dict(block="sequential", num_kv_heads=2),
+    "parallel": dict(num_kv_heads=1),
+    "neox": VARIANTS["neox"],
+    "learned-unrolled": dict(positions="learned", scan_layers=False, remat="full"),
+}
+
+
+@nnx.jit
+def decode(model, tokens, positions, cache):
+    return model.decode(tokens, positions, cache)
+
+
+@pytest.mark.parametrize("case", sorted(DECODE_CASES))
+def test_prefill_and_decode_steps_equal_the_full_forward(case):
+    """Prefill 10 tokens, then decode the other 6 one at a time: every position's logits must be the
+    training forward pass's. The cache starts as noise, not zeros, so the test also shows that
+    unwritten slots are invisible and written ones are overwritten."""
+    # A larger init than training's keeps activations and logits far from zero and tokens distinct.
+    model = Decoder(small(init_std=0.3, **DECODE_CASES[case]), rngs=nnx.Rngs(0))
+    tokens, positions, segments = inputs()
+    full = run(model, tokens, positions, segments)
+    cache = init_cache(model.cfg, 2, LENGTH + 4)
+    cache = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape, a.dtype), cache)
+    logits, cache = decode(model, tokens[:, :10], positions[:, :10], cache)
+    steps = [logits]
+    for t in range(10, LENGTH):
+        logits, cache = decode(model, tokens[:, t:t + 1], positions[:, t:t + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+    assert cache.keys.shape == (SMALL["num_layers"], 2, LENGTH + 4, model.cfg.num_kv_heads, SMALL["head_dim"])
+
+
+@pytest.mark.parametrize("case", ["parallel", "neox"])
+def test_greedy_generate_equals_rerunning_the_forward_pass(case):
+    model = Decoder(small(init_std=0.3, **DECODE_CASES[case]), rngs=nnx.Rngs(0))
+    prompt = inputs()[0][:, :5]
+    generated = greedy_generate(model, prompt, 6)
+    assert generated.shape == (2, 6) and generated.dtype == jnp.int32
+    sequence = prompt
+    for _ in range(6):
+        positions = jnp.tile(jnp.arange(sequence.shape[1]), (2, 1))
+        logits = run(model, sequence, positions, jnp.ones_like(sequence))
+        sequence = jnp.concatenate([sequence, jnp.argmax(logits[:, -1:], axis=-1).astype(sequence.dtype)], 1)
+    np.testing.assert_array_equal(generated, sequence[:, 5:])
+    assert len(np.unique(generated)) > 2  # not a degenerate repeat of one token
 
 
 # --- parameter names, variants, dtypes, training ------------------------------------------------

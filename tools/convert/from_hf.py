@@ -19,7 +19,7 @@ import numpy as np
 
 from model.config import model_config_errors
 from tools.convert.families import Family, TensorGroup, family_for_architectures, hf_shapes
-from tools.convert.meshtrain_format import StreamingCheckpointWriter, param_shapes
+from tools.convert.meshtrain_format import StreamingCheckpointWriter, param_shapes, release_freed_memory
 from tools.convert.safetensors_io import open_weights
 from trainer.config import dump_config, load_experiment
 from trainer.config.schema import ExperimentConfig
@@ -97,6 +97,7 @@ def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: st
         writer = StreamingCheckpointWriter(staging, step=0)
         for group in groups:
             writer.write(_assemble(group, reader, shapes, cfg.model.num_layers, on_tensor))
+            release_freed_memory()
         writer.close()
     if has_tokenizer:
         shutil.copyfile(source / TOKENIZER_FILE, staging / TOKENIZER_FILE)

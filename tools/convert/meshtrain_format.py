@@ -8,6 +8,8 @@ memory. The result is an ordinary step directory that the trainer's CheckpointMa
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 import jax
@@ -21,6 +23,24 @@ from model.decoder import Decoder
 from tools.convert.families import ParamPath
 from trainer.config.schema import ExperimentConfig
 from trainer.saved_weights import CHECKPOINTS_DIR, SavedCheckpoint
+
+
+# Compression would make Orbax hold a second, compressed copy of each array while writing it; model
+# weights barely compress (random-looking mantissas), so conversions write them uncompressed.
+_UNCOMPRESSED = ocp_v1.options.ArrayOptions(saving=ocp_v1.options.ArrayOptions.Saving(use_compression=False))
+
+
+def release_freed_memory() -> None:
+    """Returns freed heap memory to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    TensorStore's threads allocate array buffers from glibc's per-thread arenas, and glibc keeps what
+    they free for reuse. A streaming conversion frees one large parameter after another, so without
+    trimming its resident memory would creep up towards the whole model it is trying not to hold.
+    """
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def param_shapes(cfg: ExperimentConfig) -> dict[ParamPath, tuple[tuple[int, ...], np.dtype]]:
@@ -65,10 +85,12 @@ class StreamingCheckpointWriter:
 
     def write(self, params: dict[ParamPath, np.ndarray]) -> None:
         """Adds these parameters to the checkpoint; paths never repeat across calls."""
-        ocp_v1.partial.save(self.step_dir, {"params": nested(params)})
+        with ocp_v1.Context(array_options=_UNCOMPRESSED):
+            ocp_v1.partial.save(self.step_dir, {"params": nested(params)})
         self._written += len(params)
 
     def close(self) -> None:
         """Commits the checkpoint: until now it lived in a temporary directory beside step_dir."""
         if self._written:
-            ocp_v1.partial.finalize(self.step_dir)
+            with ocp_v1.Context(array_options=_UNCOMPRESSED):
+                ocp_v1.partial.finalize(self.step_dir)

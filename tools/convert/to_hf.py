@@ -18,7 +18,7 @@ import numpy as np
 
 from tools.convert.families import family_for_model, hf_shapes
 from tools.convert.from_hf import TOKENIZER_FILE
-from tools.convert.meshtrain_format import param_shapes, read_param
+from tools.convert.meshtrain_format import param_shapes, read_param, release_freed_memory
 from tools.convert.safetensors_io import SafetensorsWriter
 from trainer.data.tokenizer import existing_tokenizer
 from trainer.saved_weights import SavedCheckpoint
@@ -46,6 +46,7 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
                 writer.write(name, np.asarray(value, out_dtype))
                 on_tensor(name)
         del params
+        release_freed_memory()
     writer.close()
     hf_config = family.hf_config(model, out_dtype.name)
     hf_config.update(_special_tokens(saved))

@@ -69,14 +69,15 @@ def _skipped_recompute_params(model: ModelConfig) -> int:
     The backward pass of y = x @ W needs x and dy, never y. In a parallel block the attention output
     projection and the MLP's output matrix only feed the residual sum, so their outputs are never
     needed in the backward pass and the recomputation leaves them out (JAX's partial evaluation drops
-    them, and XLA would). In a sequential block the attention output projection feeds the MLP's norm,
+    them, and XLA would); that holds with one norm or two (parallel_two_norms: both norms read the
+    block input). In a sequential block the attention output projection feeds the MLP's norm,
     whose backward pass needs its input, so only the MLP output matrix is left out.
     """
     e, h, d, f = model.d_model, model.num_heads, model.head_dim, model.d_ff
     bias = model.use_bias
     mlp_out = f * e + (e if bias else 0)
     attn_out = h * d * e + (e if bias else 0)
-    return mlp_out + (attn_out if model.block == "parallel" else 0)
+    return mlp_out + (attn_out if model.block != "sequential" else 0)
 
 
 def _layer_params(model: ModelConfig) -> int:

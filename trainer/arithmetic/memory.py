@@ -218,13 +218,14 @@ def _layer_residuals(model: ModelConfig, a: ActivationSizes) -> int:
     the train step with jax 0.10), more than the textbook set because JAX keeps float32
     intermediates of the norm and the softmax and several elementwise intermediates of the
     activation function:
-    per norm (1 parallel, 2 sequential): 3 float32 copies of x (the input upcast, normalized, scaled)
-      and the block input in the compute dtype, and 2 float32 per-token statistics;
+    per norm (1 parallel, 2 parallel_two_norms and sequential): 3 float32 copies of x (the input
+      upcast, normalized, scaled) and the block input in the compute dtype, and 2 float32 per-token
+      statistics;
     attention: rotated q, the attention output, rotated k and v (compute dtype), the probabilities in
       float32 and in the compute dtype (one float32 array when that is float32);
     MLP: 6 arrays of [b, l, d_ff] in the compute dtype (swiglu and gelu alike).
     """
-    norms = (2 if model.block == "sequential" else 1) * (3 * a.x32 + a.x + 2 * a.stats)
+    norms = (1 if model.block == "parallel" else 2) * (3 * a.x32 + a.x + 2 * a.stats)
     attention = 2 * a.q + 2 * a.kv + a.scores + (a.probs or a.scores) + 2 * a.softmax_stats
     return norms + attention + 6 * a.hidden
 
