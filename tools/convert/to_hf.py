@@ -16,7 +16,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from tools.convert.families import family_for_model, hf_shapes
+from tools.convert.families import TensorGroup, family_for_model, hf_shapes
 from tools.convert.from_hf import TOKENIZER_FILE
 from tools.convert.meshtrain_format import param_shapes, read_param, release_freed_memory
 from tools.convert.safetensors_io import SafetensorsWriter
@@ -39,13 +39,7 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
             specs += [(name, shape, out_dtype) for name, shape in zip(group.hf_names_at(layer), layer_shapes)]
     writer = SafetensorsWriter(staging, specs)
     for group in groups:
-        params = [read_param(saved, path, *shapes[path]) for path in group.params]
-        for layer in range(model.num_layers) if group.stacked else [None]:
-            per_layer = params if layer is None else [p[layer] for p in params]
-            for name, value in zip(group.hf_names_at(layer), group.to_hf(*per_layer)):
-                writer.write(name, np.asarray(value, out_dtype))
-                on_tensor(name)
-        del params
+        _write_group(writer, group, saved, shapes, model.num_layers, on_tensor)
         release_freed_memory()
     writer.close()
     hf_config = family.hf_config(model, out_dtype.name)
@@ -55,6 +49,18 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
     if tokenizer:
         shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
     return family.architecture
+
+
+def _write_group(writer: SafetensorsWriter, group: TensorGroup, saved: SavedCheckpoint, shapes,
+                 num_layers: int, on_tensor) -> None:
+    """Writes one group's Hugging Face tensors; its parameters are freed when this returns (a slice
+    of a stacked parameter kept alive past it would keep the whole stack in memory)."""
+    params = [read_param(saved, path, *shapes[path]) for path in group.params]
+    for layer in range(num_layers) if group.stacked else [None]:
+        per_layer = params if layer is None else [p[layer] for p in params]
+        for name, value in zip(group.hf_names_at(layer), group.to_hf(*per_layer)):
+            writer.write(name, np.asarray(value, shapes[group.params[0]][1]))
+            on_tensor(name)
 
 
 def _tokenizer_path(saved: SavedCheckpoint) -> Path | None:
