@@ -169,6 +169,22 @@ def test_round_trip_dict_and_file(tmp_path):
         assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
 
 
+def test_a_run_config_written_before_a_field_existed_still_loads(tmp_path):
+    """Resuming across an upgrade: fields the file lacks take base.yaml's defaults; unknown keys
+    and bad values stay errors."""
+    cfg = load_experiment(None, ["model.rope_fraction=0.5", "train.steps=7"])
+    data = config_to_dict(cfg)
+    del data["model"]["rope_fraction"], data["checkpoint"]["init_from"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    loaded = load_config_file(path)
+    assert (loaded.model.rope_fraction, loaded.checkpoint.init_from, loaded.train.steps) == (1.0, None, 7)
+    data["train"]["stepz"] = 3
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"train\.stepz"):
+        load_config_file(path)
+
+
 def test_config_from_dict_is_strict():
     data = config_to_dict(load_experiment(None))
     del data["train"]["steps"]

@@ -2,8 +2,9 @@
 
 The state is restored straight into the target mesh's shardings and the target dtype (Orbax reads
 only each device's shards and casts on the way), then written as a new checkpoint laid out for
-that mesh. This runs on the target's devices: on a cluster every process holds only its own
-shards, so it scales where a single-host tool would not. Without --params-only the result resumes
+that mesh, on this host's devices. Checkpoints restore onto any mesh and process count anyway
+(the trainer places what it reads); resharding stores them in the layout the next run reads
+fastest. Without --params-only the result resumes
 exactly where the source stopped (optimizer state and data position included); with it, the
 result starts new runs through `checkpoint.init_from`.
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.config.resolve import as_dict, build, flatten
+from trainer.config.resolve import as_dict, build, flatten, normalize_layer, resolve_layers
 from trainer.config.schema import ExperimentConfig
 from trainer.atomic import write_atomic
 from trainer.config.yamlio import read_yaml_mapping
@@ -40,8 +40,12 @@ def config_from_dict(data: dict, source: str = "config dict") -> ExperimentConfi
 
 
 def load_config_file(path: str | Path) -> ExperimentConfig:
-    """A config.yaml written by dump_config (e.g. a run directory's) back as a checked config."""
-    return config_from_dict(read_yaml_mapping(path), source=str(path))
+    """A config.yaml written by dump_config (e.g. a run directory's) back as a checked config.
+
+    Unknown keys and bad values are errors; a field the file lacks because it was added to
+    meshtrain after the file was written takes its base.yaml default, which keeps the earlier
+    behaviour, so runs resume across upgrades."""
+    return resolve_layers([(str(path), normalize_layer(str(path), read_yaml_mapping(path)))])
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
