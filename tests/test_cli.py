@@ -36,6 +36,8 @@ BAD_INPUTS = [
     (["train", "--gin_param", "TrainConfig.stepz=3"], "stepz"),
     (["train", "data.dataset=c4/en:3.1.0"], "c4/en:3.1.0"),
     (["tokenizer", "data.dataset=local_text", "data.text_dir=/no/such/dir"], "/no/such/dir"),
+    (["convert", "/no/such/model", "out"], "/no/such/model"),
+    (["sample", "/no/such/run", "--prompt", "hi"], "/no/such/run"),
 ]
 
 

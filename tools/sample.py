@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
     saved = find_checkpoint(args.checkpoint, args.step)
+    if getattr(args, "args", None):
+        raise UserError(f"meshtrain sample takes no key=value overrides (got {' '.join(args.args)})")
     model_cfg = saved.config.model
     tokenizer_file = args.tokenizer or existing_tokenizer(saved.config.data, model_cfg.vocab_size)
     tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None

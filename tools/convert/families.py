@@ -73,6 +73,7 @@ class Family:
 
     architecture: str
     model_type: str
+    embedding: str  # the token embedding's tensor name: its dtype is the checkpoint's
 
     def fit_errors(self, cfg: ModelConfig) -> list[str]:
         raise NotImplementedError
@@ -128,6 +129,7 @@ def _mismatches(cfg: ModelConfig, wanted: dict) -> list[str]:
 class Llama(Family):
     architecture = "LlamaForCausalLM"
     model_type = "llama"
+    embedding = "model.embed_tokens.weight"
 
     def fit_errors(self, cfg):
         return _mismatches(cfg, {"block": ("sequential",), "mlp": ("swiglu",), "norm": ("rmsnorm",),
@@ -160,7 +162,7 @@ class Llama(Family):
     def groups(self, cfg):
         layer = "model.layers.{i}."
         groups = [
-            _group(["embed/embedding"], ["model.embed_tokens.weight"], False, _IDENTITY),
+            _group(["embed/embedding"], [self.embedding], False, _IDENTITY),
             _group(["final_norm/scale"], ["model.norm.weight"], False, _IDENTITY),
             _group(["layers/pre_norm/scale"], [layer + "input_layernorm.weight"], True, _IDENTITY),
             _group(["layers/mlp_norm/scale"], [layer + "post_attention_layernorm.weight"], True, _IDENTITY),
@@ -192,6 +194,7 @@ _HF_GELU = {"gelu_exact": "gelu", "gelu": "gelu_new"}
 class GPTNeoX(Family):
     architecture = "GPTNeoXForCausalLM"
     model_type = "gpt_neox"
+    embedding = "gpt_neox.embed_in.weight"
 
     def fit_errors(self, cfg):
         errors = _mismatches(cfg, {"block": ("parallel_two_norms", "sequential"), "mlp": ("gelu_exact", "gelu"),
@@ -248,7 +251,7 @@ class GPTNeoX(Family):
 
         attention = ["layers/attention/query/", "layers/attention/key/", "layers/attention/value/"]
         groups = [
-            _group(["embed/embedding"], ["gpt_neox.embed_in.weight"], False, _IDENTITY),
+            _group(["embed/embedding"], [self.embedding], False, _IDENTITY),
             _group(["final_norm/scale"], ["gpt_neox.final_layer_norm.weight"], False, _IDENTITY),
             _group(["final_norm/bias"], ["gpt_neox.final_layer_norm.bias"], False, _IDENTITY),
             _group(["layers/pre_norm/scale"], [layer + "input_layernorm.weight"], True, _IDENTITY),

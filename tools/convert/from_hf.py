@@ -70,8 +70,7 @@ def converted_config(family: Family, hf_config: dict, reader, destination: Path,
     """The default experiment with the Hugging Face model in it, starting from `destination`."""
     base = load_experiment(None, [f"name={destination.name}"])
     model = family.model_config(hf_config, base.model)
-    embedding = family.groups(model)[0].hf_names[0]
-    source_dtype = np.dtype(reader.dtype(embedding)).name if embedding in reader else "float32"
+    source_dtype = np.dtype(reader.dtype(family.embedding)).name if family.embedding in reader else "float32"
     model = dataclasses.replace(model, param_dtype=dtype or source_dtype)
     errors = model_config_errors(model)
     if errors:
