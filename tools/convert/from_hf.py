@@ -13,9 +13,9 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from model.config import model_config_errors
 from tools.convert.families import Family, TensorGroup, family_for_architectures, hf_shapes
@@ -83,19 +83,22 @@ def converted_config(family: Family, hf_config: dict, reader, destination: Path,
 
 
 def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: str | None,
-                    allow_pickle: bool, on_tensor: Callable[[str], None] = lambda name: None) -> ExperimentConfig:
-    """Writes the meshtrain checkpoint of `source` into `staging` (renamed to `destination` later)."""
+                    allow_pickle: bool, progress: tqdm) -> ExperimentConfig:
+    """Writes the meshtrain checkpoint of `source` into `staging` (renamed to `destination` later);
+    `progress` counts the source tensors read."""
     hf_config = read_hf_config(source)
     family = family_for_architectures(hf_config.get("architectures"))
     has_tokenizer = (source / TOKENIZER_FILE).is_file()
     with open_weights(source, allow_pickle=allow_pickle) as reader:
         cfg = converted_config(family, hf_config, reader, destination, dtype, has_tokenizer)
         groups = family.groups(cfg.model)
-        check_tensors(reader, expected_tensors(family, groups, cfg), family, cfg, source)
+        expected = expected_tensors(family, groups, cfg)
+        check_tensors(reader, expected, family, cfg, source)
+        progress.reset(total=len(expected))
         shapes = param_shapes(cfg)
         writer = StreamingCheckpointWriter(staging, step=0)
         for group in groups:
-            writer.write(_assemble(group, reader, shapes, cfg.model.num_layers, on_tensor))
+            writer.write(_assemble(group, reader, shapes, cfg.model.num_layers, progress))
             release_freed_memory()
         writer.close()
     if has_tokenizer:
@@ -104,7 +107,7 @@ def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: st
     return cfg
 
 
-def _assemble(group: TensorGroup, reader, shapes, num_layers: int, on_tensor) -> dict:
+def _assemble(group: TensorGroup, reader, shapes, num_layers: int, progress: tqdm) -> dict:
     """The group's meshtrain parameters, filled one layer's source tensors at a time."""
     params = {path: np.empty(*shapes[path]) for path in group.params}
     for layer in range(num_layers) if group.stacked else [None]:
@@ -112,7 +115,8 @@ def _assemble(group: TensorGroup, reader, shapes, num_layers: int, on_tensor) ->
         hf = []
         for name in names:
             hf.append(reader.read(name))
-            on_tensor(name)
+            progress.set_postfix_str(name, refresh=False)
+            progress.update()
         for path, value in zip(group.params, group.to_meshtrain(*hf)):
             target = params[path] if layer is None else params[path][layer]
             target[...] = np.asarray(value).astype(params[path].dtype)

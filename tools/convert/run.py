@@ -63,16 +63,15 @@ class Conversion:
 
     def _convert(self, staging: Path) -> dict:
         bar = tqdm(desc="convert", unit="tensor", disable=not self.progress, dynamic_ncols=True)
-        on_tensor = lambda name: bar.update()
         with bar:
             if self.source_format == HF:
                 cfg = from_hf.convert_from_hf(self.source, staging, self.destination, dtype=self.dtype,
-                                              allow_pickle=self.allow_pickle, on_tensor=on_tensor)
+                                              allow_pickle=self.allow_pickle, progress=bar)
                 return {**self._describe(cfg), "source_format": f"Hugging Face {cfg.model.name}",
                         "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
             if self.to == HF:
                 architecture = to_hf.convert_to_hf(self.saved, staging, dtype=self.dtype,
-                                                   architecture=self.architecture, on_tensor=on_tensor)
+                                                   architecture=self.architecture, progress=bar)
                 return {**self._describe(self.saved.config, self.dtype), "step": self.saved.step,
                         "destination_format": f"Hugging Face {architecture}"}
         cfg = reshard.target_config(self.saved, self.destination, dtype=self.dtype,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from tools.convert.families import TensorGroup, family_for_model, hf_shapes
 from tools.convert.from_hf import TOKENIZER_FILE
@@ -25,8 +25,9 @@ from trainer.saved_weights import SavedCheckpoint
 
 
 def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, architecture: str | None,
-                  on_tensor: Callable[[str], None] = lambda name: None) -> str:
-    """Writes the Hugging Face model of `saved` into `staging`; returns the architecture."""
+                  progress: tqdm) -> str:
+    """Writes the Hugging Face model of `saved` into `staging`; returns the architecture.
+    `progress` counts the tensors written."""
     model = saved.config.model
     family = family_for_model(model, architecture)
     out_dtype = np.dtype(jnp.dtype(dtype or model.param_dtype))
@@ -38,8 +39,9 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
         for layer in range(model.num_layers) if group.stacked else [None]:
             specs += [(name, shape, out_dtype) for name, shape in zip(group.hf_names_at(layer), layer_shapes)]
     writer = SafetensorsWriter(staging, specs)
+    progress.reset(total=len(specs))
     for group in groups:
-        _write_group(writer, group, saved, shapes, model.num_layers, on_tensor)
+        _write_group(writer, group, saved, shapes, model.num_layers, progress)
         release_freed_memory()
     writer.close()
     hf_config = family.hf_config(model, out_dtype.name)
@@ -52,7 +54,7 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
 
 
 def _write_group(writer: SafetensorsWriter, group: TensorGroup, saved: SavedCheckpoint, shapes,
-                 num_layers: int, on_tensor) -> None:
+                 num_layers: int, progress: tqdm) -> None:
     """Writes one group's Hugging Face tensors; its parameters are freed when this returns (a slice
     of a stacked parameter kept alive past it would keep the whole stack in memory)."""
     params = [read_param(saved, path, *shapes[path]) for path in group.params]
@@ -60,7 +62,8 @@ def _write_group(writer: SafetensorsWriter, group: TensorGroup, saved: SavedChec
         per_layer = params if layer is None else [p[layer] for p in params]
         for name, value in zip(group.hf_names_at(layer), group.to_hf(*per_layer)):
             writer.write(name, np.asarray(value, shapes[group.params[0]][1]))
-            on_tensor(name)
+            progress.set_postfix_str(name, refresh=False)
+            progress.update()
 
 
 def _tokenizer_path(saved: SavedCheckpoint) -> Path | None:
