@@ -220,7 +220,7 @@ def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer,
     for name, value in params_of(tmp_path / "params").items():
         np.testing.assert_array_equal(value, before[name], err_msg=name)
 
-    code, _, err = run_convert(capsys, source, tmp_path / "hf", "--verify")
+    code, _, err = run_convert(capsys, source, tmp_path / "hf")
     assert code == 0, err
     exported = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert exported["eos_token_id"] == 1 and (tmp_path / "hf" / "tokenizer.model").is_file()
