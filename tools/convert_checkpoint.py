@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.cli import command_main
+from trainer.cli import command_main, quiet_libraries
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -58,6 +58,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from tools.convert.run import Conversion  # jax, orbax: imported only once there is work to do
 
+    quiet_libraries()
     source, destination = Path(args.source).expanduser().absolute(), Path(args.destination).expanduser().absolute()
     started = time.perf_counter()
     conversion = Conversion(source, destination, to=args.to, dtype=args.dtype, params_only=args.params_only,

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from trainer.cli import command_main
+from trainer.cli import command_main, quiet_libraries
 from trainer.errors import UserError
 
 
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from trainer.data.tokenizer import existing_tokenizer, load_tokenizer
     from trainer.saved_weights import find_checkpoint, load_decoder
 
+    quiet_libraries()
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
     saved = find_checkpoint(args.checkpoint, args.step)

@@ -25,9 +25,12 @@ from trainer.config.schema import ExperimentConfig
 from trainer.saved_weights import CHECKPOINTS_DIR, SavedCheckpoint
 
 
-# Compression would make Orbax hold a second, compressed copy of each array while writing it; model
-# weights barely compress (random-looking mantissas), so conversions write them uncompressed.
-_UNCOMPRESSED = ocp_v1.options.ArrayOptions(saving=ocp_v1.options.ArrayOptions.Saving(use_compression=False))
+def _uncompressed() -> ocp_v1.Context:
+    """Orbax settings for conversion writes. Compression would make Orbax hold a second, compressed
+    copy of each array while writing it; model weights barely compress (random-looking mantissas)."""
+    context = ocp_v1.Context()
+    context.array.saving.use_compression = False
+    return context
 
 
 def release_freed_memory() -> None:
@@ -85,12 +88,12 @@ class StreamingCheckpointWriter:
 
     def write(self, params: dict[ParamPath, np.ndarray]) -> None:
         """Adds these parameters to the checkpoint; paths never repeat across calls."""
-        with ocp_v1.Context(array_options=_UNCOMPRESSED):
+        with _uncompressed():
             ocp_v1.partial.save(self.step_dir, {"params": nested(params)})
         self._written += len(params)
 
     def close(self) -> None:
         """Commits the checkpoint: until now it lived in a temporary directory beside step_dir."""
         if self._written:
-            with ocp_v1.Context(array_options=_UNCOMPRESSED):
+            with _uncompressed():
                 ocp_v1.partial.finalize(self.step_dir)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
@@ -28,6 +30,9 @@ def source_format(source: Path) -> str:
 
 
 class Conversion:
+    """SRC -> DST in one format or the other; every check on the arguments runs on construction,
+    before anything is read or written, and `run` stages, converts, verifies and renames."""
+
     def __init__(self, source: Path, destination: Path, *, to: str | None, dtype: str | None,
                  params_only: bool, architecture: str | None, step: int | None, overrides: list[str],
                  allow_pickle: bool, overwrite: bool, progress: bool):
@@ -50,6 +55,10 @@ class Conversion:
         if architecture and self.to != HF:
             raise UserError("--architecture picks the Hugging Face class of a meshtrain -> Hugging Face conversion")
         check_destination(destination, overwrite=overwrite, source=source)
+        if HF in (self.source_format, self.to) and not os.environ.get("JAX_PLATFORMS"):
+            # Host work: on an accelerator host the converter must not claim device memory that a
+            # training job beside it may be using. Resharding (meshtrain -> meshtrain) needs the devices.
+            jax.config.update("jax_platforms", "cpu")
 
     def run(self, *, verify: bool, tolerance: float | None) -> dict:
         summary = {"source": str(self.source), "destination": str(self.destination),
@@ -61,19 +70,22 @@ class Conversion:
             summary["bytes_written"] = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         return summary
 
+    def _bar(self) -> tqdm:
+        return tqdm(desc="convert", unit="tensor", disable=not self.progress, dynamic_ncols=True)
+
     def _convert(self, staging: Path) -> dict:
-        bar = tqdm(desc="convert", unit="tensor", disable=not self.progress, dynamic_ncols=True)
-        with bar:
-            if self.source_format == HF:
+        if self.source_format == HF:
+            with self._bar() as bar:
                 cfg = from_hf.convert_from_hf(self.source, staging, self.destination, dtype=self.dtype,
                                               allow_pickle=self.allow_pickle, progress=bar)
-                return {**self._describe(cfg), "source_format": f"Hugging Face {cfg.model.name}",
-                        "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
-            if self.to == HF:
+            return {**self._describe(cfg), "source_format": f"Hugging Face {cfg.model.name}",
+                    "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
+        if self.to == HF:
+            with self._bar() as bar:
                 architecture = to_hf.convert_to_hf(self.saved, staging, dtype=self.dtype,
                                                    architecture=self.architecture, progress=bar)
-                return {**self._describe(self.saved.config, self.dtype), "step": self.saved.step,
-                        "destination_format": f"Hugging Face {architecture}"}
+            return {**self._describe(self.saved.config, self.dtype), "step": self.saved.step,
+                    "destination_format": f"Hugging Face {architecture}"}
         cfg = reshard.target_config(self.saved, self.destination, dtype=self.dtype,
                                     params_only=self.params_only, overrides=self.overrides)
         reshard.convert_meshtrain(self.saved, staging, cfg, params_only=self.params_only)
