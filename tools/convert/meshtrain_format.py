@@ -15,9 +15,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint.experimental import v1 as ocp_v1
-
 from flax import nnx
+from orbax.checkpoint.experimental import v1 as ocp_v1
 
 from model.decoder import Decoder
 from tools.convert.families import ParamPath
