@@ -105,6 +105,29 @@ def test_hf_to_meshtrain_to_hf_matches_transformers_and_round_trips_bit_exactly(
         np.testing.assert_array_equal(second[name], first[name], err_msg=name)
 
 
+def test_bfloat16_checkpoints_convert_exactly_and_upcast_losslessly(tmp_path, capsys):
+    """Released checkpoints are mostly bfloat16: kept as is, or widened to float32, nothing is lost,
+    so --verify holds both to the same-dtype tolerance."""
+    torch, _ = reference()
+    save_hf_model(tmp_path / "hf32", "llama-gqa-untied").to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    code, out, err = run_convert(capsys, tmp_path / "hf", tmp_path / "mt", "--verify", "--json")
+    assert code == 0, err
+    kept = json.loads(out)
+    assert (kept["source_dtype"], kept["dtype"]) == ("bfloat16", "bfloat16") and kept["tolerance"] is not None
+    code, out, err = run_convert(capsys, tmp_path / "hf", tmp_path / "mt32", "--dtype", "float32", "--verify", "--json")
+    assert code == 0, err
+    assert json.loads(out)["tolerance"] is not None
+    bf16, f32 = params_of(tmp_path / "mt"), params_of(tmp_path / "mt32")
+    for name in bf16:
+        assert bf16[name].dtype == jax.numpy.bfloat16
+        np.testing.assert_array_equal(f32[name], bf16[name].astype(np.float32), err_msg=name)
+    assert run_convert(capsys, tmp_path / "mt", tmp_path / "hf2")[0] == 0
+    with SafetensorsReader(tmp_path / "hf") as original, SafetensorsReader(tmp_path / "hf2") as exported:
+        for name in exported.names():
+            assert exported.dtype(name) == jax.numpy.bfloat16
+            np.testing.assert_array_equal(exported.read(name), original.read(name), err_msg=name)
+
+
 def test_legacy_neox_rotary_keys_are_read():
     from tools.convert.families import GPTNeoX
     from trainer.config import load_experiment

@@ -45,7 +45,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--verify", action="store_true", help="compare source and result logits")
     parser.add_argument("--tolerance", type=float,
                         help="largest allowed |logit difference| for --verify (default: 1e-4 x the largest "
-                             "|logit| when the dtype is kept; report only after a cast)")
+                             "|logit| when no precision is lost; report only after a narrowing cast)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST (once the new one is complete)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read pickled .bin/.pt weights (they can run code when loaded: trusted sources only)")
@@ -74,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
 def format_summary(s: dict) -> str:
     lines = [f"converted {s['source']} ({s['source_format']}) -> {s['destination']} ({s['destination_format']})",
-             f"  {s['tensors']} tensors, {s['parameters'] / 1e6:,.1f}M parameters in {s['dtype']}, "
+             f"  {s['tensors']} tensors, {s['parameters'] / 1e6:,.1f}M parameters, {s['source_dtype']} -> {s['dtype']}, "
              f"{s['bytes_written'] / 1e6:,.1f} MB written in {s['seconds']:.1f} s, "
              f"peak host memory {s['peak_rss_bytes'] / 1e6:,.0f} MB"]
     if "max_abs_logit_diff" in s:
-        verdict = ("report only: the dtype changed" if s["tolerance"] is None
+        verdict = ("report only: a narrowing cast" if s["tolerance"] is None
                    else f"tolerance {s['tolerance']:.2e}: ok")
         lines.append(f"  verify: max |logit difference| {s['max_abs_logit_diff']:.3e}, KL divergence "
                      f"{s['kl_divergence']:.3e} over {s['tokens_compared']} tokens ({verdict})")

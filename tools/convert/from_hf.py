@@ -65,13 +65,17 @@ def check_tensors(reader, expected: dict[str, tuple], family: Family, cfg: Exper
                         + "\n  ".join(shown))
 
 
+def stored_dtype(reader, family: Family) -> str:
+    """The dtype the source stores its weights in (its token embedding's)."""
+    return np.dtype(reader.dtype(family.embedding)).name if family.embedding in reader else "float32"
+
+
 def converted_config(family: Family, hf_config: dict, reader, destination: Path, dtype: str | None,
                      has_tokenizer: bool) -> ExperimentConfig:
     """The default experiment with the Hugging Face model in it, starting from `destination`."""
     base = load_experiment(None, [f"name={destination.name}"])
     model = family.model_config(hf_config, base.model)
-    source_dtype = np.dtype(reader.dtype(family.embedding)).name if family.embedding in reader else "float32"
-    model = dataclasses.replace(model, param_dtype=dtype or source_dtype)
+    model = dataclasses.replace(model, param_dtype=dtype or stored_dtype(reader, family))
     errors = model_config_errors(model)
     if errors:
         raise UserError("config.json gives a model meshtrain cannot build: " + "; ".join(
@@ -83,14 +87,15 @@ def converted_config(family: Family, hf_config: dict, reader, destination: Path,
 
 
 def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: str | None,
-                    allow_pickle: bool, progress: tqdm) -> ExperimentConfig:
+                    allow_pickle: bool, progress: tqdm) -> tuple[ExperimentConfig, str]:
     """Writes the meshtrain checkpoint of `source` into `staging` (renamed to `destination` later);
-    `progress` counts the source tensors read."""
+    returns its config and the dtype the source stored. `progress` counts the source tensors read."""
     hf_config = read_hf_config(source)
     family = family_for_architectures(hf_config.get("architectures"))
     has_tokenizer = (source / TOKENIZER_FILE).is_file()
     with open_weights(source, allow_pickle=allow_pickle) as reader:
         cfg = converted_config(family, hf_config, reader, destination, dtype, has_tokenizer)
+        source_dtype = stored_dtype(reader, family)
         groups = family.groups(cfg.model)
         expected = expected_tensors(family, groups, cfg)
         check_tensors(reader, expected, family, cfg, source)
@@ -104,7 +109,7 @@ def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: st
     if has_tokenizer:
         shutil.copyfile(source / TOKENIZER_FILE, staging / TOKENIZER_FILE)
     dump_config(cfg, staging / "config.yaml")
-    return cfg
+    return cfg, source_dtype
 
 
 def _assemble(group: TensorGroup, reader, shapes, num_layers: int, progress: tqdm) -> dict:

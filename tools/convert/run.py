@@ -29,6 +29,12 @@ def source_format(source: Path) -> str:
     return MESHTRAIN
 
 
+def _lossless(source_dtype: str, dtype: str) -> bool:
+    """True when every value of source_dtype is exactly representable in dtype."""
+    source, target = jnp.dtype(source_dtype), jnp.dtype(dtype)
+    return source == target or (target == jnp.float32 and source in (jnp.bfloat16, jnp.float16))
+
+
 class Conversion:
     """SRC -> DST in one format or the other; every check on the arguments runs on construction,
     before anything is read or written, and `run` stages, converts, verifies and renames."""
@@ -66,7 +72,8 @@ class Conversion:
         with staged_directory(self.destination) as staging:
             summary.update(self._convert(staging))
             if verify:
-                summary.update(self._verify(staging, tolerance))
+                summary.update(self._verify(staging, tolerance, lossless=_lossless(
+                    summary["source_dtype"], summary["dtype"])))
             summary["bytes_written"] = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         return summary
 
@@ -76,20 +83,22 @@ class Conversion:
     def _convert(self, staging: Path) -> dict:
         if self.source_format == HF:
             with self._bar() as bar:
-                cfg = from_hf.convert_from_hf(self.source, staging, self.destination, dtype=self.dtype,
-                                              allow_pickle=self.allow_pickle, progress=bar)
-            return {**self._describe(cfg), "source_format": f"Hugging Face {cfg.model.name}",
+                cfg, source_dtype = from_hf.convert_from_hf(self.source, staging, self.destination, dtype=self.dtype,
+                                                            allow_pickle=self.allow_pickle, progress=bar)
+            return {**self._describe(cfg), "source_dtype": source_dtype, "source_format": f"Hugging Face {cfg.model.name}",
                     "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
         if self.to == HF:
             with self._bar() as bar:
                 architecture = to_hf.convert_to_hf(self.saved, staging, dtype=self.dtype,
                                                    architecture=self.architecture, progress=bar)
             return {**self._describe(self.saved.config, self.dtype), "step": self.saved.step,
+                    "source_dtype": self.saved.config.model.param_dtype,
                     "destination_format": f"Hugging Face {architecture}"}
         cfg = reshard.target_config(self.saved, self.destination, dtype=self.dtype,
                                     params_only=self.params_only, overrides=self.overrides)
         reshard.convert_meshtrain(self.saved, staging, cfg, params_only=self.params_only)
         return {**self._describe(cfg), "step": self.saved.step, "params_only": self.params_only,
+                "source_dtype": self.saved.config.model.param_dtype,
                 "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
 
     @staticmethod
@@ -98,7 +107,9 @@ class Conversion:
         return {"tensors": len(shapes), "parameters": sum(math.prod(s) for s, _ in shapes.values()),
                 "dtype": dtype or cfg.model.param_dtype}
 
-    def _verify(self, staging: Path, tolerance: float | None) -> dict:
+    def _verify(self, staging: Path, tolerance: float | None, *, lossless: bool) -> dict:
+        """Compares logits; without --tolerance, a conversion that loses no precision must match to
+        1e-4 x the largest |logit| (summation order only), and a narrowing cast is reported only."""
         model = (self.saved.config.model if self.saved else
                  find_checkpoint(staging).config.model)
         tokens = verify.sample_tokens(model.vocab_size, model.max_seq_len)
@@ -109,9 +120,7 @@ class Conversion:
         converted = (verify.hf_logits(staging, tokens) if self.to == HF
                      else verify.meshtrain_logits(find_checkpoint(staging), tokens))
         result = verify.compare_logits(reference, converted)
-        kept_dtype = self.dtype is None or (
-            self.saved is not None and jnp.dtype(self.dtype) == jnp.dtype(self.saved.config.model.param_dtype))
-        if tolerance is None and kept_dtype:
+        if tolerance is None and lossless:
             tolerance = 1e-4 * max(1.0, result["max_abs_logit"])
         result["tolerance"] = tolerance
         if tolerance is not None and not result["max_abs_logit_diff"] <= tolerance:
