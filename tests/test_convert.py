@@ -210,6 +210,20 @@ def test_training_continues_from_converted_weights(llama_with_tokenizer, data_di
     assert any(not np.array_equal(after_three[name], converted[name]) for name in converted)
 
 
+def test_a_run_resumes_after_the_weights_it_started_from_are_gone(llama_with_tokenizer, data_dir, tmp_path):
+    from trainer.config import load_experiment
+    from trainer.loop import train
+
+    weights = shutil.copytree(llama_with_tokenizer / "mt", tmp_path / "weights")
+    overrides = [f"data.data_dir={data_dir}", f"run_dir={tmp_path / 'run'}", "data.seq_len=32",
+                 "train.batch_size=8", "train.eval_every=0", f"checkpoint.init_from={weights}"]
+    train(load_experiment(str(weights / "config.yaml"), [*overrides, "train.steps=1"]), progress=False)
+    shutil.rmtree(weights)
+    resumed = train(load_experiment(str(llama_with_tokenizer / "mt" / "config.yaml"),
+                                    [*overrides, "train.steps=2"]), progress=False)
+    assert (resumed.start_step, resumed.end_step) == (1, 2)
+
+
 def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer, data_dir, tmp_path, capsys):
     from trainer.config import load_experiment
     from trainer.loop import train
@@ -235,6 +249,10 @@ def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer,
     resumed = train(load_experiment(str(tmp_path / "bf16" / "config.yaml"), ["train.steps=3"]), progress=False)
     assert (resumed.start_step, resumed.end_step) == (2, 3)
 
+    code, _, err = run_convert(capsys, source, tmp_path / "deeper", "--to", "meshtrain", "model.num_layers=3")
+    assert code == 2 and "model.num_layers: 2 in the checkpoint, 3 here" in err
+    code, _, err = run_convert(capsys, source, tmp_path / "adafactor", "--to", "meshtrain", "optimizer.name=adafactor")
+    assert code == 2 and "optimizer.name" in err and "--params-only" in err
     assert run_convert(capsys, source, tmp_path / "params", "--to", "meshtrain", "--params-only")[0] == 0
     weights = find_checkpoint(tmp_path / "params")
     from trainer.saved_weights import state_metadata
@@ -307,6 +325,15 @@ def test_unsupported_architecture_names_the_supported_ones(hf_llama, tmp_path, c
     assert code == 2 and "GPT2LMHeadModel" in err and "LlamaForCausalLM" in err and "GPTNeoXForCausalLM" in err
 
 
+def test_a_config_json_without_a_size_names_the_key(hf_llama, tmp_path, capsys):
+    source = _copy(hf_llama, tmp_path / "sizeless")
+    config = json.loads((source / "config.json").read_text())
+    del config["hidden_size"]
+    (source / "config.json").write_text(json.dumps(config))
+    code, _, err = run_convert(capsys, source, tmp_path / "out")
+    assert code == 2 and "hidden_size=None" in err and "Traceback" not in err
+
+
 def test_missing_unexpected_and_misshaped_tensors_are_listed(hf_llama, tmp_path, capsys):
     from tools.convert.safetensors_io import SafetensorsWriter
 
@@ -337,6 +364,8 @@ def test_existing_destination_is_kept_without_overwrite(hf_llama, tmp_path, caps
     code, _, err = run_convert(capsys, source, destination)
     assert code == 2 and "--overwrite" in err
     assert (destination / "precious.txt").read_text() == "keep me"
+    code, _, err = run_convert(capsys, source, source.parent, "--overwrite")
+    assert code == 2 and "contain it" in err and source.is_dir()
     assert run_convert(capsys, source, destination, "--overwrite")[0] == 0
     assert not (destination / "precious.txt").exists() and find_checkpoint(destination).step == 0
 

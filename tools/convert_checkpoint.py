@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_summary(s: dict) -> str:
     lines = [f"converted {s['source']} ({s['source_format']}) -> {s['destination']} ({s['destination_format']})",
-             f"  {s['tensors']} tensors, {s['parameters'] / 1e6:,.1f}M parameters, {s['source_dtype']} -> {s['dtype']}, "
+             f"  {s['parameters'] / 1e6:,.1f}M parameters in {s['tensors']} meshtrain arrays, {s['source_dtype']} -> {s['dtype']}, "
              f"{s['bytes_written'] / 1e6:,.1f} MB written in {s['seconds']:.1f} s, "
              f"peak host memory {s['peak_rss_bytes'] / 1e6:,.0f} MB"]
     if "max_abs_logit_diff" in s:

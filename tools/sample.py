@@ -3,7 +3,8 @@ from a trained run or a converted checkpoint, decoded with a KV cache (model/gen
 
 The prompt is encoded with the checkpoint's sentencepiece tokenizer (the run's, or the
 tokenizer.model a conversion copied), with the tokenizer's BOS first when it has one, as Llama's
-tokenizers do. Generation stops after the tokenizer's EOS, as transformers' generate() does.
+tokenizers do. The output ends at the tokenizer's EOS, as transformers' generate() does (the
+compiled program runs all --max-new-tokens steps; what follows the EOS is dropped).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from model.generate import greedy_generate
-    from trainer.data.tokenizer import existing_tokenizer, load_tokenizer
+    from trainer.data.tokenizer import encode, existing_tokenizer, load_tokenizer
     from trainer.saved_weights import find_checkpoint, load_decoder
 
     quiet_libraries()
@@ -56,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{saved.directory} has no tokenizer to encode --prompt with: pass "
                             f"--tokenizer PATH.model, or --prompt-ids")
         bos = [] if args.no_bos or tokenizer.bos_id() < 0 else [tokenizer.bos_id()]
-        prompt_ids = bos + tokenizer.encode(args.prompt)
+        prompt_ids = bos + encode(tokenizer, args.prompt)
     if not prompt_ids:
         raise UserError("the prompt is empty: generation needs at least one token to continue")
+    if model_cfg.positions == "learned" and len(prompt_ids) + args.max_new_tokens > model_cfg.max_seq_len:
+        raise UserError(f"{len(prompt_ids)} prompt tokens + --max-new-tokens {args.max_new_tokens} exceed "
+                        f"model.max_seq_len={model_cfg.max_seq_len}, the rows of its learned position table")
 
     model = load_decoder(saved)
     started = time.perf_counter()
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"checkpoint": str(saved.step_dir), "prompt_ids": prompt_ids,
                           "generated_ids": generated, "text": text,
-                          "tokens_per_second": round(len(generated) / seconds, 2)}))
+                          "seconds_including_compilation": round(seconds, 3)}))
     else:
         print((args.prompt or "") + (text if text is not None else " ".join(map(str, generated))))
         print(f"[{len(generated)} tokens in {seconds:.2f} s, including compilation; {saved.step_dir}]",

@@ -131,7 +131,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
-    initial_weights = initial_weights_for(cfg)
+    initial_weights = initial_weights_for(cfg, run_dir_path(cfg))
     run_dir = open_run_dir(cfg) if primary else run_dir_path(cfg)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)

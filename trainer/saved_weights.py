@@ -14,11 +14,14 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from model.config import ModelConfig
+from model.decoder import Decoder
 from trainer.config import load_config_file
 from trainer.config.schema import ExperimentConfig
 from trainer.errors import ConfigError, UserError
+from trainer.train_state import model_def
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -60,7 +63,7 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> SavedCheckpoin
     if not config_path.is_file():
         raise UserError(f"{directory}: no {CONFIG_FILE}; a meshtrain checkpoint directory holds the "
                         f"config.yaml that describes its model beside {CHECKPOINTS_DIR}/")
-    steps = _complete_steps(directory / CHECKPOINTS_DIR)
+    steps = complete_steps(directory / CHECKPOINTS_DIR)
     if not steps:
         raise UserError(f"{directory / CHECKPOINTS_DIR}: no complete checkpoint")
     if step is None:
@@ -72,7 +75,7 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> SavedCheckpoin
                            load_config_file(config_path))
 
 
-def _complete_steps(checkpoints: Path) -> list[int]:
+def complete_steps(checkpoints: Path) -> list[int]:
     """Steps whose write finished (Orbax renames a step directory into place only when complete)."""
     if not checkpoints.is_dir():
         return []
@@ -114,10 +117,11 @@ def check_same_architecture(saved: ModelConfig, wanted: ModelConfig, source: str
                           f"settings from its config.yaml")
 
 
-def initial_weights_for(cfg: ExperimentConfig) -> SavedCheckpoint | None:
+def initial_weights_for(cfg: ExperimentConfig, run_dir: Path) -> SavedCheckpoint | None:
     """The checkpoint `checkpoint.init_from` names, checked against this run's model before the
-    run starts (None when the run starts from a fresh initialization)."""
-    if not cfg.checkpoint.init_from:
+    run starts; None when the run starts from a fresh initialization or resumes its own checkpoints
+    (the weights it started from need not exist any more)."""
+    if not cfg.checkpoint.init_from or complete_steps(run_dir / CHECKPOINTS_DIR):
         return None
     saved = find_checkpoint(cfg.checkpoint.init_from)
     check_same_architecture(saved.config.model, cfg.model, f"checkpoint.init_from={cfg.checkpoint.init_from}")
@@ -127,16 +131,12 @@ def initial_weights_for(cfg: ExperimentConfig) -> SavedCheckpoint | None:
 def load_decoder(saved: SavedCheckpoint, compute_dtype: str | None = None):
     """The checkpoint's model as an NNX Decoder on one device (for sampling and verifying models
     that fit one device), computing in `compute_dtype` (default: the model config's)."""
-    from flax import nnx
-
-    from model.decoder import Decoder
-
-    model_cfg = saved.config.model
+    cfg = saved.config
     if compute_dtype:
-        model_cfg = dataclasses.replace(model_cfg, dtype=compute_dtype)
-    abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=compute_dtype))
+    mdef = model_def(cfg)
+    _, abstract_params = nnx.split(nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     targets = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                            nnx.to_pure_dict(abstract_params))
-    return nnx.merge(graphdef, restore_params(saved, targets))
+    return mdef.bind(restore_params(saved, targets))

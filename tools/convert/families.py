@@ -93,9 +93,19 @@ class Family:
         return name.endswith((".rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias"))
 
 
+def _size(hf: dict, key: str) -> int:
+    """A positive integer field of config.json, or an error naming it."""
+    value = hf.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"config.json: {key}={value!r}; expected a positive integer")
+    return value
+
+
 def _rope_theta(hf: dict, legacy_key: str = "rope_theta") -> tuple[float, float]:
     """(theta, partial rotary factor) from `rope_parameters` (transformers >= 5) or legacy keys."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise UserError(f"config.json: rope_parameters={rope!r}; expected an object")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise UserError(f"config.json: rope_type {rope_type!r} (rotary scaling) is not supported; "
@@ -105,8 +115,8 @@ def _rope_theta(hf: dict, legacy_key: str = "rope_theta") -> tuple[float, float]
     return float(theta), float(fraction)
 
 
-def _require(hf: dict, key: str, allowed, meaning: str):
-    value = hf.get(key)
+def _require(hf: dict, key: str, allowed, meaning: str, default=None):
+    value = hf.get(key, default)
     if value not in allowed:
         raise UserError(f"config.json: {key}={value!r} is not supported ({meaning}); "
                         f"supported: {', '.join(map(repr, allowed))}")
@@ -136,16 +146,17 @@ class Llama(Family):
                                  "positions": ("rope",), "rope_fraction": (1.0,), "use_bias": (False,)})
 
     def model_config(self, hf, base):
-        _require(hf, "hidden_act", ("silu",), "Llama's MLP is SwiGLU")
+        _require(hf, "hidden_act", ("silu",), "Llama's MLP is SwiGLU", default="silu")
         for key in ("attention_bias", "mlp_bias"):
             _require(hf, key, (False, None), "meshtrain's Llama has no biases")
         theta, _ = _rope_theta(hf)
-        heads = hf["num_attention_heads"]
+        heads, hidden = _size(hf, "num_attention_heads"), _size(hf, "hidden_size")
         return dataclasses.replace(
-            base, name=hf.get("model_type", "llama"), vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"], num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, d_ff=hf["intermediate_size"],
+            base, name=hf.get("model_type", "llama"), vocab_size=_size(hf, "vocab_size"), d_model=hidden,
+            num_layers=_size(hf, "num_hidden_layers"), num_heads=heads,
+            num_kv_heads=_size(hf, "num_key_value_heads") if hf.get("num_key_value_heads") else heads,
+            head_dim=_size(hf, "head_dim") if hf.get("head_dim") else hidden // heads,
+            d_ff=_size(hf, "intermediate_size"),
             max_seq_len=hf.get("max_position_embeddings", base.max_seq_len), block="sequential",
             mlp="swiglu", norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), positions="rope",
             rope_theta=theta, rope_fraction=1.0, use_bias=False,
@@ -206,14 +217,14 @@ class GPTNeoX(Family):
         return errors
 
     def model_config(self, hf, base):
-        act = _require(hf, "hidden_act", tuple(_GELUS), "GPT-NeoX's MLP is a GELU")
+        act = _require(hf, "hidden_act", tuple(_GELUS), "GPT-NeoX's MLP is a GELU", default="gelu")
         _require(hf, "attention_bias", (True, None), "meshtrain's GPT-NeoX has biases in every layer")
         theta, fraction = _rope_theta(hf, legacy_key="rotary_emb_base")
-        heads = hf["num_attention_heads"]
+        heads, hidden = _size(hf, "num_attention_heads"), _size(hf, "hidden_size")
         return dataclasses.replace(
-            base, name=hf.get("model_type", "gpt_neox"), vocab_size=hf["vocab_size"],
-            d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
-            num_kv_heads=heads, head_dim=hf["hidden_size"] // heads, d_ff=hf["intermediate_size"],
+            base, name=hf.get("model_type", "gpt_neox"), vocab_size=_size(hf, "vocab_size"),
+            d_model=hidden, num_layers=_size(hf, "num_hidden_layers"), num_heads=heads,
+            num_kv_heads=heads, head_dim=hidden // heads, d_ff=_size(hf, "intermediate_size"),
             max_seq_len=hf.get("max_position_embeddings", base.max_seq_len),
             block="parallel_two_norms" if hf.get("use_parallel_residual", True) else "sequential",
             mlp=_GELUS[act], norm="layernorm", norm_eps=float(hf.get("layer_norm_eps", 1e-5)),

@@ -3,8 +3,9 @@
 The output is run-shaped (config.yaml + checkpoints/0 holding the parameters) and its config.yaml
 names itself in `checkpoint.init_from`, so `meshtrain train DST/config.yaml [key=value ...]` starts
 a new run from the converted weights. Every expected tensor is checked by name and shape before
-anything is written; then each meshtrain parameter is assembled layer by layer from the source
-files and saved, so memory holds one parameter (stacked over layers) plus one source tensor.
+anything is written; then each group of meshtrain parameters (one, or the three a fused NeoX qkv
+matrix splits into) is assembled layer by layer from the source files and saved, so memory holds
+that group (stacked over layers) plus one layer's source tensors, never the model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -34,9 +36,12 @@ def read_hf_config(source: Path) -> dict:
         raise UserError(f"{source}: no config.json; a Hugging Face model directory holds config.json "
                         f"beside its weights (model.safetensors or a sharded index)")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object of model settings")
+    return config
 
 
 def expected_tensors(family: Family, groups: list[TensorGroup], cfg: ExperimentConfig) -> dict[str, tuple]:
@@ -65,17 +70,19 @@ def check_tensors(reader, expected: dict[str, tuple], family: Family, cfg: Exper
                         + "\n  ".join(shown))
 
 
-def stored_dtype(reader, family: Family) -> str:
-    """The dtype the source stores its weights in (its token embedding's)."""
-    return np.dtype(reader.dtype(family.embedding)).name if family.embedding in reader else "float32"
+def stored_dtype(reader, names) -> str:
+    """The widest floating dtype among the source's weights: converting to it loses nothing even
+    from checkpoints that mix precisions (e.g. float32 norms beside bfloat16 matrices)."""
+    dtypes = {np.dtype(reader.dtype(name)) for name in names if name in reader}
+    floats = [d for d in dtypes if np.issubdtype(d, np.floating) or d == jnp.bfloat16]
+    return max(floats, key=lambda d: d.itemsize).name if floats else "float32"
 
 
-def converted_config(family: Family, hf_config: dict, reader, destination: Path, dtype: str | None,
+def converted_config(family: Family, hf_config: dict, destination: Path, dtype: str,
                      has_tokenizer: bool) -> ExperimentConfig:
     """The default experiment with the Hugging Face model in it, starting from `destination`."""
-    base = load_experiment(None, [f"name={destination.name}"])
-    model = family.model_config(hf_config, base.model)
-    model = dataclasses.replace(model, param_dtype=dtype or stored_dtype(reader, family))
+    base = dataclasses.replace(load_experiment(None), name=destination.name)
+    model = dataclasses.replace(family.model_config(hf_config, base.model), param_dtype=dtype)
     errors = model_config_errors(model)
     if errors:
         raise UserError("config.json gives a model meshtrain cannot build: " + "; ".join(
@@ -94,8 +101,13 @@ def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: st
     family = family_for_architectures(hf_config.get("architectures"))
     has_tokenizer = (source / TOKENIZER_FILE).is_file()
     with open_weights(source, allow_pickle=allow_pickle) as reader:
-        cfg = converted_config(family, hf_config, reader, destination, dtype, has_tokenizer)
-        source_dtype = stored_dtype(reader, family)
+        cfg = converted_config(family, hf_config, destination, dtype or "float32", has_tokenizer)
+        source_dtype = stored_dtype(reader, [n for n in reader.names() if not family.ignored(n, cfg.model)])
+        if dtype is None:
+            if source_dtype not in ("float32", "bfloat16", "float16"):
+                raise UserError(f"{source}: the weights are stored in {source_dtype}; pass --dtype "
+                                f"float32, bfloat16 or float16")
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype=source_dtype))
         groups = family.groups(cfg.model)
         expected = expected_tensors(family, groups, cfg)
         check_tensors(reader, expected, family, cfg, source)
@@ -124,5 +136,5 @@ def _assemble(group: TensorGroup, reader, shapes, num_layers: int, progress: tqd
             progress.update()
         for path, value in zip(group.params, group.to_meshtrain(*hf)):
             target = params[path] if layer is None else params[path][layer]
-            target[...] = np.asarray(value).astype(params[path].dtype)
+            target[...] = np.asarray(value)  # casts into the parameter dtype without a copy
     return params

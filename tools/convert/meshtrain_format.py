@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from pathlib import Path
 
 import jax
@@ -39,10 +40,15 @@ def release_freed_memory() -> None:
     they free for reuse. A streaming conversion frees one large parameter after another, so without
     trimming its resident memory would creep up towards the whole model it is trying not to hold.
     """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
+    libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
+    return ctypes.CDLL(name) if name else None
 
 
 def param_shapes(cfg: ExperimentConfig) -> dict[ParamPath, tuple[tuple[int, ...], np.dtype]]:

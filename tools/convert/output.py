@@ -17,8 +17,10 @@ from trainer.errors import UserError
 
 def check_destination(destination: Path, *, overwrite: bool, source: Path) -> None:
     """Refuses, before any work, destinations that would lose data or cannot be written."""
-    if destination.resolve() == source.resolve() or source.resolve() in destination.resolve().parents:
-        raise UserError(f"{destination}: the destination must not be the source or inside it")
+    dst, src = destination.resolve(), source.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise UserError(f"{destination}: the destination must not be the source, inside it, or contain it "
+                        f"(--overwrite would delete the source)")
     if destination.exists() and not overwrite:
         raise UserError(f"{destination} exists; pass --overwrite to replace it once the new "
                         f"conversion is complete")

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 
-from trainer.config import dump_config, load_experiment
+from trainer.config import config_differences, dump_config, load_experiment
 from trainer.config.schema import ExperimentConfig
 from trainer.partition import abstract_sharded_state, make_mesh, plan_run
-from trainer.saved_weights import CHECKPOINTS_DIR, CONFIG_FILE, DATA_ITEM, STATE_ITEM, SavedCheckpoint, restore_params
+from trainer.errors import UserError
+from trainer.saved_weights import (CHECKPOINTS_DIR, CONFIG_FILE, DATA_ITEM, STATE_ITEM, SavedCheckpoint,
+                                   check_same_architecture, restore_params)
 from trainer.train_state import model_def, optimizer_for
 
 
@@ -29,6 +31,12 @@ def target_config(saved: SavedCheckpoint, destination: Path, *, dtype: str | Non
     it points at `destination` as its run directory, or as the weights new runs start from."""
     extra = [f"model.param_dtype={dtype}"] if dtype else []
     cfg = load_experiment(str(saved.directory / CONFIG_FILE), [*overrides, *extra])
+    check_same_architecture(saved.config.model, cfg.model, f"{saved.directory} with these overrides")
+    changed = config_differences(saved.config, cfg, ("seed", "data", "optimizer"))
+    if changed and not params_only:
+        shown = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+        raise UserError(f"overrides change what the saved optimizer state and data position belong to "
+                        f"({shown}); with --params-only they are dropped and the weights start new runs")
     if params_only:
         return dataclasses.replace(cfg, name=destination.name, run_dir=None, checkpoint=dataclasses.replace(
             cfg.checkpoint, init_from=str(destination)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from tools.convert import from_hf, reshard, to_hf, verify
+from model.params import count_params
 from tools.convert.meshtrain_format import param_shapes
 from tools.convert.output import check_destination, staged_directory
 from trainer.errors import UserError
@@ -103,23 +103,23 @@ class Conversion:
 
     @staticmethod
     def _describe(cfg, dtype: str | None = None) -> dict:
-        shapes = param_shapes(cfg)
-        return {"tensors": len(shapes), "parameters": sum(math.prod(s) for s, _ in shapes.values()),
+        """meshtrain's side of the conversion: its parameter arrays (stacked over layers), their
+        total size and dtype."""
+        return {"tensors": len(param_shapes(cfg)), "parameters": count_params(cfg.model).total,
                 "dtype": dtype or cfg.model.param_dtype}
 
     def _verify(self, staging: Path, tolerance: float | None, *, lossless: bool) -> dict:
         """Compares logits; without --tolerance, a conversion that loses no precision must match to
         1e-4 x the largest |logit| (summation order only), and a narrowing cast is reported only."""
-        model = (self.saved.config.model if self.saved else
-                 find_checkpoint(staging).config.model)
+        converted = find_checkpoint(staging) if self.to == MESHTRAIN else None
+        model = (self.saved or converted).config.model
         tokens = verify.sample_tokens(model.vocab_size, model.max_seq_len)
         if self.source_format == HF:
             reference = verify.hf_logits(self.source, tokens)
         else:
             reference = verify.meshtrain_logits(self.saved, tokens)
-        converted = (verify.hf_logits(staging, tokens) if self.to == HF
-                     else verify.meshtrain_logits(find_checkpoint(staging), tokens))
-        result = verify.compare_logits(reference, converted)
+        result = verify.compare_logits(reference, verify.hf_logits(staging, tokens) if converted is None
+                                       else verify.meshtrain_logits(converted, tokens))
         if tolerance is None and lossless:
             tolerance = 1e-4 * max(1.0, result["max_abs_logit"])
         result["tolerance"] = tolerance

@@ -20,7 +20,7 @@ from tools.convert.families import TensorGroup, family_for_model, hf_shapes
 from tools.convert.from_hf import TOKENIZER_FILE
 from tools.convert.meshtrain_format import param_shapes, read_param, release_freed_memory
 from tools.convert.safetensors_io import SafetensorsWriter
-from trainer.data.tokenizer import existing_tokenizer
+from trainer.data.tokenizer import existing_tokenizer, load_tokenizer
 from trainer.saved_weights import SavedCheckpoint
 
 
@@ -38,18 +38,17 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
         layer_shapes = hf_shapes(group, shapes)
         for layer in range(model.num_layers) if group.stacked else [None]:
             specs += [(name, shape, out_dtype) for name, shape in zip(group.hf_names_at(layer), layer_shapes)]
-    writer = SafetensorsWriter(staging, specs)
     progress.reset(total=len(specs))
-    for group in groups:
-        _write_group(writer, group, saved, shapes, model.num_layers, progress)
-        release_freed_memory()
-    writer.close()
+    with SafetensorsWriter(staging, specs) as writer:
+        for group in groups:
+            _write_group(writer, group, saved, shapes, model.num_layers, progress)
+            release_freed_memory()
     hf_config = family.hf_config(model, out_dtype.name)
-    hf_config.update(_special_tokens(saved))
-    (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    tokenizer = _tokenizer_path(saved)
+    tokenizer = existing_tokenizer(saved.config.data, model.vocab_size)
     if tokenizer:
+        hf_config.update(_special_tokens(tokenizer))
         shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
+    (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return family.architecture
 
 
@@ -66,19 +65,9 @@ def _write_group(writer: SafetensorsWriter, group: TensorGroup, saved: SavedChec
             progress.update()
 
 
-def _tokenizer_path(saved: SavedCheckpoint) -> Path | None:
-    path = existing_tokenizer(saved.config.data, saved.config.model.vocab_size)
-    return Path(path) if path else None
-
-
-def _special_tokens(saved: SavedCheckpoint) -> dict:
-    """bos/eos/pad ids from the run's sentencepiece tokenizer (copied beside the weights)."""
-    path = _tokenizer_path(saved)
-    if path is None:
-        return {}
-    import sentencepiece as spm
-
-    tokenizer = spm.SentencePieceProcessor(model_file=str(path))
+def _special_tokens(tokenizer_file: str) -> dict:
+    """bos/eos/pad ids of the run's sentencepiece tokenizer, for config.json."""
+    tokenizer = load_tokenizer(tokenizer_file)
     ids = {"bos_token_id": tokenizer.bos_id(), "eos_token_id": tokenizer.eos_id(),
            "pad_token_id": tokenizer.pad_id()}
     return {key: value for key, value in ids.items() if value >= 0}

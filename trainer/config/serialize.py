@@ -1,5 +1,6 @@
 """A resolved config as plain data and back: the run directory's config.yaml is written here and
-read back strictly, so resuming a run reproduces the exact settings it started with."""
+read back strictly (only fields newer than the file may be absent), so resuming a run reproduces
+the exact settings it started with."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import yaml
 
 from trainer.config.resolve import as_dict, build, flatten, normalize_layer, resolve_layers
 from trainer.config.schema import ExperimentConfig
+from trainer.errors import ConfigError
 from trainer.atomic import write_atomic
 from trainer.config.yamlio import read_yaml_mapping
 
@@ -42,10 +44,13 @@ def config_from_dict(data: dict, source: str = "config dict") -> ExperimentConfi
 def load_config_file(path: str | Path) -> ExperimentConfig:
     """A config.yaml written by dump_config (e.g. a run directory's) back as a checked config.
 
-    Unknown keys and bad values are errors; a field the file lacks because it was added to
-    meshtrain after the file was written takes its base.yaml default, which keeps the earlier
-    behaviour, so runs resume across upgrades."""
-    return resolve_layers([(str(path), normalize_layer(str(path), read_yaml_mapping(path)))])
+    Unknown keys, bad values and model presets (a resolved config lists model fields) are errors;
+    a field the file lacks because it was added to meshtrain after the file was written takes its
+    base.yaml default, which keeps the earlier behaviour, so runs resume across upgrades."""
+    layer = normalize_layer(str(path), read_yaml_mapping(path))
+    if "preset" in layer.get("model", {}):
+        raise ConfigError(f"model.preset (from {path}): a resolved config lists model fields, not a preset")
+    return resolve_layers([(str(path), layer)])
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
