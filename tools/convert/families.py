@@ -36,6 +36,10 @@ class TensorGroup:
     to_meshtrain: Callable[..., tuple]  # HF tensors (one layer) -> meshtrain tensors (one layer)
     to_hf: Callable[..., tuple]         # the inverse
 
+    def layers(self, num_layers: int) -> range | list[None]:
+        """The layer indices to visit: every layer when stacked, else one visit (None)."""
+        return range(num_layers) if self.stacked else [None]
+
     def hf_names_at(self, layer: int | None) -> tuple[str, ...]:
         return tuple(name.format(i=layer) for name in self.hf_names)
 
@@ -323,3 +327,14 @@ def hf_shapes(group: TensorGroup, param_shapes: dict[ParamPath, tuple[tuple, np.
     per_layer = [jax.ShapeDtypeStruct(shape[1:] if group.stacked else shape, dtype)
                  for shape, dtype in (param_shapes[p] for p in group.params)]
     return [tuple(s.shape) for s in jax.eval_shape(group.to_hf, *per_layer)]
+
+
+def hf_tensor_shapes(groups: list[TensorGroup], param_shapes: dict[ParamPath, tuple[tuple, np.dtype]],
+                     num_layers: int) -> dict[str, tuple]:
+    """Every Hugging Face tensor name the groups map to -> its shape, layer by layer."""
+    shapes = {}
+    for group in groups:
+        layer_shapes = hf_shapes(group, param_shapes)
+        for layer in group.layers(num_layers):
+            shapes.update(zip(group.hf_names_at(layer), layer_shapes))
+    return shapes

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.config import model_config_errors
-from tools.convert.families import Family, TensorGroup, family_for_architectures, hf_shapes
+from tools.convert.families import Family, TensorGroup, family_for_architectures, hf_tensor_shapes
 from tools.convert.meshtrain_format import StreamingCheckpointWriter, param_shapes, release_freed_memory
 from tools.convert.safetensors_io import open_weights
 from trainer.config import dump_config, load_experiment
@@ -42,17 +42,6 @@ def read_hf_config(source: Path) -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a JSON object of model settings")
     return config
-
-
-def expected_tensors(family: Family, groups: list[TensorGroup], cfg: ExperimentConfig) -> dict[str, tuple]:
-    """Every Hugging Face tensor name the model needs -> its shape."""
-    shapes = param_shapes(cfg)
-    expected = {}
-    for group in groups:
-        layer_shapes = hf_shapes(group, shapes)
-        for layer in range(cfg.model.num_layers) if group.stacked else [None]:
-            expected.update(zip(group.hf_names_at(layer), layer_shapes))
-    return expected
 
 
 def check_tensors(reader, expected: dict[str, tuple], family: Family, cfg: ExperimentConfig,
@@ -109,10 +98,10 @@ def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: st
                                 f"float32, bfloat16 or float16")
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype=source_dtype))
         groups = family.groups(cfg.model)
-        expected = expected_tensors(family, groups, cfg)
+        shapes = param_shapes(cfg)
+        expected = hf_tensor_shapes(groups, shapes, cfg.model.num_layers)
         check_tensors(reader, expected, family, cfg, source)
         progress.reset(total=len(expected))
-        shapes = param_shapes(cfg)
         writer = StreamingCheckpointWriter(staging, step=0)
         for group in groups:
             writer.write(_assemble(group, reader, shapes, cfg.model.num_layers, progress))
@@ -127,7 +116,7 @@ def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: st
 def _assemble(group: TensorGroup, reader, shapes, num_layers: int, progress: tqdm) -> dict:
     """The group's meshtrain parameters, filled one layer's source tensors at a time."""
     params = {path: np.empty(*shapes[path]) for path in group.params}
-    for layer in range(num_layers) if group.stacked else [None]:
+    for layer in group.layers(num_layers):
         names = group.hf_names_at(layer)
         hf = []
         for name in names:

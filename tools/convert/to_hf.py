@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from tools.convert.families import TensorGroup, family_for_model, hf_shapes
+from tools.convert.families import TensorGroup, family_for_model, hf_tensor_shapes
 from tools.convert.from_hf import TOKENIZER_FILE
 from tools.convert.meshtrain_format import param_shapes, read_param, release_freed_memory
 from tools.convert.safetensors_io import SafetensorsWriter
@@ -33,11 +33,8 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
     out_dtype = np.dtype(jnp.dtype(dtype or model.param_dtype))
     shapes = {path: (shape, out_dtype) for path, (shape, _) in param_shapes(saved.config).items()}
     groups = family.groups(model)
-    specs = []
-    for group in groups:
-        layer_shapes = hf_shapes(group, shapes)
-        for layer in range(model.num_layers) if group.stacked else [None]:
-            specs += [(name, shape, out_dtype) for name, shape in zip(group.hf_names_at(layer), layer_shapes)]
+    specs = [(name, shape, out_dtype)
+             for name, shape in hf_tensor_shapes(groups, shapes, model.num_layers).items()]
     progress.reset(total=len(specs))
     with SafetensorsWriter(staging, specs) as writer:
         for group in groups:
@@ -57,7 +54,7 @@ def _write_group(writer: SafetensorsWriter, group: TensorGroup, saved: SavedChec
     """Writes one group's Hugging Face tensors; its parameters are freed when this returns (a slice
     of a stacked parameter kept alive past it would keep the whole stack in memory)."""
     params = [read_param(saved, path, *shapes[path]) for path in group.params]
-    for layer in range(num_layers) if group.stacked else [None]:
+    for layer in group.layers(num_layers):
         per_layer = params if layer is None else [p[layer] for p in params]
         for name, value in zip(group.hf_names_at(layer), group.to_hf(*per_layer)):
             writer.write(name, np.asarray(value, shapes[group.params[0]][1]))
