@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 
-from tools.compile import compile_report
-from trainer.config import load_experiment
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.formatting import format_mesh
+from meshtrain.trainer.planning.aot_compile import compile_report
 
 EXPERIMENT = "palm-540b-v4-6144"
 GLOBAL_BATCH = 2048  # the end of the paper's ramp
@@ -39,8 +40,8 @@ def main() -> None:
         overrides = [f"train.batch_size={batch}", "train.batch_ramp=[]",
                      f"train.microbatches={args.microbatches}", f"mesh.dcn_data={slices}", *args.overrides]
         cfg = load_experiment(EXPERIMENT, overrides)
-        r = compile_report(cfg, topology="v4:12x16x16", num_slices=slices)
-        mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items() if n > 1)
+        r = compile_report(cfg, topology="v4:12x16x16", num_slices=slices).as_dict()
+        mesh = format_mesh(r["mesh"])
         peak = r["peak_bytes_per_chip"]
         print(f"| {slices} | {r['num_chips']} | {mesh} | {batch} | {args.microbatches} | "
               f"{r['compile_seconds']:.0f} | "

@@ -20,9 +20,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from trainer.config import load_experiment
-from trainer.train_state import abstract_state, model_def, optimizer_for
-from trainer.train_step import make_train_step
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.step.compute import make_train_step
+from meshtrain.trainer.step.state import abstract_state, model_def, optimizer_for
 
 jax.config.update("jax_enable_compilation_cache", False)
 

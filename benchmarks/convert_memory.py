@@ -29,7 +29,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from tools.convert.safetensors_io import SafetensorsWriter
+from meshtrain.trainer.convert.safetensors_writer import SafetensorsWriter
 
 
 def llama_config(layers: int, hidden: int, ff: int, heads: int, kv_heads: int, vocab: int, dtype: str) -> dict:
@@ -68,9 +68,9 @@ def write_random_model(directory: Path, config: dict, dtype: np.dtype) -> int:
 
 
 def measured_convert(*args: str) -> tuple[float, int]:
-    """(seconds, peak RSS bytes) of `python -m tools.convert_checkpoint ARGS` in a fresh process."""
+    """(seconds, peak RSS bytes) of `python -m meshtrain.tools convert ARGS` in a fresh process."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "tools.convert_checkpoint", *args, "--no-progress"],
+    process = subprocess.Popen([sys.executable, "-m", "meshtrain.tools", "convert", *args, "--no-progress"],
                                env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:

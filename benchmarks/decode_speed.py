@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.decoder import Decoder
-from model.generate import greedy_generate
-from trainer.config import load_experiment
+from meshtrain.model.decoder import Decoder
+from meshtrain.model.generate import greedy_generate
+from meshtrain.trainer.config import load_experiment
 
 
 def naive_generate(model: Decoder, prompt: np.ndarray, new_tokens: int) -> np.ndarray:

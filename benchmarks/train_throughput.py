@@ -1,6 +1,6 @@
 """How fast is the default experiment's train step, and can the data pipeline keep up with it?
 
-Builds the default experiment's step exactly as trainer/loop.py does (model_def, optimizer_for,
+Builds the default experiment's step exactly as trainer/run/train.py does (model_def, optimizer_for,
 init_state, jax.jit(make_train_step(...), donate_argnums=0)) and feeds it one fixed real batch
 from BatchStream over python_docs with the default tokenizer. After --warmup steps, --steps steps
 are dispatched back to back and waited on once at the end; the best of --repeats such blocks counts.
@@ -21,11 +21,11 @@ import time
 
 import jax
 
-from trainer.cli import quiet_libraries
-from trainer.config import load_experiment
-from trainer.data import BatchStream, prepare_dataset, tokenizer_for
-from trainer.train_state import init_state, model_def, optimizer_for
-from trainer.train_step import make_train_step
+from meshtrain.tools.args import quiet_libraries
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.data import BatchStream, prepare_dataset, tokenizer_for
+from meshtrain.trainer.step.compute import make_train_step
+from meshtrain.trainer.step.state import init_state, model_def, optimizer_for
 
 BASELINE = "remat=none (baseline)"
 DEFAULT = "default (remat=full)"

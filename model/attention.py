@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import axes
-from model.config import ModelConfig
-from model.kv_cache import KVCache
-from model.layers import Dense
-from model.rope import apply_rope
+from meshtrain.model import axes
+from meshtrain.model.config import ModelConfig
+from meshtrain.model.kv_cache import KVCache
+from meshtrain.model.layers import Dense
+from meshtrain.model.rope import apply_rope
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:

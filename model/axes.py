@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp

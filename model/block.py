@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from model import axes
-from model.attention import Attention
-from model.config import ModelConfig
-from model.kv_cache import KVCache
-from model.layers import Mlp, Norm
+from meshtrain.model import axes
+from meshtrain.model.attention import Attention
+from meshtrain.model.config import ModelConfig
+from meshtrain.model.kv_cache import KVCache
+from meshtrain.model.layers import Mlp, Norm
 
 
 class Block(nnx.Module):

@@ -47,11 +47,6 @@ class ModelConfig:
     scan_layers: bool
 
     @property
-    def num_query_groups(self) -> int:
-        """Query heads that share one key/value head (1 = multi-head, num_heads = multi-query)."""
-        return self.num_heads // self.num_kv_heads
-
-    @property
     def rotary_dims(self) -> int:
         """Leading dimensions of each head that rotary embeddings rotate, truncated exactly as Hugging
         Face GPT-NeoX truncates int(head_size * partial_rotary_factor), so converted checkpoints agree."""

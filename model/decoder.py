@@ -6,19 +6,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import axes
-from model.attention import attention_mask
-from model.block import Block
-from model.config import ModelConfig, model_config_errors
-from model.embedding import Embed
-from model.kv_cache import KVCache, cache_mask
-from model.layers import Dense, Norm
+from meshtrain.model import axes
+from meshtrain.model.attention import attention_mask
+from meshtrain.model.block import Block
+from meshtrain.model.config import ModelConfig, model_config_errors
+from meshtrain.model.embedding import Embed
+from meshtrain.model.kv_cache import KVCache, cache_mask
+from meshtrain.model.layers import Dense, Norm
 
 # save_dots keeps the outputs of matmuls without batch dimensions, i.e. the weight projections
 # (O(batch*length*width) memory each), and recomputes the attention scores and probabilities,
 # whose einsums do have batch dimensions and whose [heads, length, length] size would dominate
 # memory; dots_saveable would keep those too. This is MaxText's "minimal" policy.
-REMAT_POLICIES = {
+CHECKPOINT_POLICIES = {  # model.remat -> what jax.checkpoint saves (config.REMAT_POLICIES names them)
     "full": None,  # save nothing but the block's input: recompute the whole block in the backward pass
     "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
@@ -100,7 +100,7 @@ class Decoder(nnx.Module):
         if self.cfg.remat != "none":
             # Inside scan, CSE cannot merge the recomputation into the forward pass, so the guard
             # against it is only needed (and only costs) when unrolled.
-            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.cfg.remat],
+            layer = jax.checkpoint(layer, policy=CHECKPOINT_POLICIES[self.cfg.remat],
                                    prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
             return jax.lax.scan(layer, x, (stacked, cache))

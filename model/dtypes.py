@@ -5,15 +5,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from model.config import ModelConfig
+from meshtrain.model.config import ModelConfig
 
 
-def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
-    """The dtype activations and matmuls run in; 'auto' picks bfloat16 on accelerators (where it is
-    fast and standard) and float32 on CPU (where bfloat16 is slow and only tests run)."""
-    if cfg.dtype == "auto":
-        return jnp.dtype(jnp.bfloat16 if jax.default_backend() != "cpu" else jnp.float32)
-    return jnp.dtype(cfg.dtype)
+def compute_dtype(cfg: ModelConfig, platform: str | None = None) -> jnp.dtype:
+    """The dtype activations and matmuls run in on `platform` ('cpu', 'gpu', 'tpu'; default: the
+    backend this process runs on). 'auto' picks bfloat16 on accelerators (where it is fast and
+    standard) and float32 on CPU (where bfloat16 is slow and only tests run). Planning asks it for
+    hardware that is not here, so the live run, `meshtrain cost` and `meshtrain compile` agree."""
+    if cfg.dtype != "auto":
+        return jnp.dtype(cfg.dtype)
+    platform = jax.default_backend() if platform is None else platform
+    return jnp.dtype(jnp.float32 if platform == "cpu" else jnp.bfloat16)
 
 
 def param_dtype(cfg: ModelConfig) -> jnp.dtype:

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import axes
-from model.config import ModelConfig
-from model.dtypes import compute_dtype
-from model.layers import param
+from meshtrain.model import axes
+from meshtrain.model.config import ModelConfig
+from meshtrain.model.dtypes import compute_dtype
+from meshtrain.model.layers import param
 
 
 class Embed(nnx.Module):

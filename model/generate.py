@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.decoder import Decoder
-from model.kv_cache import init_cache
+from meshtrain.model.decoder import Decoder
+from meshtrain.model.kv_cache import init_cache
 
 
 def greedy_generate(model: Decoder, prompt: jax.Array, max_new_tokens: int) -> jax.Array:

@@ -14,8 +14,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from model.config import ModelConfig
-from model.dtypes import compute_dtype
+from meshtrain.model.config import ModelConfig
+from meshtrain.model.dtypes import compute_dtype
 
 
 @jax.tree_util.register_dataclass

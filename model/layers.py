@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import axes
-from model.config import ModelConfig
-from model.dtypes import param_dtype
+from meshtrain.model import axes
+from meshtrain.model.config import ModelConfig
+from meshtrain.model.dtypes import param_dtype
 
 
 def param(cfg: ModelConfig, shape: tuple[int, ...], names: tuple[str, ...], rngs: nnx.Rngs,

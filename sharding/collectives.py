@@ -17,24 +17,12 @@ layout; both are differentiable, their gradients being the collectives' transpos
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from sharding.rules import partition_spec
-
-
-def _axes(entry) -> tuple[str, ...]:
-    """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names) as a tuple."""
-    if entry is None:
-        return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
-
-
-def _ways(mesh: Mesh, axes: tuple[str, ...]) -> int:
-    return math.prod(mesh.shape[a] for a in axes)
+from meshtrain.sharding.rules import partition_spec, spec_axes, split_ways
 
 
 def vocab_parallel_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
@@ -53,9 +41,9 @@ def vocab_parallel_cross_entropy(logits: jax.Array, targets: jax.Array, weights:
     Every dimension must divide by the mesh axes the rules split it over (batch, length, vocab).
     """
     spec = partition_spec(("batch", "length", "vocab"), rules)
-    token_axes = _axes(spec[0]) + _axes(spec[1])
-    vocab_axes = _axes(spec[2])
-    vocab_shard = logits.shape[-1] // _ways(mesh, vocab_axes)
+    token_axes = spec_axes(spec[0]) + spec_axes(spec[1])
+    vocab_axes = spec_axes(spec[2])
+    vocab_shard = logits.shape[-1] // split_ways(spec[2], mesh.shape)
 
     def psum(x, axes):
         return jax.lax.psum(x, axes) if axes else x
@@ -95,7 +83,7 @@ def ring_matmul_applicable(h_shape: tuple[int, ...], mesh: Mesh, rules) -> bool:
     Otherwise use the plain einsum.
     """
     spec = partition_spec(("batch", "length", "mlp"), rules)
-    ways = [_ways(mesh, _axes(entry)) for entry in spec]
+    ways = [split_ways(entry, mesh.shape) for entry in spec]
     ring = ways[2]
     return (ring > 1 and all(size % w == 0 for size, w in zip(h_shape, ways))
             and (h_shape[1] // ways[1]) % ring == 0)
@@ -118,8 +106,8 @@ def ring_reduce_scatter_matmul(h: jax.Array, kernel: jax.Array, *, mesh: Mesh, r
     and result are in h's dtype, like the plain einsum.
     """
     spec = partition_spec(("batch", "length", "mlp"), rules)
-    ring_axes = _axes(spec[2])
-    tp = _ways(mesh, ring_axes)
+    ring_axes = spec_axes(spec[2])
+    tp = split_ways(spec[2], mesh.shape)
     if not ring_matmul_applicable(h.shape, mesh, rules):
         raise ValueError(f"ring_reduce_scatter_matmul: h {h.shape} laid out {spec} on mesh "
                          f"{dict(mesh.shape)} needs mlp split over more than one device and "

@@ -1,4 +1,5 @@
-"""Shared fixtures: one prepared copy of the embedded corpus and its tokenizer for the whole session."""
+"""Shared fixtures: one prepared copy of the embedded corpus and its tokenizer for the whole session,
+and the small model every training test uses."""
 
 from __future__ import annotations
 
@@ -6,26 +7,35 @@ import os
 
 import pytest
 
-# Tests run on the CPU (even where libtpu is installed for AOT compiles), on 8 virtual devices;
-# XLA reads this once, when jax first starts.
+# Tests run on the CPU (even where libtpu is installed for AOT compiles), on 8 virtual devices.
+# Set before jax is first imported (below, through meshtrain): XLA reads them once, at start.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
 
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.data import prepare_dataset, tokenizer_for
+
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A TFDS data_dir with python_docs prepared and a 512-piece tokenizer cached, built once."""
-    from trainer.config import load_experiment
-    from trainer.data import prepare_dataset, tokenizer_for
+def small_model():
+    """Overrides for a model small enough that a training step takes milliseconds on one CPU core."""
+    return ["model.vocab_size=512", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
+            "model.head_dim=16", "model.d_ff=64", "data.seq_len=32", "train.batch_size=8"]
 
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, small_model):
+    """A TFDS data_dir with python_docs prepared and a 512-piece tokenizer cached, built once."""
     path = tmp_path_factory.mktemp("datasets")
-    cfg = load_experiment(None, [f"data.data_dir={path}", *SMALL_MODEL])
+    cfg = load_experiment(None, [f"data.data_dir={path}", *small_model])
     prepare_dataset(cfg.data)
     tokenizer_for(cfg.data, cfg.model.vocab_size)
     return path
 
 
-# A model small enough that a training step takes milliseconds on one CPU core.
-SMALL_MODEL = ["model.vocab_size=512", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
-               "model.head_dim=16", "model.d_ff=64", "data.seq_len=32", "train.batch_size=8"]
+@pytest.fixture(scope="session")
+def small_experiment(data_dir, small_model):
+    """(*overrides) -> the default experiment with the small model, reading the prepared data_dir."""
+    return lambda *overrides: load_experiment(None, [f"data.data_dir={data_dir}", *small_model, *overrides])
+

@@ -1,6 +1,6 @@
-"""trainer.arithmetic: FLOPs per token and memory per chip, checked three ways.
+"""trainer.planning: FLOPs per token and memory per chip, checked three ways.
 
-1. Against XLA. The real train step of a tiny model (trainer.partition.lower_train_step: sharded
+1. Against XLA. The real train step of a tiny model (trainer.step.partition.trace_train_step, lowered: sharded
    state, donated, largest batch) is compiled on CPU and its `cost_analysis()` FLOPs and
    `memory_analysis()` bytes are compared with the analytic counts. The model is shaped so matmuls
    dominate (d_model 256, d_ff 1024, 4 layers, 4 query heads of 64 and one key/value head, seq 256,
@@ -28,14 +28,20 @@ import jax
 import pytest
 import yaml
 
-from model.params import count_params
-from trainer.arithmetic import (FLOPS_CONVENTIONS, MemoryEstimate, attention_flops_per_token,
-                                flops_breakdown, hardware_flops_per_token, memory_per_chip,
-                                model_flops_per_token, utilization)
-from trainer.batch_schedule import tokens_through
-from trainer.config import load_experiment
-from trainer.config.presets import model_preset
-from trainer.partition import lower_train_step, make_mesh
+from meshtrain.model.params import count_params
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.config.batch_schedule import tokens_through
+from meshtrain.trainer.config.presets import model_preset
+from meshtrain.trainer.planning.flops import (
+    FLOPS_CONVENTIONS,
+    attention_flops_per_token,
+    flops_breakdown,
+    hardware_flops_per_token,
+    model_flops_per_token,
+    utilization,
+)
+from meshtrain.trainer.planning.memory import MemoryEstimate, memory_per_chip
+from meshtrain.trainer.step.partition import make_mesh, trace_train_step
 
 PUBLISHED = yaml.safe_load((Path(__file__).parent / "fixtures" / "published_runs.yaml").read_text())
 
@@ -50,11 +56,11 @@ def _compiled(overrides: tuple[str, ...], devices: int = 1):
     return _compile(tuple(overrides), devices)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compile(overrides: tuple[str, ...], devices: int):
     cfg = load_experiment(None, [*TINY, *overrides])
     mesh = make_mesh(cfg, jax.devices()[:devices])
-    compiled = lower_train_step(cfg, mesh).compile()
+    compiled = trace_train_step(cfg, mesh).lower().compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()

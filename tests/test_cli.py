@@ -10,19 +10,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMALL_MODEL
-
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test runs the command line in a subprocess
 
 
 def meshtrain(*args, cwd, timeout=300):
-    """Runs `python -m tools.cli ARGS` (the console script's code) and returns the finished process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd, env=env,
+    """Runs `python -m meshtrain.tools ARGS` (the console script's code) and returns the finished process."""
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "meshtrain.tools", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -58,11 +55,11 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
-def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(data_dir, tmp_path):
-    args = ["train", f"data.data_dir={data_dir}", *SMALL_MODEL, "train.steps=100000", "train.log_every=1",
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(small_model, data_dir, tmp_path):
+    args = ["train", f"data.data_dir={data_dir}", *small_model, "train.steps=100000", "train.log_every=1",
             "train.eval_every=0", "checkpoint.every=100000", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=tmp_path, env=env,
+    env = dict(os.environ)
+    process = subprocess.Popen([sys.executable, "-m", "meshtrain.tools", *args], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "runs" / "default" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -94,14 +91,14 @@ def test_tokenizer_command_trains_a_round_tripping_model(tmp_path):
     assert output.is_file() and "round trip exact" in result.stdout
 
 
-def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(data_dir, tmp_path):
+def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(small_model, data_dir, tmp_path):
     """A run killed without warning (mid-step, maybe mid-write) and restarted with the same command
     ends with the same parameters and per-step losses as a run that was never killed."""
-    common = ["train", f"data.data_dir={data_dir}", *SMALL_MODEL, "train.steps=200", "train.log_every=1",
+    common = ["train", f"data.data_dir={data_dir}", *small_model, "train.steps=200", "train.log_every=1",
               "train.eval_every=0", "checkpoint.every=7", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "tools.cli", *common, f"run_dir={killed_dir}"],
+    process = subprocess.Popen([sys.executable, "-m", "meshtrain.tools", *common, f"run_dir={killed_dir}"],
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = killed_dir / "metrics.jsonl"
     deadline = time.time() + 120
@@ -122,8 +119,8 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(dat
 
     assert last_losses(killed_dir) == last_losses(tmp_path / "whole")
     assert (killed_dir / "checkpoints" / "200").is_dir()
+    from meshtrain.trainer.config import load_experiment
     from tests.test_train import assert_trees_equal, final_state
-    from trainer.config import load_experiment
     _, killed_state, _ = final_state(load_experiment(str(killed_dir / "config.yaml")))
     _, whole_state, _ = final_state(load_experiment(str(tmp_path / "whole" / "config.yaml")))
     assert_trees_equal(killed_state, whole_state)

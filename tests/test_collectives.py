@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from model.loss import cross_entropy_loss
-from sharding.collectives import (ring_matmul_applicable, ring_reduce_scatter_matmul,
-                                  vocab_parallel_cross_entropy)
-from sharding.mesh import MeshShape, build_mesh
-from sharding.rules import DEFAULT_RULES, partition_spec
+from meshtrain.model.loss import cross_entropy_loss
+from meshtrain.sharding.collectives import (
+    ring_matmul_applicable,
+    ring_reduce_scatter_matmul,
+    vocab_parallel_cross_entropy,
+)
+from meshtrain.sharding.mesh import MeshShape, build_mesh
+from meshtrain.sharding.rules import partition_spec
+from meshtrain.trainer.config import load_experiment
+
+# The shipped rules: mesh.rules of configs/base.yaml, their one home.
+DEFAULT_RULES = load_experiment(None, []).mesh.rules
 
 # Vocab and mlp over sequence x tensor: a split over two mesh axes, with length left whole.
 WIDE_RULES = (("batch", ("data", "fsdp")), ("length", ()), ("vocab", ("sequence", "tensor")),

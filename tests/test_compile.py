@@ -10,16 +10,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.conftest import SMALL_MODEL
-from trainer.errors import UserError
+from meshtrain.trainer.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 V4_HBM = 32 * 2**30
 FIELDS = ("topology", "num_devices", "peak_bytes_per_chip", "hbm_bytes_per_chip", "fits",
           "flops_per_step_per_chip", "compile_seconds", "argument_bytes_per_chip", "output_bytes_per_chip",
@@ -27,13 +24,14 @@ FIELDS = ("topology", "num_devices", "peak_bytes_per_chip", "hbm_bytes_per_chip"
 
 
 def meshtrain_compile(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "tools.cli", "compile", *args], cwd=cwd, env=env,
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "meshtrain.tools", "compile", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def test_tiny_model_fits_on_a_v4_2x2x1(tmp_path):
-    result = meshtrain_compile(*SMALL_MODEL, "--topology", "v4:2x2x1", "--json", cwd=tmp_path)
+@pytest.mark.slow  # libtpu compile in a subprocess
+def test_tiny_model_fits_on_a_v4_2x2x1(small_model, tmp_path):
+    result = meshtrain_compile(*small_model, "--topology", "v4:2x2x1", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(FIELDS) <= set(report)
@@ -47,8 +45,9 @@ def test_tiny_model_fits_on_a_v4_2x2x1(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_two_slices_table_output(tmp_path):
-    result = meshtrain_compile(*SMALL_MODEL, "train.batch_size=8", "--topology", "v4:2x2x1",
+@pytest.mark.slow  # libtpu compile in a subprocess
+def test_two_slices_table_output(small_model, tmp_path):
+    result = meshtrain_compile(*small_model, "train.batch_size=8", "--topology", "v4:2x2x1",
                                "--num-slices", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "v4:2x2x1 x 2 slices = 8 TPU v4 chips" in result.stdout
@@ -56,6 +55,7 @@ def test_two_slices_table_output(tmp_path):
     assert "fits" in result.stdout and "NOT" not in result.stdout
 
 
+@pytest.mark.slow  # libtpu compile in a subprocess
 def test_a_model_too_big_for_the_chips_is_reported_not_raised(tmp_path):
     # PaLM 62B with AdamW on 4 chips: ~190 GB of state per chip against 32 GiB.
     result = meshtrain_compile("model=palm-62b", "data.seq_len=128", "train.batch_size=4",
@@ -74,13 +74,14 @@ def test_a_model_too_big_for_the_chips_is_reported_not_raised(tmp_path):
     ("2x2x1", "write it as e.g. v4:2x2x1"),
 ])
 def test_malformed_topology_is_one_line_exit_2(topology, fragment, capsys):
-    from tools.cli import main as meshtrain
+    from meshtrain.tools.cli import main as meshtrain
 
     assert meshtrain(["compile", "--topology", topology]) == 2  # refused before libtpu is loaded
     err = capsys.readouterr().err.strip()
     assert err.startswith("meshtrain: error:") and "\n" not in err and fragment in err, err
 
 
+@pytest.mark.slow  # libtpu compile in a subprocess
 def test_topology_libtpu_rejects_is_one_line_exit_2(tmp_path):
     result = meshtrain_compile("--topology", "v4:3x3x3", cwd=tmp_path)  # not a multiple of 2x2x1 hosts
     assert result.returncode == 2, result.stderr
@@ -89,16 +90,16 @@ def test_topology_libtpu_rejects_is_one_line_exit_2(tmp_path):
 
 
 def test_missing_libtpu_says_how_to_install(monkeypatch):
-    from tools import compile as compile_tool
+    from meshtrain.trainer.planning import aot_compile
 
-    monkeypatch.setattr(compile_tool, "libtpu_available", lambda: False)
+    monkeypatch.setattr(aot_compile, "libtpu_available", lambda: False)
     with pytest.raises(UserError, match=r'pip install -e "\.\[tpu\]"'):
-        compile_tool.topology_devices("v4:2x2x1", 1)
+        aot_compile.topology_devices("v4:2x2x1", 1)
 
 
 def test_flops_count_every_iteration_of_a_scan():
     """XLA's cost analysis counts a loop body once; the jaxpr count multiplies by the length."""
-    from trainer.program_flops import jaxpr_flops
+    from meshtrain.trainer.planning.program_flops import jaxpr_flops
 
     def layers(x, w):
         return jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), x, w)[0]
@@ -114,9 +115,9 @@ def test_flops_count_every_iteration_of_a_scan():
 def test_flops_counted_from_the_jaxpr_agree_with_xla_on_an_unscanned_step():
     """Where XLA's own count is right (no loop: layers unrolled), the jaxpr count of the real train
     step agrees with it; XLA also counts elementwise work, so the model is made matmul-heavy."""
-    from trainer import partition
-    from trainer.config import load_experiment
-    from trainer.program_flops import jaxpr_flops
+    from meshtrain.trainer.config import load_experiment
+    from meshtrain.trainer.planning.program_flops import jaxpr_flops
+    from meshtrain.trainer.step import partition
 
     cfg = load_experiment(None, ["model.vocab_size=512", "model.d_model=256", "model.d_ff=1024",
                                  "model.num_layers=2", "model.num_heads=4", "model.head_dim=64",

@@ -9,13 +9,23 @@ import re
 import pytest
 import yaml
 
-from model.config import model_config_errors
-from trainer.config import (RUN_IDENTITY_SECTIONS, ExperimentConfig, config_differences,
-                            config_from_dict, config_to_dict, dump_config, experiment_names,
-                            load_config_file, load_experiment, model_preset, preset_names)
-from trainer.config import tree
-from trainer.config.paths import BASE_YAML, EXPERIMENT_DIR, GIN_DIR
-from trainer.errors import ConfigError
+from meshtrain.model.config import model_config_errors
+from meshtrain.trainer.config import (
+    RUN_IDENTITY_SECTIONS,
+    ExperimentConfig,
+    config_differences,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    experiment_names,
+    load_config_file,
+    load_experiment,
+    model_preset,
+    preset_names,
+    tree,
+)
+from meshtrain.trainer.config.paths import BASE_YAML, EXPERIMENT_DIR, GIN_DIR
+from meshtrain.trainer.errors import ConfigError
 
 
 def _error(*args, **kwargs) -> str:
@@ -226,7 +236,7 @@ def test_base_yaml_covers_every_field_exactly():
 
 
 def test_base_yaml_missing_field_is_an_error(tmp_path, monkeypatch):
-    from trainer.config import resolve
+    from meshtrain.trainer.config import resolve
     text = BASE_YAML.read_text().replace("  keep: 3 ", "  # keep: 3 ")
     (tmp_path / "base.yaml").write_text(text)
     monkeypatch.setattr(resolve, "BASE_YAML", tmp_path / "base.yaml")
@@ -299,7 +309,7 @@ def test_bad_gin_files(tmp_path):
 # --- hardware kinds (configs/hardware.yaml) and the checks on mesh, distributed and hardware ---
 
 def test_hardware_kinds_and_specs():
-    from trainer.hardware import hardware_kinds, hardware_spec
+    from meshtrain.trainer.config.hardware import hardware_kinds, hardware_spec
 
     assert hardware_kinds() == ("tpu-v3", "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e", "v100", "a100-40gb",
                                 "a100-80gb", "h100", "h200", "b200", "cpu")
@@ -321,7 +331,7 @@ def test_hardware_kinds_and_specs():
 
 
 def test_unknown_hardware_kind_lists_known_kinds():
-    from trainer.hardware import hardware_spec
+    from meshtrain.trainer.config.hardware import hardware_spec
 
     with pytest.raises(ConfigError, match=r"unknown hardware kind.*tpu-v4, tpu-v5e.*did you mean 'h100'"):
         hardware_spec("h10")
@@ -330,7 +340,7 @@ def test_unknown_hardware_kind_lists_known_kinds():
 @pytest.mark.parametrize("topology,chips", [("v4:12x16x16", 3072), ("v4:2x2x1", 4), ("v5e:16x16", 256),
                                             ("v5:2x2x1", 4), ("v6e:1x1", 1), ("2x2x4", 16)])
 def test_chips_in_topology(topology, chips):
-    from trainer.hardware import chips_in_topology
+    from meshtrain.trainer.config.hardware import chips_in_topology
 
     assert chips_in_topology(topology) == chips
 
@@ -338,7 +348,7 @@ def test_chips_in_topology(topology, chips):
 @pytest.mark.parametrize("topology", ["v4", "v4:", "v4:2x2x", "v4:2x0x1", "v4:2*2*1", "v4-8", "v4:1x2x3x4",
                                       "", "V4:2x2x1"])
 def test_malformed_topology_is_a_config_error(topology):
-    from trainer.hardware import chips_in_topology
+    from meshtrain.trainer.config.hardware import chips_in_topology
 
     with pytest.raises(ConfigError, match=r"hardware.topology=.*'v4:12x16x16'"):
         chips_in_topology(topology)

@@ -14,13 +14,13 @@ import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import SMALL_MODEL
-from tools.convert.safetensors_io import SafetensorsReader
-from tools.convert.verify import meshtrain_logits, sample_tokens
-from tools.convert_checkpoint import main as convert
-from trainer.saved_weights import find_checkpoint, load_decoder
+from meshtrain.tools.convert import main as convert
+from meshtrain.trainer.convert.safetensors_reader import SafetensorsReader
+from meshtrain.trainer.convert.verify import meshtrain_logits, sample_tokens
+from meshtrain.trainer.run.saved_weights import find_checkpoint, load_decoder
 
 
 def reference():
@@ -129,8 +129,8 @@ def test_bfloat16_checkpoints_convert_exactly_and_upcast_losslessly(tmp_path, ca
 
 
 def test_legacy_neox_rotary_keys_are_read():
-    from tools.convert.families import GPTNeoX
-    from trainer.config import load_experiment
+    from meshtrain.trainer.config import load_experiment
+    from meshtrain.trainer.convert.families import GPTNeoX
 
     hf = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
           "num_attention_heads": 4, "hidden_act": "gelu", "rotary_pct": 0.25, "rotary_emb_base": 500.0,
@@ -144,9 +144,9 @@ def write_random_meshtrain(directory, *overrides: str):
     """A meshtrain checkpoint of random weights (the library's own writer; no training, no torch)."""
     from flax import nnx
 
-    from model.decoder import Decoder
-    from tools.convert.meshtrain_format import StreamingCheckpointWriter
-    from trainer.config import dump_config, load_experiment
+    from meshtrain.model.decoder import Decoder
+    from meshtrain.trainer.config import dump_config, load_experiment
+    from meshtrain.trainer.convert.meshtrain_format import StreamingCheckpointWriter
 
     cfg = load_experiment(None, ["model.vocab_size=96", "model.d_model=32", "model.num_layers=2",
                                  "model.num_heads=4", "model.head_dim=8", "model.d_ff=64", "model.init_std=0.2",
@@ -179,7 +179,7 @@ def llama_with_tokenizer(tmp_path_factory, data_dir):
 def test_greedy_sample_equals_transformers_generate(llama_with_tokenizer, capsys):
     root = llama_with_tokenizer
     model = load_hf(root / "hf")
-    from tools.sample import main as sample
+    from meshtrain.tools.sample import main as sample
 
     assert sample([str(root / "mt"), "--prompt", "def parse(text):", "--max-new-tokens", "12", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -192,8 +192,8 @@ def test_greedy_sample_equals_transformers_generate(llama_with_tokenizer, capsys
 
 
 def test_training_continues_from_converted_weights(llama_with_tokenizer, data_dir, tmp_path):
-    from trainer.config import load_experiment
-    from trainer.loop import train
+    from meshtrain.trainer.config import load_experiment
+    from meshtrain.trainer.run.train import train
 
     root = llama_with_tokenizer
     cfg = load_experiment(str(root / "mt" / "config.yaml"), [
@@ -211,8 +211,8 @@ def test_training_continues_from_converted_weights(llama_with_tokenizer, data_di
 
 
 def test_a_run_resumes_after_the_weights_it_started_from_are_gone(llama_with_tokenizer, data_dir, tmp_path):
-    from trainer.config import load_experiment
-    from trainer.loop import train
+    from meshtrain.trainer.config import load_experiment
+    from meshtrain.trainer.run.train import train
 
     weights = shutil.copytree(llama_with_tokenizer / "mt", tmp_path / "weights")
     overrides = [f"data.data_dir={data_dir}", f"run_dir={tmp_path / 'run'}", "data.seq_len=32",
@@ -225,8 +225,8 @@ def test_a_run_resumes_after_the_weights_it_started_from_are_gone(llama_with_tok
 
 
 def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer, data_dir, tmp_path, capsys):
-    from trainer.config import load_experiment
-    from trainer.loop import train
+    from meshtrain.trainer.config import load_experiment
+    from meshtrain.trainer.run.train import train
 
     root = llama_with_tokenizer
     overrides = [f"data.data_dir={data_dir}", "data.seq_len=32", "train.batch_size=8", "train.eval_every=0"]
@@ -255,8 +255,8 @@ def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer,
     assert code == 2 and "optimizer.name" in err and "--params-only" in err
     assert run_convert(capsys, source, tmp_path / "params", "--to", "meshtrain", "--params-only")[0] == 0
     weights = find_checkpoint(tmp_path / "params")
-    from trainer.saved_weights import state_metadata
-    assert set(state_metadata(weights)) == {"params"}
+    saved_tree = ocp.StandardCheckpointer().metadata(weights.state_dir).item_metadata.tree
+    assert set(saved_tree) == {"params"}
     assert weights.config.checkpoint.init_from == str(tmp_path / "params")
     for name, value in params_of(tmp_path / "params").items():
         np.testing.assert_array_equal(value, before[name], err_msg=name)
@@ -335,7 +335,7 @@ def test_a_config_json_without_a_size_names_the_key(hf_llama, tmp_path, capsys):
 
 
 def test_missing_unexpected_and_misshaped_tensors_are_listed(hf_llama, tmp_path, capsys):
-    from tools.convert.safetensors_io import SafetensorsWriter
+    from meshtrain.trainer.convert.safetensors_writer import SafetensorsWriter
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -378,12 +378,12 @@ def test_failed_verify_writes_nothing(hf_llama, tmp_path, capsys):
     assert _no_output_left(tmp_path / "out")
 
 
-def test_a_model_no_family_expresses_is_refused(tmp_path, capsys, data_dir):
-    from trainer.config import load_experiment
-    from trainer.loop import train
+def test_a_model_no_family_expresses_is_refused(small_model, tmp_path, capsys, data_dir):
+    from meshtrain.trainer.config import load_experiment
+    from meshtrain.trainer.run.train import train
 
     run = tmp_path / "palm"
-    train(load_experiment(None, [f"data.data_dir={data_dir}", *SMALL_MODEL, f"run_dir={run}", "train.steps=1",
+    train(load_experiment(None, [f"data.data_dir={data_dir}", *small_model, f"run_dir={run}", "train.steps=1",
                                  "train.eval_every=0"]), progress=False)
     code, _, err = run_convert(capsys, run, tmp_path / "hf")
     assert code == 2 and "model.block='parallel'" in err and "LlamaForCausalLM" in err

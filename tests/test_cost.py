@@ -21,14 +21,16 @@ import re
 
 import pytest
 
-from tools.cli import main as meshtrain
-from tools.cost import format_report
-from trainer import hardware
-from trainer.arithmetic import model_flops_per_token
-from trainer.config import load_experiment
-from trainer.cost_estimate import estimate_cost
-from trainer.errors import ConfigError, UserError
-from trainer.hardware import PRICE_TIERS, hardware_kinds, hardware_spec, peak_flops
+from meshtrain.tools.cli import main as meshtrain
+from meshtrain.tools.cost import format_estimate
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.config.hardware import PRICE_TIERS, hardware_kinds, hardware_spec
+from meshtrain.trainer.errors import ConfigError, UserError
+from meshtrain.trainer.planning import peaks
+from meshtrain.trainer.planning.aot_compile import compile_report
+from meshtrain.trainer.planning.cost_estimate import CostEstimate, estimate_cost
+from meshtrain.trainer.planning.flops import model_flops_per_token
+from meshtrain.trainer.planning.peaks import peak_flops
 
 PALM = "palm-540b-v4-6144"
 PALM_TOKENS_PER_SEC = 238.3e3  # PaLM Table 3, on 6144 chips
@@ -47,6 +49,12 @@ REQUIRED = ("flops_convention", "params_total", "params_non_embedding", "model_f
 def cost_json(capsys, *args: str) -> dict:
     assert meshtrain(["cost", *args, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def estimate(experiment: str | None, *overrides: str, aot: bool = False, **kwargs) -> CostEstimate:
+    """The estimate `meshtrain cost` prints, from the library (with --aot: compiled for the topology)."""
+    cfg = load_experiment(experiment, list(overrides))
+    return estimate_cost(cfg, aot=compile_report(cfg) if aot else None, **kwargs)
 
 
 def error_of(capsys, *args: str) -> str:
@@ -78,8 +86,8 @@ def test_every_kind_has_peaks_bandwidth_and_dated_sourced_prices():
             assert "on_demand" in spec.prices, kind
     assert peak_flops(hardware_spec("tpu-v4")) == 275e12
     assert hardware_spec("h100").peak_f32_flops == 67e12
-    assert hardware.price_per_chip_hour(hardware_spec("tpu-v4")) == 3.22
-    assert hardware.price_per_chip_hour(hardware_spec("b200")) is None
+    assert peaks.price_per_chip_hour(hardware_spec("tpu-v4")) == 3.22
+    assert peaks.price_per_chip_hour(hardware_spec("b200")) is None
     # Existing callers (launch recipes, compile) still read the same fields.
     assert hardware_spec("tpu-v4").hbm_bytes == 32 * 2**30 and hardware_spec("h100").chips_per_host == 8
 
@@ -89,7 +97,7 @@ def test_overrides():
                                   "prices": {"spot": {"usd_per_chip_hour": 1.1, "date": "2026", "source": "x"}}})
     assert (spec.prices["on_demand"].usd_per_chip_hour, spec.prices["spot"].usd_per_chip_hour) == (2.5, 1.1)
     assert peak_flops(spec, "bfloat16") == 8e14 and spec.hbm_bytes == 96 * 10**9
-    assert hardware_spec("h100").with_overrides({"default_mfu": 0.5}).default_mfu == 0.5
+    assert hardware_spec("h100", {"default_mfu": 0.5}).default_mfu == 0.5
     with pytest.raises(ConfigError, match="did you mean 'peak_bf16_flops'"):
         hardware_spec("h100", {"peak_bf16_flop": 1e15})
     with pytest.raises(ConfigError, match=r"default_mfu=2.*\(0, 1\]"):
@@ -104,15 +112,15 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     cache = tmp_path / "cpu_peak.json"
     monkeypatch.setenv("MESHTRAIN_CPU_PEAK_CACHE", str(cache))
     calls = []
-    monkeypatch.setattr(hardware, "measure_cpu_matmul_flops", lambda dtype: calls.append(dtype) or (5e10, 768))
+    monkeypatch.setattr(peaks, "measure_cpu_matmul_flops", lambda dtype: calls.append(dtype) or (5e10, 768))
     cpu = hardware_spec("cpu")
     assert peak_flops(cpu, "float32") == peak_flops(cpu, "float32") == 5e10
     assert calls == ["float32"]
-    entry = json.loads(cache.read_text())[hardware.cpu_identity()]["float32"]
+    entry = json.loads(cache.read_text())[peaks.cpu_identity()]["float32"]
     assert entry["flops"] == 5e10 and entry["matrix"] == 768 and entry["measured_at"]
-    assert hardware.measured_cpu_peak_flops("float32", refresh=True) == 5e10 and len(calls) == 2
+    assert peaks.measured_cpu_peak_flops("float32", refresh=True) == 5e10 and len(calls) == 2
     monkeypatch.undo()
-    flops, size = hardware.measure_cpu_matmul_flops("float32", seconds=0.05)  # the real benchmark, briefly
+    flops, size = peaks.measure_cpu_matmul_flops("float32", seconds=0.05)  # the real benchmark, briefly
     assert 1e8 < flops < 1e14 and size > 0
 
 
@@ -192,19 +200,21 @@ def test_table_names_the_convention_with_units(capsys):
 
 def test_palm_540b_on_8_chips_does_not_fit_and_says_how_many_would(capsys):
     fill = ["mesh.ici_fsdp=-1", "mesh.ici_tensor=1", "mesh.dcn_data=-1"]  # FSDP over whatever chips there are
-    r = cost_json(capsys, PALM, *fill, "--chips", "8")
+    e = estimate(PALM, *fill, chips=8)
+    r = e.as_dict()
+    assert r == cost_json(capsys, PALM, *fill, "--chips", "8")  # the CLI's JSON is the estimate's
     assert r["fits"] is False and r["memory_per_chip_bytes"]["total"] > r["hbm_bytes_per_chip"]
     more = r["suggestions"][0]
     assert more["change"] == f"--chips {more['chips']}" and more["chips"] > 8 and more["fits"]
     grown = cost_json(capsys, PALM, *fill, "--chips", str(more["chips"]))
     assert grown["fits"] and grown["memory_per_chip_bytes"]["total"] == more["memory_per_chip_bytes"]
-    table = format_report(r)
+    table = format_estimate(e)
     assert "does NOT fit" in table and f"--chips {more['chips']}" in table
 
 
 def test_suggests_remat_when_it_is_off():
     cfg = load_experiment(PALM, ["mesh.ici_fsdp=-1", "mesh.ici_tensor=1", "mesh.dcn_data=-1", "model.remat=none"])
-    r = estimate_cost(cfg, chips=128)
+    r = estimate_cost(cfg, chips=128).as_dict()
     assert not r["fits"]
     changes = [s["change"] for s in r["suggestions"]]
     assert "model.remat=full" in changes and any(c.startswith("train.microbatches=") for c in changes)
@@ -244,9 +254,11 @@ def test_bad_input(capsys):
 TINY_V4 = ["model.num_layers=2", "hardware.kind=tpu-v4", "hardware.topology=v4:2x2x1"]
 
 
+@pytest.mark.slow  # libtpu compile
 def test_aot_takes_memory_and_hardware_flops_from_the_compile(capsys):
     analytic = cost_json(capsys, *TINY_V4, "model.remat=full")
-    r = cost_json(capsys, *TINY_V4, "model.remat=full", "--aot")
+    e = estimate(None, *TINY_V4, "model.remat=full", aot=True)
+    r = e.as_dict()
     assert r["chips"] == 4 and r["aot"]["topology"] == "v4:2x2x1" and r["aot"]["error"] is None
     assert (r["memory_source"], r["hardware_flops_per_token_source"], r["fits"]) == ("xla", "aot", True)
     assert analytic["memory_source"] == "analytic" and analytic["hardware_flops_per_token_source"] == "analytic"
@@ -263,17 +275,19 @@ def test_aot_takes_memory_and_hardware_flops_from_the_compile(capsys):
     # Model FLOPs, MFU, time and cost stay analytic.
     for key in ("model_flops_per_token", "train_flops_total", "mfu", "chip_hours", "cost_usd", "peak_flops_per_chip"):
         assert r[key] == analytic[key], key
-    table = format_report(r)
+    table = format_estimate(e)
     assert "AOT compile for v4:2x2x1" in table and "from the AOT compile" in table and "aot)" in table
 
 
+@pytest.mark.slow  # libtpu compile
 def test_aot_out_of_memory_is_reported_not_raised(capsys):
-    r = cost_json(capsys, "model=llama2-7b", "hardware.kind=tpu-v4", "hardware.topology=v4:2x2x1",
-                  "train.batch_size=64", "data.seq_len=2048", "--aot")
+    e = estimate("default", "model=llama2-7b", "hardware.kind=tpu-v4", "hardware.topology=v4:2x2x1",
+                 "train.batch_size=64", "data.seq_len=2048", aot=True)
+    r = e.as_dict()
     assert r["fits"] is False and r["memory_source"] == "xla" and r["memory_per_chip_bytes"]["total"] is None
     assert "Ran out of memory" in r["aot"]["error"] and "Traceback" not in r["aot"]["error"]
     assert r["suggestions"] and r["hardware_flops_per_token_source"] == "aot"
-    assert "Ran out of memory" in format_report(r)
+    assert "Ran out of memory" in format_estimate(e)
 
 
 def test_aot_needs_a_tpu_topology(capsys):

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from trainer.config.schema import DataConfig
-from trainer.data import BatchStream, encode, merge_states, open_split, prepare_dataset, tokenizer_for
-from trainer.data.tokenizer import tokenizer_path
-from trainer.errors import DataError
+from meshtrain.trainer.config.schema import DataConfig
+from meshtrain.trainer.data import BatchStream, encode, merge_states, open_split, prepare_dataset, tokenizer_for
+from meshtrain.trainer.data.tokenizer import tokenizer_path
+from meshtrain.trainer.errors import DataError
 
 SEQ_LEN = 128
 

@@ -9,15 +9,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from trainer.config.schema import DistributedConfig
-from trainer.distributed import plan
-from trainer.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
+from meshtrain.trainer.config.schema import DistributedConfig
+from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.run.distributed import plan
 
 
 def _cfg(coordinator_address=None, num_processes=None, process_id=None, timeout=300):
@@ -99,8 +96,8 @@ def test_openmpi_tpu_and_kubernetes_api():
 WORKER = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from trainer.config.schema import DistributedConfig
-    from trainer.distributed import initialize
+    from meshtrain.trainer.config.schema import DistributedConfig
+    from meshtrain.trainer.run.distributed import initialize
 
     variant, port, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if variant == "config":
@@ -135,14 +132,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes on localhost
 @pytest.mark.parametrize("variant", ["config", "env"])
 def test_two_processes_on_localhost(variant):
     port = _free_port()
     launcher_vars = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
                      "OMPI_MCA_orte_hnp_uri", "JOB_COMPLETION_INDEX", "KUBERNETES_SERVICE_HOST")
     base = {k: v for k, v in os.environ.items() if k not in launcher_vars}
-    base.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    base.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     procs = []
     for pid in range(2):
         env = dict(base)
@@ -150,7 +147,7 @@ def test_two_processes_on_localhost(variant):
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                        JAX_PROCESS_ID=str(pid))
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, variant, str(port), str(pid)],
-                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     results = []
     try:

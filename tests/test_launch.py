@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.cli import main as meshtrain
-from tools.launch.render import launch_shape, render, train_argv
-from trainer.config import load_experiment
-from trainer.config.schema import DistributedConfig
-from trainer.distributed import plan
-from trainer.errors import ConfigError, UserError
+from meshtrain.tools.cli import main as meshtrain
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.config.schema import DistributedConfig
+from meshtrain.trainer.errors import ConfigError, UserError
+from meshtrain.trainer.launch.render import launch_shape, render, train_argv
+from meshtrain.trainer.run.distributed import plan
 
 PALM = "palm-540b-v4-6144"
 PALM_OVERRIDES = ["train.steps=10", "data.data_dir=gs://bucket/data", "run_dir=/mnt/runs/palm 540b"]

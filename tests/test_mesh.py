@@ -5,8 +5,12 @@ from __future__ import annotations
 import jax
 import pytest
 
-from sharding.mesh import MESH_AXES, MeshError, MeshShape, build_mesh
-from sharding.rules import DEFAULT_RULES, check_rules, named_sharding, partition_spec
+from meshtrain.sharding.mesh import MESH_AXES, MeshError, MeshShape, build_mesh
+from meshtrain.sharding.rules import check_rules, named_sharding, partition_spec
+from meshtrain.trainer.config import load_experiment
+
+# The shipped rules: mesh.rules of configs/base.yaml, their one home.
+DEFAULT_RULES = load_experiment(None, []).mesh.rules
 
 
 def test_the_suite_sees_eight_devices():

@@ -15,16 +15,16 @@ import optax
 import pytest
 from flax import nnx
 
-from model import axes
-from model.config import model_config_errors
-from model.decoder import Decoder
-from model.generate import greedy_generate
-from model.kv_cache import init_cache
-from model.layers import Mlp
-from model.loss import cross_entropy_loss
-from model.params import count_params
-from model.rope import apply_rope
-from trainer.config import model_preset
+from meshtrain.model import axes
+from meshtrain.model.config import model_config_errors
+from meshtrain.model.decoder import Decoder
+from meshtrain.model.generate import greedy_generate
+from meshtrain.model.kv_cache import init_cache
+from meshtrain.model.layers import Mlp
+from meshtrain.model.loss import cross_entropy_loss
+from meshtrain.model.params import count_params
+from meshtrain.model.rope import apply_rope
+from meshtrain.trainer.config import model_preset
 
 # Small enough to compile in a second on a CPU, large enough to have groups, layers and a vocab.
 SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,

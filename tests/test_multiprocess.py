@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMALL_MODEL
+pytestmark = pytest.mark.slow  # several training processes on localhost
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 
 
@@ -38,13 +37,13 @@ def _free_port() -> int:
 MESH = {2: ["mesh.dcn_data=2", "mesh.ici_fsdp=-1"], 1: ["mesh.ici_data=2", "mesh.ici_fsdp=-1"]}
 
 
-def _train(run_dir: Path, data_dir: Path, processes: int, steps: int) -> None:
-    """`python -m trainer.train` as `processes` processes sharing 8 CPU devices between them."""
-    args = [sys.executable, "-m", "trainer.train", "--no-progress", f"run_dir={run_dir}",
-            f"data.data_dir={data_dir}", *SMALL_MODEL, *MESH[processes], "data.shards=2",
+def _train(run_dir: Path, data_dir: Path, small_model: list[str], processes: int, steps: int) -> None:
+    """`python -m meshtrain.tools train` as `processes` processes sharing 8 CPU devices between them."""
+    args = [sys.executable, "-m", "meshtrain.tools", "train", "--no-progress", f"run_dir={run_dir}",
+            f"data.data_dir={data_dir}", *small_model, *MESH[processes], "data.shards=2",
             f"train.steps={steps}",
             "train.log_every=1", "train.eval_every=0", "checkpoint.every=2", "checkpoint.async_save=false"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
     port = _free_port()
     launched = []
@@ -52,7 +51,7 @@ def _train(run_dir: Path, data_dir: Path, processes: int, steps: int) -> None:
         if processes > 1:
             env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                    "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(rank)}
-        launched.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+        launched.append(subprocess.Popen(args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in launched]
     for rank, (p, output) in enumerate(zip(launched, outputs)):
@@ -72,17 +71,17 @@ def _assert_same_losses(actual: dict, expected: dict) -> None:
         assert actual[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
 
 
-def test_two_processes_train_and_resume_like_one(data_dir, tmp_path):
+def test_two_processes_train_and_resume_like_one(data_dir, small_model, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    _train(two, data_dir, processes=2, steps=2)
-    _train(one, data_dir, processes=1, steps=2)
+    _train(two, data_dir, small_model, processes=2, steps=2)
+    _train(one, data_dir, small_model, processes=1, steps=2)
     _assert_same_losses(_losses(two), _losses(one))
 
     # Each run's step-2 checkpoint resumes on the other process count.
     two_then_one, one_then_two = tmp_path / "two_then_one", tmp_path / "one_then_two"
     shutil.copytree(two, two_then_one)
     shutil.copytree(one, one_then_two)
-    _train(two_then_one, data_dir, processes=1, steps=4)
-    _train(one_then_two, data_dir, processes=2, steps=4)
+    _train(two_then_one, data_dir, small_model, processes=1, steps=4)
+    _train(one_then_two, data_dir, small_model, processes=2, steps=4)
     _assert_same_losses(_losses(two_then_one), _losses(one_then_two))
     assert sorted(_losses(two_then_one)) == [0, 1, 2, 3]

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.batch_schedule import batch_size_at, tokens_through
-from trainer.config import load_experiment
-from trainer.optimizer import decay_mask, learning_rate_schedule, make_optimizer
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.config.batch_schedule import batch_size_at, tokens_through
+from meshtrain.trainer.step.optimizer import decay_mask, learning_rate_schedule, make_optimizer
 
 
 def optimizer_cfg(*overrides):

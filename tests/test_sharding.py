@@ -12,21 +12,25 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL_MODEL
-from trainer.checkpoint import Checkpoints
-from trainer.config import load_experiment
-from trainer.data import BatchStream, tokenizer_for
-from trainer.errors import ConfigError
-from trainer.partition import (abstract_sharded_state, global_batch, init_sharded_state,
-                               jit_train_step, make_mesh, plan_run)
-from trainer.train_state import model_def, optimizer_for
+from meshtrain.trainer.data import BatchStream, tokenizer_for
+from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.run.checkpoint import Checkpoints
+from meshtrain.trainer.step.partition import (
+    abstract_sharded_state,
+    global_batch,
+    init_sharded_state,
+    jit_train_step,
+    make_mesh,
+    plan_run,
+)
+from meshtrain.trainer.step.state import model_def, optimizer_for
 
 STEPS = 3
 # Divisible by every layout below: batch 8, 4 heads, d_model 32, seq_len 32.
 # Adam's first steps move every element by about lr * sign(gradient), so an element whose gradient
 # is at float-rounding level can step either way depending on summation order; eps=1e-6 (not 1e-8)
 # keeps such elements from moving a full step, so the comparison measures layouts, not noise.
-MODEL = [*SMALL_MODEL, "train.batch_size=8", "model.num_heads=4", "model.num_kv_heads=2",
+MODEL = ["train.batch_size=8", "model.num_heads=4", "model.num_kv_heads=2",
          "optimizer.warmup_steps=0", "optimizer.eps=1e-6"]
 
 LAYOUTS = {
@@ -38,10 +42,6 @@ LAYOUTS = {
     "sequence=4,fsdp=2,microbatches=2": ["mesh.ici_sequence=4", "mesh.ici_fsdp=2",
                                          "train.microbatches=2"],
 }
-
-
-def _cfg(data_dir, *overrides):
-    return load_experiment(None, [f"data.data_dir={data_dir}", *MODEL, *overrides])
 
 
 def _train(cfg, devices, steps=STEPS):
@@ -67,14 +67,14 @@ def _assert_close(actual, expected):
 
 
 @pytest.fixture(scope="module")
-def reference(data_dir):
-    losses, state, _ = _train(_cfg(data_dir, "mesh.ici_fsdp=1"), jax.devices()[:1])
+def reference(small_experiment, data_dir):
+    losses, state, _ = _train(small_experiment(*MODEL, "mesh.ici_fsdp=1"), jax.devices()[:1])
     return losses, jax.device_get(state["params"])
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_sharded_training_equals_one_device(data_dir, reference, layout):
-    losses, state, plan = _train(_cfg(data_dir, *LAYOUTS[layout]), jax.devices())
+def test_sharded_training_equals_one_device(small_experiment, data_dir, reference, layout):
+    losses, state, plan = _train(small_experiment(*MODEL, *LAYOUTS[layout]), jax.devices())
     expected_losses, expected_params = reference
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
     jax.tree.map(_assert_close, jax.device_get(state["params"]), expected_params)
@@ -84,8 +84,8 @@ def test_sharded_training_equals_one_device(data_dir, reference, layout):
     assert len(wq.sharding.device_set) == 8
 
 
-def test_optimizer_state_is_sharded_like_parameters(data_dir):
-    cfg = _cfg(data_dir, "mesh.ici_fsdp=4", "mesh.ici_tensor=2")
+def test_optimizer_state_is_sharded_like_parameters(small_experiment, data_dir):
+    cfg = small_experiment(*MODEL, "mesh.ici_fsdp=4", "mesh.ici_tensor=2")
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
@@ -96,8 +96,8 @@ def test_optimizer_state_is_sharded_like_parameters(data_dir):
 
 
 @pytest.mark.parametrize("target", ["tensor=2,fsdp=2 on 4 devices", "1 device"])
-def test_checkpoint_restores_onto_another_mesh_exactly(data_dir, tmp_path, target):
-    source = _cfg(data_dir, "mesh.ici_fsdp=8")
+def test_checkpoint_restores_onto_another_mesh_exactly(small_experiment, data_dir, tmp_path, target):
+    source = small_experiment(*MODEL, "mesh.ici_fsdp=8")
     _, state, _ = _train(source, jax.devices(), steps=1)
     saved = jax.device_get(state)
     checkpoints = Checkpoints(tmp_path / "checkpoints", source.checkpoint)
@@ -105,9 +105,9 @@ def test_checkpoint_restores_onto_another_mesh_exactly(data_dir, tmp_path, targe
     checkpoints.close()
 
     if target == "1 device":
-        cfg, devices = _cfg(data_dir, "mesh.ici_fsdp=1"), jax.devices()[:1]
+        cfg, devices = small_experiment(*MODEL, "mesh.ici_fsdp=1"), jax.devices()[:1]
     else:
-        cfg, devices = _cfg(data_dir, "mesh.ici_fsdp=2", "mesh.ici_tensor=2"), jax.devices()[:4]
+        cfg, devices = small_experiment(*MODEL, "mesh.ici_fsdp=2", "mesh.ici_tensor=2"), jax.devices()[:4]
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg, devices))
@@ -128,8 +128,8 @@ def test_checkpoint_restores_onto_another_mesh_exactly(data_dir, tmp_path, targe
     (["mesh.rules=[[batch, [data, pipeline]]]"], "'pipeline': no such mesh axis"),
     (["mesh.rules=[[bacth, [data]]]"], "'bacth'.*batch, length"),
 ])
-def test_bad_layouts_fail_before_compiling(data_dir, overrides, message):
-    cfg = _cfg(data_dir, *overrides)
+def test_bad_layouts_fail_before_compiling(small_experiment, data_dir, overrides, message):
+    cfg = small_experiment(*MODEL, *overrides)
     with pytest.raises(ConfigError, match=message):
         mdef = model_def(cfg)
         plan_run(cfg, mdef, optimizer_for(cfg, mdef), make_mesh(cfg))

@@ -11,20 +11,23 @@ import signal
 import jax
 import pytest
 
-import trainer.loop
-from tests.conftest import SMALL_MODEL
-from trainer.config import load_experiment
-from trainer.goodput import PARTS, redone_step_times
-from trainer.hardware import hardware_spec, price_per_chip_hour
-from trainer.loop import train
-from trainer.tracker import CONVENTION_TEXT, Tracker, format_duration, run_arithmetic
+import meshtrain.trainer.run.train as train_module
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.config.hardware import hardware_spec
+from meshtrain.trainer.formatting import format_duration
+from meshtrain.trainer.planning.peaks import price_per_chip_hour
+from meshtrain.trainer.run.train import train
+from meshtrain.trainer.tracking.goodput import PARTS, redone_step_times
+from meshtrain.trainer.tracking.run_arithmetic import CONVENTION_TEXT, run_arithmetic
+from meshtrain.trainer.tracking.tracker import Tracker
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def experiment(data_dir, run_dir, *overrides):
-    return load_experiment(None, [f"data.data_dir={data_dir}", f"run_dir={run_dir}", *SMALL_MODEL,
-                                  "train.eval_every=0", *overrides])
+@pytest.fixture
+def experiment(small_experiment):
+    """(run_dir, *overrides) -> the small experiment in run_dir, without evaluation."""
+    return lambda run_dir, *overrides: small_experiment(f"run_dir={run_dir}", "train.eval_every=0", *overrides)
 
 
 def train_lines(run_dir):
@@ -44,9 +47,9 @@ def assert_goodput_sums_to_wall(rep):
     assert goodput["wall_s"] == rep["wall_s"]
 
 
-def test_live_metrics_cost_and_report_as_if_on_h100(data_dir, tmp_path):
+def test_live_metrics_cost_and_report_as_if_on_h100(experiment, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = experiment(data_dir, run_dir, "train.steps=12", "train.log_every=3", "train.eval_every=6",
+    cfg = experiment(run_dir, "train.steps=12", "train.log_every=3", "train.eval_every=6",
                      "train.eval_batches=1", "checkpoint.every=6", "model.remat=full", "hardware.kind=h100")
     summary = train(cfg, progress=False)
     price = price_per_chip_hour(hardware_spec("h100"))
@@ -97,7 +100,7 @@ def test_live_metrics_cost_and_report_as_if_on_h100(data_dir, tmp_path):
 def sigterm_at_call(n):
     """A jit_train_step whose step function sends this process SIGTERM on its n-th call, as a
     scheduler would: the loop's own handler turns it into a stop request."""
-    real_jit_train_step = trainer.loop.jit_train_step
+    real_jit_train_step = train_module.jit_train_step
 
     def jit_train_step(*args, **kwargs):
         step_fn, calls = real_jit_train_step(*args, **kwargs), []
@@ -113,12 +116,12 @@ def sigterm_at_call(n):
     return jit_train_step
 
 
-def test_interrupted_run_reports_and_a_resume_counts_redone_steps(data_dir, tmp_path, monkeypatch):
+def test_interrupted_run_reports_and_a_resume_counts_redone_steps(experiment, data_dir, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     common = ["train.log_every=1", "checkpoint.every=2"]
     with monkeypatch.context() as patch:
-        patch.setattr(trainer.loop, "jit_train_step", sigterm_at_call(3))
-        summary = train(experiment(data_dir, run_dir, "train.steps=50", *common), progress=False)
+        patch.setattr(train_module, "jit_train_step", sigterm_at_call(3))
+        summary = train(experiment(run_dir, "train.steps=50", *common), progress=False)
     assert summary.interrupted and summary.end_step == 3
     rep = report(run_dir)
     assert rep["status"] == "interrupted" and rep["steps"] == 3 and rep["steps_configured"] == 50
@@ -130,7 +133,7 @@ def test_interrupted_run_reports_and_a_resume_counts_redone_steps(data_dir, tmp_
     # As if the process had been killed before its last checkpoint (step 3) landed: the next one
     # resumes from step 2 and computes step 2 again.
     shutil.rmtree(run_dir / "checkpoints" / "3")
-    train(experiment(data_dir, run_dir, "train.steps=5", *common), progress=False)
+    train(experiment(run_dir, "train.steps=5", *common), progress=False)
     rep = report(run_dir)
     goodput = rep["goodput"]
     assert rep["status"] == "finished" and rep["steps"] == 5
@@ -161,8 +164,8 @@ def test_format_duration():
     assert [format_duration(s) for s in (0, 4.2, 83, 3725, 90000)] == ["0s", "4s", "1m23s", "1h02m", "1d01h"]
 
 
-def test_a_kind_without_a_peak_for_the_dtype_tracks_without_mfu(data_dir):
-    cfg = load_experiment(None, [f"data.data_dir={data_dir}", *SMALL_MODEL, "hardware.kind=tpu-v4",
+def test_a_kind_without_a_peak_for_the_dtype_tracks_without_mfu(small_model, data_dir):
+    cfg = load_experiment(None, [f"data.data_dir={data_dir}", *small_model, "hardware.kind=tpu-v4",
                                  "model.dtype=float32"])
     arithmetic = run_arithmetic(cfg)  # Google publishes no float32 peak for TPU v4: training must not fail
     assert arithmetic.peak_flops_per_chip is None and arithmetic.peak_source.startswith("unknown")

@@ -8,17 +8,17 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL_MODEL
-from trainer.checkpoint import Checkpoints
-from trainer.config import load_experiment
-from trainer.errors import ConfigError
-from trainer.loop import train
-from trainer.train_state import abstract_state, model_def, optimizer_for
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.run.checkpoint import Checkpoints
+from meshtrain.trainer.run.train import train
+from meshtrain.trainer.step.state import abstract_state, model_def, optimizer_for
 
 
-def experiment(data_dir, run_dir, *overrides):
-    return load_experiment(None, [f"data.data_dir={data_dir}", f"run_dir={run_dir}", *SMALL_MODEL,
-                                  "train.eval_every=0", *overrides])
+@pytest.fixture
+def experiment(small_experiment):
+    """(run_dir, *overrides) -> the small experiment in run_dir, without evaluation."""
+    return lambda run_dir, *overrides: small_experiment(f"run_dir={run_dir}", "train.eval_every=0", *overrides)
 
 
 def logged(run_dir, key="loss"):
@@ -46,15 +46,15 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path):
+def test_resumed_run_equals_uninterrupted_run_bitwise(experiment, data_dir, tmp_path):
     common = ["train.log_every=1", "checkpoint.every=3", "optimizer.decay_steps=6",
               "optimizer.warmup_steps=2"]
-    whole = experiment(data_dir, tmp_path / "whole", "train.steps=6", *common)
+    whole = experiment(tmp_path / "whole", "train.steps=6", *common)
     train(whole, progress=False)
-    half = experiment(data_dir, tmp_path / "halves", "train.steps=3", *common)
+    half = experiment(tmp_path / "halves", "train.steps=3", *common)
     first = train(half, progress=False)
     assert first.end_step == 3
-    resumed = train(experiment(data_dir, tmp_path / "halves", "train.steps=6", *common), progress=False)
+    resumed = train(experiment(tmp_path / "halves", "train.steps=6", *common), progress=False)
     assert (resumed.start_step, resumed.end_step) == (3, 6)
 
     assert logged(tmp_path / "whole") == logged(tmp_path / "halves")
@@ -66,10 +66,10 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path):
     assert_trees_equal(state_a, state_b)
 
 
-def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
-    one = experiment(data_dir, tmp_path / "one", "train.steps=2", "train.log_every=1",
+def test_gradient_accumulation_matches_one_big_batch(experiment, data_dir, tmp_path):
+    one = experiment(tmp_path / "one", "train.steps=2", "train.log_every=1",
                      "train.batch_size=16")
-    two = experiment(data_dir, tmp_path / "two", "train.steps=2", "train.log_every=1",
+    two = experiment(tmp_path / "two", "train.steps=2", "train.log_every=1",
                      "train.batch_size=16", "train.microbatches=2")
     train(one, progress=False)
     train(two, progress=False)
@@ -82,25 +82,25 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
-def test_batch_ramp_changes_the_batch_at_the_given_steps(data_dir, tmp_path):
-    cfg = experiment(data_dir, tmp_path / "ramp", "train.steps=5", "train.log_every=1",
+def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, tmp_path):
+    cfg = experiment(tmp_path / "ramp", "train.steps=5", "train.log_every=1",
                      "train.batch_ramp=[[2, 16], [4, 24]]", "checkpoint.every=100")
     train(cfg, progress=False)
     assert logged(tmp_path / "ramp", "batch_size") == {0: 8, 1: 8, 2: 16, 3: 16, 4: 24}
 
 
-def test_run_directory_with_another_model_is_refused_and_left_alone(data_dir, tmp_path):
+def test_run_directory_with_another_model_is_refused_and_left_alone(experiment, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    train(experiment(data_dir, run_dir, "train.steps=1"), progress=False)
+    train(experiment(run_dir, "train.steps=1"), progress=False)
     before = (run_dir / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"model\.num_layers.*2.*3"):
-        train(experiment(data_dir, run_dir, "train.steps=2", "model.num_layers=3"), progress=False)
+        train(experiment(run_dir, "train.steps=2", "model.num_layers=3"), progress=False)
     assert (run_dir / "config.yaml").read_text() == before
 
 
-def test_run_directory_records_config_metrics_events_and_checkpoints(data_dir, tmp_path):
+def test_run_directory_records_config_metrics_events_and_checkpoints(experiment, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = experiment(data_dir, run_dir, "train.steps=4", "train.log_every=2", "train.eval_every=2",
+    cfg = experiment(run_dir, "train.steps=4", "train.log_every=2", "train.eval_every=2",
                      "train.eval_batches=1")
     summary = train(cfg, progress=False)
     assert load_experiment(str(run_dir / "config.yaml")) == cfg
@@ -116,8 +116,8 @@ def test_run_directory_records_config_metrics_events_and_checkpoints(data_dir, t
     assert final_state(cfg)[0] == 4
 
 
-def test_checkpoints_keep_the_last_n_and_every_kth(data_dir, tmp_path):
-    cfg = experiment(data_dir, tmp_path / "run", "train.steps=8", "checkpoint.every=1", "checkpoint.keep=2",
+def test_checkpoints_keep_the_last_n_and_every_kth(experiment, data_dir, tmp_path):
+    cfg = experiment(tmp_path / "run", "train.steps=8", "checkpoint.every=1", "checkpoint.keep=2",
                      "checkpoint.keep_every=4", "train.log_every=100")
     train(cfg, progress=False)
     kept = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())

@@ -1,35 +1,48 @@
-"""The `meshtrain` console script: one entry point, one subcommand per job."""
+"""The `meshtrain` console script: one entry point, one subcommand per job.
+
+Each subcommand is a module of meshtrain.tools with `build_parser` and `run`; only the one asked
+for is imported (`importlib`), so `meshtrain cost` never loads torch and `meshtrain --help` is
+instant. This is a dispatch table, not a way around an import cycle: no module imports this one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from tools import compile as compile_step
-from tools import convert_checkpoint, cost, sample
-from tools import tokenizer
-from tools.launch import render as launch
-from trainer import train
-from trainer.cli import parse_args, run_with_user_errors
+from meshtrain.tools.args import parse_args, run_with_user_errors
 
 SUBCOMMANDS = {
-    "train": (train, "train an experiment (default: configs/experiment/default.yaml)"),
-    "tokenizer": (tokenizer, "train a sentencepiece tokenizer on an experiment's dataset"),
-    "launch": (launch, "write a TPU VM, JobSet or SLURM recipe that runs an experiment on many hosts"),
-    "compile": (compile_step, "compile an experiment's train step for a TPU topology here; does it fit in HBM?"),
-    "cost": (cost, "estimate an experiment's FLOPs, time, chip-hours, dollars and memory per chip before launch"),
-    "convert": (convert_checkpoint, "convert weights between Hugging Face and meshtrain, dtypes and meshes; --verify"),
-    "sample": (sample, "greedy text from a run or converted checkpoint, with a KV cache"),
+    "train": "train an experiment (default: configs/experiment/default.yaml)",
+    "tokenizer": "train a sentencepiece tokenizer on an experiment's dataset",
+    "launch": "write a TPU VM, JobSet or SLURM recipe that runs an experiment on many hosts",
+    "compile": "compile an experiment's train step for a TPU topology here; does it fit in HBM?",
+    "cost": "estimate an experiment's FLOPs, time, chip-hours, dollars and memory per chip before launch",
+    "convert": "convert weights between Hugging Face and meshtrain, dtypes and meshes; --verify",
+    "sample": "greedy text from a run or converted checkpoint, with a KV cache",
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meshtrain", description=__doc__)
+def _top_level_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshtrain", description=__doc__.split("\n\n")[0],
+                                     usage="meshtrain COMMAND [ARGS ...]")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        module.build_parser(commands.add_parser(name, help=help_text, description=module.__doc__))
-    args = parse_args(parser, argv)
-    return run_with_user_errors(SUBCOMMANDS[args.command][0].run, args)
+    for name, help_text in SUBCOMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        _top_level_parser().parse_args(argv[:1] or ["--help"])  # prints the commands, exits
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(f"meshtrain.tools.{name}")
+    parser = module.build_parser(argparse.ArgumentParser(
+        prog=f"meshtrain {name}", description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    return run_with_user_errors(module.run, parse_args(parser, rest))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`meshtrain cost` (also `python -m tools.cost`): what an experiment will cost before it is launched.
+"""`meshtrain cost` (also `python -m meshtrain.tools cost`): what an experiment will cost before it is launched.
 
     meshtrain cost palm-540b-v4-6144                                # the experiment's own hardware
     meshtrain cost palm-540b-v4-6144 --tokens-per-sec-per-chip 38.79   # the paper's throughput
@@ -34,16 +34,39 @@ Exit status: 0 (also when the run does not fit: the report says so); 2 for bad i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 
-from tools.compile import add_target_arguments
-from trainer.cli import add_experiment_arguments, command_main, split_experiment_and_overrides
-from trainer.errors import UserError
+import jax
 
-GIB = 2**30
+from meshtrain.model.dtypes import compute_dtype
+from meshtrain.tools.args import (
+    add_experiment_arguments,
+    command_main,
+    experiment_from_args,
+)
+from meshtrain.tools.compile import add_target_arguments, check_target_arguments
+from meshtrain.trainer.config.hardware import hardware_kinds, hardware_spec
+from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.formatting import (
+    format_amount,
+    format_bytes,
+    format_count,
+    format_dollars,
+    format_mesh,
+    format_si,
+)
+from meshtrain.trainer.planning.aot_compile import CompileReport, compile_report
+from meshtrain.trainer.planning.cost_estimate import (
+    CostEstimate,
+    estimate_cost,
+    on_hardware,
+)
+from meshtrain.trainer.planning.flops import FLOPS_CONVENTIONS
+from meshtrain.trainer.planning.peaks import measured_cpu_peak_flops
 
 
 def _number(what: str, *, positive: bool = True):
@@ -99,8 +122,6 @@ def _override(text: str) -> tuple[str, object]:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    from trainer.arithmetic.flops import FLOPS_CONVENTIONS
-
     parser = parser or argparse.ArgumentParser(prog="meshtrain cost", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_arguments(parser)
@@ -140,42 +161,31 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     if not os.environ.get("JAX_PLATFORMS"):
-        import jax
-
         # Nothing runs on an accelerator here (abstract shapes, and on cpu a small matmul benchmark).
         jax.config.update("jax_platforms", "cpu")
-    from trainer.config import load_experiment
-    from trainer.cost_estimate import compute_dtype, estimate_cost
-    from trainer.hardware import hardware_kinds, hardware_spec, measured_cpu_peak_flops
-
-    experiment, overrides = split_experiment_and_overrides(args.args)
-    cfg = load_experiment(experiment, overrides, gin_files=args.gin_file, gin_params=args.gin_param)
+    cfg = experiment_from_args(args)
     if args.measure_cpu_peak:
         kind = args.hardware or cfg.hardware.kind
         if kind in hardware_kinds() and hardware_spec(kind).platform == "cpu":
-            measured_cpu_peak_flops(compute_dtype(cfg, hardware_spec(kind)), refresh=True)
+            measured_cpu_peak_flops(compute_dtype(cfg.model, "cpu").name, refresh=True)
     aot = None
     if args.aot:
         cfg, aot = aot_compile(cfg, args)
     elif args.topology is not None or args.num_slices is not None:
         raise UserError("--topology and --num-slices name what --aot compiles for: add --aot (or set "
                         "hardware.topology=... / hardware.num_slices=...)")
-    report = estimate_cost(cfg, hardware=args.hardware, chips=args.chips, mfu=args.mfu,
-                           tokens_per_sec_per_chip=args.tokens_per_sec_per_chip, peak_tflops=args.peak_tflops,
-                           price=args.price, tokens=args.tokens, convention=args.flops_convention,
-                           hardware_overrides=dict(args.hardware_override) or None, aot=aot)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    estimate = estimate_cost(cfg, hardware=args.hardware, chips=args.chips, mfu=args.mfu,
+                             tokens_per_sec_per_chip=args.tokens_per_sec_per_chip, peak_tflops=args.peak_tflops,
+                             price=args.price, tokens=args.tokens, convention=args.flops_convention,
+                             hardware_overrides=dict(args.hardware_override) or None, aot=aot)
+    print(json.dumps(estimate.as_dict(), indent=2) if args.json else format_estimate(estimate))
     return 0
 
 
-def aot_compile(cfg, args: argparse.Namespace):
-    """(cfg on the compiled topology, tools.compile.compile_report of its train step) for --aot; a
-    UserError unless the hardware is a TPU kind with a topology."""
-    import dataclasses
-
-    from tools.compile import compile_report
-    from trainer.cost_estimate import on_hardware
-
+def aot_compile(cfg, args: argparse.Namespace) -> tuple[object, CompileReport]:
+    """(cfg on the compiled topology, the compile report of its train step) for --aot; a UserError
+    unless the hardware is a TPU kind with a topology."""
+    check_target_arguments(args)
     cfg, spec = on_hardware(cfg, args.hardware, dict(args.hardware_override) or None)
     if spec.platform != "tpu":
         raise UserError(f"--aot compiles the train step for a TPU topology, and {spec.kind} is not a TPU: "
@@ -186,41 +196,12 @@ def aot_compile(cfg, args: argparse.Namespace):
     aot = compile_report(cfg, topology=args.topology, num_slices=args.num_slices)
     # The estimate then describes the compiled chips: the topology's, not hardware.chips.
     cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(
-        cfg.hardware, topology=aot["topology"], num_slices=aot["num_slices"], chips=None))
+        cfg.hardware, topology=aot.topology, num_slices=aot.num_slices, chips=None))
     return cfg, aot
 
 
 # ---------------------------------------------------------------------------------------------
 # The table
-
-
-def _si(value: float, unit: str) -> str:
-    """1.234e12, 'FLOP' -> '1.234 TFLOP'."""
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.4g} {prefix}{unit}"
-    return f"{value:.4g} {unit}"
-
-
-def _count(value: float) -> str:
-    """540356474880 -> '540.36 B'."""
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:,.2f} {suffix}"
-    return f"{value:,.0f}"
-
-
-def _amount(value: float) -> str:
-    """1234567.8 -> '1,234,568'; small values keep 3 significant digits (0.0492)."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def _gib(value: float | None) -> str:
-    return "?" if value is None else f"{value / GIB:,.2f} GiB"
-
-
-def _dollars(value: float) -> str:
-    return f"${value:,.0f}" if value >= 100 else f"${value:,.2f}"
 
 
 def _source_url(source: str | None) -> str:
@@ -233,75 +214,76 @@ def _source_url(source: str | None) -> str:
     return source
 
 
-def format_report(r: dict) -> str:
-    """The report as an aligned table with units (PFLOP, days, $), naming the FLOPs convention."""
+def _memory_rows(r: CostEstimate) -> list[tuple[str, str]]:
+    m = r.memory_per_chip_bytes
+    limit = "host memory" if r.memory_limit == "host" else "HBM"
+    verdict = "fits" if r.fits else "does NOT fit"
+    mesh = f"(mesh {format_mesh(r.mesh)})"
+    hbm = format_bytes(r.hbm_bytes_per_chip)
+    if r.aot is None:
+        return [("memory per chip", f"params {format_bytes(m['params'])}, grads {format_bytes(m['grads'])}, "
+                                    f"optimizer {format_bytes(m['optimizer'])}, activations "
+                                    f"{format_bytes(m['activations'])} (analytic)"),
+                ("", f"total {format_bytes(m['total'])} of {hbm} {limit}: {verdict} {mesh}")]
+    compiled, analytic = r.aot.compile, format_bytes(r.aot.memory_per_chip_bytes_analytic["total"])
+    if compiled.error:
+        return [("memory per chip", f"XLA (AOT compile for {compiled.topology}) ran out of {hbm} {limit}: "
+                                    f"does NOT fit {mesh}"),
+                *(("", line) for line in compiled.error.splitlines() if line.strip()),
+                ("", f"(analytic estimate: {analytic} per chip)")]
+    memory = compiled.memory
+    parts = ", ".join(f"{name} {format_bytes(value)}" for name, value in (
+        ("arguments", memory.argument_bytes_per_chip), ("outputs", memory.output_bytes_per_chip),
+        ("donated", memory.alias_bytes_per_chip), ("temp", memory.temp_bytes_per_chip)))
+    return [("memory per chip", f"XLA (AOT compile for {compiled.topology}): {parts}"),
+            ("", f"peak {format_bytes(m['total'])} of {hbm} {limit}: {verdict} {mesh}; analytic {analytic}")]
+
+
+def format_estimate(r: CostEstimate) -> str:
+    """The estimate as an aligned table with units (PFLOP, days, $), naming the FLOPs convention."""
     rows: list[tuple[str, str]] = []
     add = rows.append
-    add(("FLOPs convention", f"{r['flops_convention']}: {r['flops_convention_description']}"))
-    add(("hardware", f"{r['chips']:,} x {r['hardware']}, peak {_si(r['peak_flops_per_chip'], 'FLOP/s')} per "
-                     f"chip ({r['compute_dtype']}; {r['peak_flops_source']})"))
-    add(("parameters", f"{_count(r['params_total'])} total, {_count(r['params_non_embedding'])} non-embedding"))
-    add(("tokens", f"{_count(r['tokens_total'])} (seq_len {r['seq_len']:,})"))
-    hardware = f"hardware {_si(r['hardware_flops_per_token'], 'FLOP')} with remat={r['remat']}"
-    if r.get("hardware_flops_per_token_source") == "aot":
-        hardware += (f", from the AOT compile: {r['hardware_flops_aot_over_analytic']:.3f}x the analytic "
-                     f"{_si(r['hardware_flops_per_token_analytic'], 'FLOP')}")
-    add(("model FLOPs / token", f"{_si(r['model_flops_per_token'], 'FLOP')} ({hardware})"))
-    pflop = r["train_flops_total"] / 1e15
-    add(("training FLOPs", f"{_amount(pflop)} PFLOP = {r['train_flops_total']:.4g} FLOP = "
-                           f"{_amount(pflop / 86400)} PF-days ({r['flops_convention']})"))
-    if r["flops_convention"] != "6nd":
-        add(("", f"{_amount(r['train_flops_6nd'] / 1e15)} PFLOP counted as 6ND"))
-    add(("hardware FLOPs", f"{_amount(r['hardware_flops_total'] / 1e15)} PFLOP (HFU {r['hfu']:.1%}; "
-                           f"{r.get('hardware_flops_per_token_source', 'analytic')})"))
-    add(("throughput", f"{r['tokens_per_sec']:,.0f} tokens/s ({r['tokens_per_sec_per_chip']:,.4g} per chip)"))
-    add(("MFU", f"{r['mfu']:.1%} ({r['mfu_source']})"))
-    days = r["wall_clock_days"]
+    add(("FLOPs convention", f"{r.flops_convention}: {r.flops_convention_description}"))
+    add(("hardware", f"{r.chips:,} x {r.hardware}, peak {format_si(r.peak_flops_per_chip, 'FLOP/s')} per "
+                     f"chip ({r.compute_dtype}; {r.peak_flops_source})"))
+    add(("parameters", f"{format_count(r.params_total)} total, {format_count(r.params_non_embedding)} non-embedding"))
+    add(("tokens", f"{format_count(r.tokens_total)} (seq_len {r.seq_len:,})"))
+    hardware = f"hardware {format_si(r.hardware_flops_per_token, 'FLOP')} with remat={r.remat}"
+    if r.aot is not None:
+        hardware += (f", from the AOT compile: {r.aot.hardware_flops_aot_over_analytic:.3f}x the analytic "
+                     f"{format_si(r.aot.hardware_flops_per_token_analytic, 'FLOP')}")
+    add(("model FLOPs / token", f"{format_si(r.model_flops_per_token, 'FLOP')} ({hardware})"))
+    pflop = r.train_flops_total / 1e15
+    add(("training FLOPs", f"{format_amount(pflop)} PFLOP = {r.train_flops_total:.4g} FLOP = "
+                           f"{format_amount(pflop / 86400)} PF-days ({r.flops_convention})"))
+    if r.flops_convention != "6nd":
+        add(("", f"{format_amount(r.train_flops_6nd / 1e15)} PFLOP counted as 6ND"))
+    add(("hardware FLOPs", f"{format_amount(r.hardware_flops_total / 1e15)} PFLOP (HFU {r.hfu:.1%}; "
+                           f"{'analytic' if r.aot is None else 'aot'})"))
+    add(("throughput", f"{r.tokens_per_sec:,.0f} tokens/s ({r.tokens_per_sec_per_chip:,.4g} per chip)"))
+    add(("MFU", f"{r.mfu:.1%} ({r.mfu_source})"))
+    days = r.wall_clock_days
     add(("wall clock", f"{days:,.1f} days" if days >= 1 else f"{days:.3g} days ({days * 24:.3g} hours)"))
-    add(("chip-hours", _amount(r["chip_hours"])))
-    if r["cost_usd_by_tier"]:
-        width = max(len(tier) for tier in r["cost_usd_by_tier"])
-        for i, (tier, usd) in enumerate(r["cost_usd_by_tier"].items()):
-            price = r["prices"][tier]
-            when = ", ".join(x for x in (price.get("date"), _source_url(price.get("source"))) if x)
-            add(("cost" if i == 0 else "", f"{tier:<{width}}  {_dollars(usd):>16}  at "
-                                           f"${price['usd_per_chip_hour']:,.2f}/chip-hour" + (f" ({when})" if when else "")))
+    add(("chip-hours", format_amount(r.chip_hours)))
+    if r.cost_usd_by_tier:
+        width = max(len(tier) for tier in r.cost_usd_by_tier)
+        for i, (tier, usd) in enumerate(r.cost_usd_by_tier.items()):
+            price = r.prices[tier]
+            when = ", ".join(x for x in (price.date, _source_url(price.source)) if x)
+            add(("cost" if i == 0 else "", f"{tier:<{width}}  {format_dollars(usd):>16}  at "
+                                           f"${price.usd_per_chip_hour:,.2f}/chip-hour" + (f" ({when})" if when else "")))
     else:
-        add(("cost", f"unknown: no price for {r['hardware']} in configs/hardware.yaml (pass --price USD_PER_CHIP_HOUR)"))
-    m = r["memory_per_chip_bytes"]
-    limit = "host memory" if r["memory_limit"] == "host" else "HBM"
-    verdict = "fits" if r["fits"] else "does NOT fit"
-    mesh = f"(mesh {', '.join(f'{a}={n}' for a, n in r['mesh'].items() if n != 1) or 'one device'})"
-    aot = r.get("aot")
-    if r.get("memory_source") == "xla" and aot["error"]:
-        add(("memory per chip", f"XLA (AOT compile for {aot['topology']}) ran out of "
-                                f"{_gib(r['hbm_bytes_per_chip'])} {limit}: does NOT fit {mesh}"))
-        rows.extend(("", line) for line in aot["error"].splitlines() if line.strip())
-        analytic = r["memory_per_chip_bytes_analytic"]["total"]
-        add(("", f"(analytic estimate: {_gib(analytic)} per chip)"))
-    elif r.get("memory_source") == "xla":
-        parts = ", ".join(f"{name} {_gib(aot[f'{field}_bytes_per_chip'])}" for name, field in (
-            ("arguments", "argument"), ("outputs", "output"), ("donated", "alias"), ("temp", "temp")))
-        add(("memory per chip", f"XLA (AOT compile for {aot['topology']}): {parts}"))
-        analytic = r["memory_per_chip_bytes_analytic"]["total"]
-        add(("", f"peak {_gib(m['total'])} of {_gib(r['hbm_bytes_per_chip'])} {limit}: {verdict} {mesh}; "
-                 f"analytic {_gib(analytic)}"))
-    else:
-        add(("memory per chip", f"params {_gib(m['params'])}, grads {_gib(m['grads'])}, optimizer "
-                                f"{_gib(m['optimizer'])}, activations {_gib(m['activations'])} (analytic)"))
-        add(("", f"total {_gib(m['total'])} of {_gib(r['hbm_bytes_per_chip'])} {limit}: {verdict} {mesh}"))
-    for i, s in enumerate(r.get("suggestions", [])):
-        if s.get("memory_per_chip_bytes") is None:
-            text = f"{s['change']}: {s.get('note', '')}"
+        add(("cost", f"unknown: no price for {r.hardware} in configs/hardware.yaml (pass --price USD_PER_CHIP_HOUR)"))
+    rows += _memory_rows(r)
+    for i, s in enumerate(r.suggestions or []):
+        if s.memory_per_chip_bytes is None:
+            text = f"{s.change}: {s.note or ''}"
         else:
-            text = (f"{s['change']}: {_gib(s['memory_per_chip_bytes'])} per chip, "
-                    f"{'fits' if s['fits'] else 'still does not fit'}")
-            if s.get("note"):
-                text += f" ({s['note']})"
+            text = (f"{s.change}: {format_bytes(s.memory_per_chip_bytes)} per chip, "
+                    f"{'fits' if s.fits else 'still does not fit'}" + (f" ({s.note})" if s.note else ""))
         add(("to fit" if i == 0 else "", text))
     width = max(len(label) for label, _ in rows)
-    return "\n".join([f"meshtrain cost: {r['experiment']}"] +
-                     [f"  {label:<{width}}  {value}".rstrip() for label, value in rows])
+    return "\n".join([f"meshtrain cost: {r.experiment}"] + [f"  {label:<{width}}  {value}".rstrip() for label, value in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`meshtrain sample RUN_OR_CHECKPOINT --prompt "..."` (also `python -m tools.sample`): greedy text
+"""`meshtrain sample RUN_OR_CHECKPOINT --prompt "..."` (also `python -m meshtrain.tools sample`): greedy text
 from a trained run or a converted checkpoint, decoded with a KV cache (model/generate.py).
 
 The prompt is encoded with the checkpoint's sentencepiece tokenizer (the run's, or the
@@ -14,8 +14,13 @@ import json
 import sys
 import time
 
-from trainer.cli import command_main, quiet_libraries
-from trainer.errors import UserError
+import jax.numpy as jnp
+
+from meshtrain.model.generate import greedy_generate
+from meshtrain.tools.args import command_main, quiet_libraries
+from meshtrain.trainer.data.tokenizer import encode, existing_tokenizer, load_tokenizer
+from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.run.saved_weights import find_checkpoint, load_decoder
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -35,12 +40,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
-
-    from model.generate import greedy_generate
-    from trainer.data.tokenizer import encode, existing_tokenizer, load_tokenizer
-    from trainer.saved_weights import find_checkpoint, load_decoder
-
     quiet_libraries()
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")

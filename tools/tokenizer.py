@@ -1,4 +1,4 @@
-"""`meshtrain tokenizer` (also `python -m tools.tokenizer`): train a sentencepiece model on a dataset.
+"""`meshtrain tokenizer` (also `python -m meshtrain.tools tokenizer`): train a sentencepiece model on a dataset.
 
 Takes an experiment like `meshtrain train` does and trains on its dataset's train split with
 `model.vocab_size` pieces. Without --output the model goes where training looks for it (the cache
@@ -10,8 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.cli import (add_experiment_arguments, command_main, quiet_libraries,
-                         split_experiment_and_overrides)
+from meshtrain.tools.args import (
+    add_experiment_arguments,
+    command_main,
+    experiment_from_args,
+    quiet_libraries,
+)
+from meshtrain.trainer.data import (
+    encode,
+    load_tokenizer,
+    open_split,
+    prepare_dataset,
+    train_tokenizer,
+)
+from meshtrain.trainer.data.tokenizer import tokenizer_path
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -22,12 +34,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.config import load_experiment
-    from trainer.data import encode, load_tokenizer, open_split, prepare_dataset, train_tokenizer
-    from trainer.data.tokenizer import tokenizer_path
-
-    experiment, overrides = split_experiment_and_overrides(args.args)
-    cfg = load_experiment(experiment, overrides, gin_files=args.gin_file, gin_params=args.gin_param)
+    cfg = experiment_from_args(args)
     quiet_libraries()
     prepare_dataset(cfg.data)
     source = open_split(cfg.data, cfg.data.train_split)

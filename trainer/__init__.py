@@ -1,1 +1,13 @@
-"""The training side of meshtrain: configs, data, optimizer and state, the loop, checkpoints."""
+"""The library under the command lines, one sub-package per job, importing only downward:
+
+  config    experiment files, the schema, shipped tables (hardware.yaml) and the batch schedule
+  data      TFDS builders, tokenizers, packed batches read through grain
+  step      optimizer, train state, the step functions and their partition over a mesh
+  planning  FLOPs and memory arithmetic, hardware peaks, AOT compiles, the cost estimate
+  tracking  the live tracker, goodput, metrics log, report and plots
+  run       train(): the run directory, checkpoints, initial weights, multi-process start-up
+  convert   checkpoints to and from Hugging Face, dtypes and meshes
+  launch    multi-host launch recipes
+
+errors.py, atomic.py and formatting.py serve them all.
+"""

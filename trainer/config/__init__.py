@@ -5,12 +5,23 @@ config_from_dict, dump_config and load_config_file move a resolved config to and
 directory; config_differences tells whether a saved run and a new config are the same run.
 """
 
-from trainer.config.loader import experiment_names, load_experiment
-from trainer.config.presets import model_preset, preset_fields, preset_names
-from trainer.config.schema import (RUN_IDENTITY_SECTIONS, CheckpointConfig, DataConfig,
-                                   ExperimentConfig, OptimizerConfig, TrainConfig)
-from trainer.config.serialize import (config_differences, config_from_dict, config_to_dict,
-                                      dump_config, load_config_file)
+from meshtrain.trainer.config.loader import experiment_names, load_experiment
+from meshtrain.trainer.config.presets import model_preset, preset_fields, preset_names
+from meshtrain.trainer.config.schema import (
+                                   RUN_IDENTITY_SECTIONS,
+                                   CheckpointConfig,
+                                   DataConfig,
+                                   ExperimentConfig,
+                                   OptimizerConfig,
+                                   TrainConfig,
+)
+from meshtrain.trainer.config.serialize import (
+                                   config_differences,
+                                   config_from_dict,
+                                   config_to_dict,
+                                   dump_config,
+                                   load_config_file,
+)
 
 __all__ = ["load_experiment", "experiment_names", "model_preset", "preset_fields", "preset_names",
            "config_to_dict", "config_from_dict", "dump_config", "load_config_file",

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from model import config as model_config
-from trainer.config.errors_fmt import did_you_mean, show
-from trainer.config.schema import OPTIMIZERS, SCHEDULES, ExperimentConfig
-from trainer.errors import ConfigError
+from meshtrain.model import config as model_config
+from meshtrain.trainer.config.errors_fmt import did_you_mean, show
+from meshtrain.trainer.config.hardware import TOPOLOGY_WANT, chips_in_topology, hardware_kinds, hardware_spec
+from meshtrain.trainer.config.schema import OPTIMIZERS, SCHEDULES, ExperimentConfig
+from meshtrain.trainer.errors import ConfigError
 
 _positive = (lambda v: v >= 1, "a positive integer")
 _non_negative = (lambda v: v >= 0, "an integer >= 0")
@@ -63,12 +64,6 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
        for net in ("ici", "dcn") for axis in ("data", "fsdp", "sequence", "tensor")},
 }
 
-def _hardware_kinds() -> tuple[str, ...]:
-    from trainer.hardware import hardware_kinds  # Here, not at the top: trainer.hardware imports trainer.config.
-
-    return hardware_kinds()
-
-
 # dotted key -> the allowed values, or a function returning them (read from a shipped file when needed).
 CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "optimizer.name": OPTIMIZERS,
@@ -80,7 +75,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "model.remat": model_config.REMAT_POLICIES,
     "model.dtype": model_config.DTYPES,
     "model.param_dtype": model_config.DTYPES[1:],
-    "hardware.kind": _hardware_kinds,
+    "hardware.kind": hardware_kinds,
 }
 
 
@@ -159,10 +154,8 @@ def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> 
 
 def _hardware_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> list[str]:
     """hardware.topology must be a TPU topology of the kind's generation, and agree with chips."""
-    from trainer.hardware import TOPOLOGY_WANT, chips_in_topology, hardware_spec  # see _hardware_kinds
-
     hw = cfg.hardware
-    if hw.topology is None or hw.kind not in _hardware_kinds():
+    if hw.topology is None or hw.kind not in hardware_kinds():
         return []
     spec = hardware_spec(hw.kind)
     if spec.platform != "tpu":

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import gin
 
-from trainer.config import tree
-from trainer.config.errors_fmt import did_you_mean
-from trainer.config.paths import GIN_DIR, shipped_names, shipped_or_path
-from trainer.config.resolve import Layer, normalize_layer
-from trainer.errors import ConfigError
+from meshtrain.trainer.config import tree
+from meshtrain.trainer.config.errors_fmt import did_you_mean
+from meshtrain.trainer.config.paths import GIN_DIR, shipped_names, shipped_or_path
+from meshtrain.trainer.config.resolve import Layer, normalize_layer
+from meshtrain.trainer.errors import ConfigError
 
 _MODULE = "meshtrain"
 
 
-def Experiment(name: str, run_dir: str | None, seed: int, model: str) -> None:  # noqa: N802
+def Experiment(name: str, run_dir: str | None, seed: int, model: str) -> None:
     """Top-level fields for gin (`Experiment.model` is the preset name); never called, its
     signature only tells gin which parameters exist."""
 

@@ -6,11 +6,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.config.gin_front import gin_layers
-from trainer.config.paths import EXPERIMENT_DIR, shipped_names, shipped_or_path
-from trainer.config.resolve import Layer, normalize_layer, override_layer, resolve_layers
-from trainer.config.schema import ExperimentConfig
-from trainer.config.yamlio import read_yaml_mapping
+from meshtrain.trainer.config.gin_front import gin_layers
+from meshtrain.trainer.config.paths import (
+    EXPERIMENT_DIR,
+    shipped_names,
+    shipped_or_path,
+)
+from meshtrain.trainer.config.resolve import (
+    Layer,
+    normalize_layer,
+    override_layer,
+    resolve_layers,
+)
+from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.config.yamlio import read_yaml_mapping
 
 
 def experiment_names() -> list[str]:

@@ -1,13 +1,16 @@
-"""Where the shipped config files live (configs/ at the repository root, next to the packages)."""
+"""Where the shipped config files live: the `meshtrain.configs` package data (configs/ in the source
+tree), found through importlib.resources so an installed wheel finds its own copy."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
-from trainer.config.errors_fmt import did_you_mean
-from trainer.errors import ConfigError
+from meshtrain.trainer.config.errors_fmt import did_you_mean
+from meshtrain.trainer.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# A real directory: meshtrain installs unzipped (a wheel or an editable install), never as a zip.
+CONFIG_DIR = Path(str(resources.files("meshtrain.configs")))
 BASE_YAML = CONFIG_DIR / "base.yaml"
 MODEL_PRESET_DIR = CONFIG_DIR / "model"
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from model.config import ModelConfig
-from trainer.config.errors_fmt import did_you_mean
-from trainer.config.paths import BASE_YAML, MODEL_PRESET_DIR, shipped_names
-from trainer.config.yamlio import read_yaml_mapping
-from trainer.errors import ConfigError
+from meshtrain.model.config import ModelConfig
+from meshtrain.trainer.config.errors_fmt import did_you_mean
+from meshtrain.trainer.config.paths import BASE_YAML, MODEL_PRESET_DIR, shipped_names
+from meshtrain.trainer.config.yamlio import read_yaml_mapping
+from meshtrain.trainer.errors import ConfigError
 
 
 def preset_names() -> list[str]:

@@ -12,13 +12,13 @@ import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from trainer.config import checks, tree
-from trainer.config.errors_fmt import nearest, show
-from trainer.config.paths import BASE_YAML
-from trainer.config.presets import preset_fields
-from trainer.config.schema import ExperimentConfig
-from trainer.config.yamlio import parse_yaml, read_yaml_mapping
-from trainer.errors import ConfigError
+from meshtrain.trainer.config import checks, tree
+from meshtrain.trainer.config.errors_fmt import nearest, show
+from meshtrain.trainer.config.paths import BASE_YAML
+from meshtrain.trainer.config.presets import preset_fields
+from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.config.yamlio import parse_yaml, read_yaml_mapping
+from meshtrain.trainer.errors import ConfigError
 
 Layer = tuple[str, dict]  # (where it came from, for messages; partial nested dict)
 

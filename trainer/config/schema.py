@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from model.config import ModelConfig
+from meshtrain.model.config import ModelConfig
 
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("cosine", "rsqrt", "constant")

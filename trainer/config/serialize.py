@@ -9,11 +9,17 @@ from pathlib import Path
 
 import yaml
 
-from trainer.config.resolve import as_dict, build, flatten, normalize_layer, resolve_layers
-from trainer.config.schema import ExperimentConfig
-from trainer.errors import ConfigError
-from trainer.atomic import write_atomic
-from trainer.config.yamlio import read_yaml_mapping
+from meshtrain.trainer.atomic import write_atomic
+from meshtrain.trainer.config.resolve import (
+    as_dict,
+    build,
+    flatten,
+    normalize_layer,
+    resolve_layers,
+)
+from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.config.yamlio import read_yaml_mapping
+from meshtrain.trainer.errors import ConfigError
 
 _HEADER = ("# The fully resolved meshtrain config of this run (every field, no preset).\n"
            "# Given as the experiment (a YAML path) it repeats the run exactly.\n")

@@ -14,8 +14,8 @@ import re
 import types
 import typing
 
-from trainer.config.errors_fmt import show
-from trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.config.errors_fmt import show
+from meshtrain.trainer.config.schema import ExperimentConfig
 
 # PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string; numbers like that are accepted
 # for float fields so that `model.z_loss=1e-4` on a command line means what it says.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.errors import ConfigError
+from meshtrain.trainer.errors import ConfigError
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -7,10 +7,16 @@
     merge_states(per_process_states)          the global data state of a multi-process run
 """
 
-from trainer.data.pipeline import FEATURES, BatchStream, merge_states
-from trainer.data.sources import open_split, prepare_dataset
-from trainer.data.tokenizer import (EOS_ID, PAD_ID, encode, load_tokenizer, tokenizer_for,
-                                    train_tokenizer)
+from meshtrain.trainer.data.pipeline import FEATURES, BatchStream, merge_states
+from meshtrain.trainer.data.sources import open_split, prepare_dataset
+from meshtrain.trainer.data.tokenizer import (
+                                    EOS_ID,
+                                    PAD_ID,
+                                    encode,
+                                    load_tokenizer,
+                                    tokenizer_for,
+                                    train_tokenizer,
+)
 
 __all__ = ["FEATURES", "BatchStream", "merge_states", "open_split", "prepare_dataset", "EOS_ID", "PAD_ID",
            "encode", "load_tokenizer", "tokenizer_for", "train_tokenizer"]

@@ -12,7 +12,7 @@ import hashlib
 
 import tensorflow_datasets as tfds
 
-from trainer.data import documents
+from meshtrain.trainer.data import documents
 
 _FEATURES = {"text": tfds.features.Text()}
 

@@ -8,12 +8,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import pydoc_data.topics
 import re
 from collections.abc import Iterator
 
-import pydoc_data.topics
-
-from trainer.errors import DataError
+from meshtrain.trainer.errors import DataError
 
 # python_docs documents are consecutive paragraphs of one topic, merged until at least this many
 # characters: small enough that many documents exist (so a 5% hold-out is not empty) and large

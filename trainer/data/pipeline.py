@@ -24,10 +24,10 @@ import jax
 import numpy as np
 import sentencepiece as spm
 
-from trainer.config.schema import DataConfig
-from trainer.data import tokenizer as tok
-from trainer.data.sources import open_split
-from trainer.errors import DataError
+from meshtrain.trainer.config.schema import DataConfig
+from meshtrain.trainer.data import tokenizer as tok
+from meshtrain.trainer.data.sources import open_split
+from meshtrain.trainer.errors import DataError
 
 FEATURES = ("inputs", "targets", "segment_ids", "positions", "weights")
 # Rows packed together before any is emitted: more bins = less padding but more read-ahead.

@@ -10,9 +10,9 @@ import os
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import read_only_builder
 
-from trainer.config.schema import DataConfig
-from trainer.data.builders import LocalText, PythonDocs
-from trainer.errors import DataError
+from meshtrain.trainer.config.schema import DataConfig
+from meshtrain.trainer.data.builders import LocalText, PythonDocs
+from meshtrain.trainer.errors import DataError
 
 BUILT_IN = ("python_docs", "local_text")
 

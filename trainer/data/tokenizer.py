@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
 
-from trainer.atomic import write_atomic
-from trainer.config.schema import DataConfig
-from trainer.errors import DataError
+from meshtrain.trainer.atomic import write_atomic
+from meshtrain.trainer.config.schema import DataConfig
+from meshtrain.trainer.data.sources import data_dir, dataset_key, open_split
+from meshtrain.trainer.errors import DataError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 # sentencepiece turns spaces into U+2581 internally and back on decode, so a literal U+2581 in
@@ -100,7 +101,6 @@ def encode(sp: spm.SentencePieceProcessor, text: str) -> list[int]:
 
 def tokenizer_path(cfg: DataConfig, vocab_size: int) -> str:
     """Where tokenizer_for caches the tokenizer it trains for this dataset and vocab size."""
-    from trainer.data.sources import data_dir, dataset_key  # Imports TFDS: only when needed.
     return os.path.join(data_dir(cfg), "tokenizers", f"{dataset_key(cfg)}-{vocab_size}.model")
 
 
@@ -116,7 +116,6 @@ def tokenizer_for(cfg: DataConfig, vocab_size: int) -> spm.SentencePieceProcesso
         return load_tokenizer(cfg.tokenizer)
     path = tokenizer_path(cfg, vocab_size)
     if not os.path.isfile(path):
-        from trainer.data.sources import open_split
         source = open_split(cfg, cfg.train_split)
         train_tokenizer((source[i] for i in range(len(source))), vocab_size, path)
     return load_tokenizer(path)

@@ -1,0 +1,34 @@
+"""The model's view of the mesh while a step is traced: the sharding side of model.axes.Layout.
+
+The model asks for activations along logical axes and for its MLP output projection; a MeshLayout
+answers with sharding constraints from the rules and, under tensor parallelism, the ring collective
+matmul of sharding/collectives.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+
+from meshtrain.sharding.collectives import ring_matmul_applicable, ring_reduce_scatter_matmul
+from meshtrain.sharding.rules import partition_spec
+
+
+class MeshLayout:
+    """The model's view of the mesh while a step is traced (an axes.Layout)."""
+
+    def __init__(self, mesh: Mesh, rules, collective_matmul: bool):
+        self.mesh, self.rules, self.collective_matmul = mesh, rules, collective_matmul
+
+    def sharding(self, names: Sequence[str]) -> NamedSharding:
+        return NamedSharding(self.mesh, partition_spec(names, self.rules))
+
+    def constrain(self, x: jax.Array, names: tuple[str, ...]) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, self.sharding(names))
+
+    def mlp_output(self, h: jax.Array, kernel: jax.Array) -> jax.Array | None:
+        if self.collective_matmul and ring_matmul_applicable(h.shape, self.mesh, self.rules):
+            return ring_reduce_scatter_matmul(h, kernel, mesh=self.mesh, rules=self.rules)
+        return None

@@ -1,0 +1,202 @@
+"""Lays a run over a device mesh: shardings for the state and the batch, and the jitted steps.
+
+Everything here is decided from the config before anything is compiled, so a layout that cannot
+work (a mesh that is not the device count, a batch or a tensor that does not split evenly, a rule
+naming an axis that does not exist) fails with the key to change rather than an XLA error deep
+in compilation. The step functions themselves (trainer/step/compute.py) know nothing of meshes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from meshtrain.model import axes
+from meshtrain.model.loss import cross_entropy_loss
+from meshtrain.sharding.collectives import vocab_parallel_cross_entropy
+from meshtrain.sharding.layout import MeshLayout
+from meshtrain.sharding.mesh import MeshError, build_mesh
+from meshtrain.sharding.rules import (
+    check_rules,
+    dimension_axes,
+    named_sharding,
+    split_ways,
+)
+from meshtrain.trainer.config.batch_schedule import batch_sizes
+from meshtrain.trainer.config.mesh_shape import mesh_shape
+from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.formatting import format_mesh
+from meshtrain.trainer.step.compute import make_eval_step, make_train_step
+from meshtrain.trainer.step.state import (
+    ModelDef,
+    abstract_state,
+    init_state,
+    model_def,
+    optimizer_for,
+)
+
+BATCH_NAMES = (axes.BATCH, axes.LENGTH)
+
+
+def make_mesh(cfg: ExperimentConfig, devices: Sequence | None = None,
+              num_slices: int | None = None) -> Mesh:
+    """The mesh of `cfg.mesh` over `devices` (default: every device of every process)."""
+    _check_rules(cfg.mesh.rules)
+    try:
+        return build_mesh(mesh_shape(cfg), devices, num_slices)
+    except MeshError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_rules(rules) -> None:
+    unknown = [logical for logical, _ in rules if logical not in axes.ALL]
+    if unknown:
+        raise ConfigError(f"mesh.rules names logical axis {unknown[0]!r}, which the model does not "
+                          f"use; the model's axes are {', '.join(axes.ALL)}")
+    try:
+        check_rules(rules)
+    except MeshError as error:
+        raise ConfigError(f"mesh.rules: {error}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingPlan:
+    """Where every array of a run lives, and the loss that suits the layout."""
+
+    mesh: Mesh
+    layout: MeshLayout
+    state: Any  # the train state's tree of NamedShardings
+    batch: NamedSharding  # every [rows, seq_len] feature of a batch
+    replicated: NamedSharding
+    loss_fn: Callable
+
+
+def plan_run(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientTransformation,
+             mesh: Mesh) -> ShardingPlan:
+    """Shardings of the state (the optimizer's moments like their parameters) and the batch.
+
+    Raises ConfigError naming the tensor, dimension and axis of any split that is not even, and
+    the batch sizes the batch-sharding axes do not divide.
+    """
+    _check_batches(cfg, mesh)
+    layout = MeshLayout(mesh, cfg.mesh.rules, cfg.mesh.collective_matmul)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract_params = abstract_state(cfg, mdef, optimizer)["params"]
+    try:
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, leaf, names: named_sharding(
+                "params/" + "/".join(str(getattr(k, "key", k)) for k in path), leaf.shape, names,
+                mesh, cfg.mesh.rules),
+            abstract_params, mdef.axes, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        batch = named_sharding("batch", (_largest_batch(cfg), cfg.data.seq_len), BATCH_NAMES, mesh,
+                               cfg.mesh.rules)
+    except MeshError as error:
+        raise ConfigError(f"{error} (mesh {_describe(mesh)}; change mesh.* or mesh.rules)") from None
+    # A moment shaped like its parameter is split like it; anything else (counts, Adafactor's
+    # (1,)-shaped placeholders for unfactored rows/columns) is small and replicated.
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    opt_state = optax.tree_map_params(
+        optimizer, lambda leaf, sharding, param: sharding if leaf.shape == param.shape else replicated,
+        abstract_opt, params, abstract_params, transform_non_params=lambda _: replicated)
+    state = {"step": replicated, "params": params, "opt_state": opt_state, "rng": replicated}
+    tensor_parallel = mesh.shape["tensor"] > 1 and cfg.mesh.vocab_parallel_loss
+    loss_fn = (functools.partial(vocab_parallel_cross_entropy, mesh=mesh, rules=cfg.mesh.rules)
+               if tensor_parallel else cross_entropy_loss)
+    return ShardingPlan(mesh, layout, state, batch, replicated, loss_fn)
+
+
+def _describe(mesh: Mesh) -> str:
+    return format_mesh(mesh.shape)
+
+
+def _largest_batch(cfg: ExperimentConfig) -> int:
+    return max(batch_sizes(cfg.train))
+
+
+def _check_batches(cfg: ExperimentConfig, mesh: Mesh) -> None:
+    """Every batch size of the schedule splits into microbatches the batch axes divide, and into
+    equal shares for the processes that feed it."""
+    batch_axes = dimension_axes(BATCH_NAMES, cfg.mesh.rules)[0]
+    ways = split_ways(batch_axes, mesh.shape)
+    for size in batch_sizes(cfg.train):
+        micro, rest = divmod(size, cfg.train.microbatches)
+        if rest or micro % ways:
+            raise ConfigError(
+                f"train.batch_size={size} with train.microbatches={cfg.train.microbatches} gives "
+                f"microbatches of {size / cfg.train.microbatches:g} rows, which the batch axes "
+                f"{' x '.join(batch_axes) or '(none)'} = {ways} of mesh {_describe(mesh)} do not "
+                f"divide: use a batch size that is a multiple of {ways * cfg.train.microbatches}")
+        if size % jax.process_count():
+            raise ConfigError(f"train.batch_size={size} does not split evenly over "
+                              f"{jax.process_count()} processes")
+
+
+def abstract_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan):
+    """ShapeDtypeStructs of the state carrying the plan's shardings: the restore target, and
+    what ahead-of-time compilation lowers against."""
+    shapes = abstract_state(cfg, mdef, optimizer)
+    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        shapes, plan.state)
+
+
+def init_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan, params=None):
+    """A fresh state created directly in its shards (no device ever holds all of it); `params`,
+    already in the plan's shardings (restored weights), replace the random initialization."""
+    if params is None:
+        return jax.jit(lambda: init_state(cfg, mdef, optimizer), out_shardings=plan.state)()
+    return jax.jit(lambda p: init_state(cfg, mdef, optimizer, p), in_shardings=(plan.state["params"],),
+                   out_shardings=plan.state, donate_argnums=0)(params)
+
+
+def _traced_with_layout(fn: Callable, layout: MeshLayout) -> Callable:
+    def traced(*args):
+        with axes.use_layout(layout):
+            return fn(*args)
+
+    return traced
+
+
+def jit_train_step(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan):
+    """(state, batch) -> (state, metrics), jitted with explicit shardings; the state is donated."""
+    step = make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, plan.loss_fn)
+    return jax.jit(_traced_with_layout(step, plan.layout), in_shardings=(plan.state, plan.batch),
+                   out_shardings=(plan.state, plan.replicated), donate_argnums=0)
+
+
+def jit_eval_step(cfg: ExperimentConfig, mdef: ModelDef, plan: ShardingPlan):
+    """(params, batch) -> (summed cross-entropy, tokens), jitted with explicit shardings."""
+    step = make_eval_step(mdef, cfg.model.z_loss, plan.loss_fn)
+    return jax.jit(_traced_with_layout(step, plan.layout),
+                   in_shardings=(plan.state["params"], plan.batch), out_shardings=plan.replicated)
+
+
+def global_batch(plan: ShardingPlan, local_batch: dict) -> dict:
+    """This process's rows -> the global batch as sharded arrays (each process feeds only its own
+    rows; `jax.make_array_from_process_local_data` places them on its devices)."""
+    def to_global(x):
+        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        return jax.make_array_from_process_local_data(plan.batch, x, shape)
+
+    return {k: to_global(v) for k, v in local_batch.items()}
+
+
+def trace_train_step(cfg: ExperimentConfig, mesh: Mesh) -> jax.stages.Traced:
+    """The real train step, traced for `mesh` against abstract state and the largest batch of the
+    schedule (nothing is allocated). `.jaxpr` is the program to count; `.lower().compile()` is
+    what `meshtrain compile` builds for a TPU topology."""
+    mdef = model_def(cfg)
+    optimizer = optimizer_for(cfg, mdef)
+    plan = plan_run(cfg, mdef, optimizer, mesh)
+    state = abstract_sharded_state(cfg, mdef, optimizer, plan)
+    rows, length = _largest_batch(cfg), cfg.data.seq_len
+    dtypes = {"inputs": "int32", "targets": "int32", "segment_ids": "int32", "positions": "int32",
+              "weights": "float32"}
+    batch = {k: jax.ShapeDtypeStruct((rows, length), d, sharding=plan.batch) for k, d in dtypes.items()}
+    return jit_train_step(cfg, mdef, optimizer, plan).trace(state, batch)

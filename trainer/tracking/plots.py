@@ -1,0 +1,81 @@
+"""The run report's PNG plots, drawn from metrics.jsonl (the whole run, across restarts) with
+matplotlib's Agg canvas (no display, no pyplot state)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from meshtrain.trainer.atomic import write_atomic
+
+PLOTS_DIR = "plots"
+
+
+def _figure(height: float = 3.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_atomic(path, buffer.getvalue())
+
+
+def write_plots(run_dir: Path, train: dict[int, dict], evals: dict[int, dict], *,
+                skip_throughput: set[int], priced: bool) -> dict[str, str]:
+    """loss.png (loss, eval loss), throughput.png (tokens/s and MFU; steps in `skip_throughput`, a
+    process's first, whose interval holds its compilation, left out) and cost.png (cumulative dollars,
+    or chip-hours when `priced` is false) under run_dir/plots; returns {name: path relative to run_dir}."""
+    out = Path(run_dir) / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    steps = [s + 1 for s in train]  # a line logged at step s is the state after s + 1 steps
+    written = {}
+
+    figure = _figure()
+    ax = figure.add_subplot()
+    ax.plot(steps, [r["loss"] for r in train.values()], label="loss", color="tab:blue")
+    if evals:
+        ax.plot([s + 1 for s in evals], [r["eval_loss"] for r in evals.values()], "o-", label="eval loss",
+                color="tab:orange")
+    ax.set(xlabel="step", ylabel="loss", title="Loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(figure, out / "loss.png")
+    written["loss"] = f"{PLOTS_DIR}/loss.png"
+
+    rated = {s: r for s, r in train.items() if s not in skip_throughput and "tokens_per_sec" in r}
+    with_mfu = {s: r for s, r in rated.items() if r.get("mfu") is not None}
+    figure = _figure(height=5.4 if with_mfu else 3.6)
+    axes = figure.subplots(2 if with_mfu else 1, 1, sharex=True, squeeze=False)[:, 0]
+    axes[0].plot([s + 1 for s in rated], [r["tokens_per_sec"] for r in rated.values()], ".-", color="tab:blue")
+    axes[0].set(ylabel="tokens/s", title="Throughput")
+    if with_mfu:  # MFU is tokens/s times a constant: its own panel, with HFU beside it
+        axes[1].plot([s + 1 for s in with_mfu], [100 * r["mfu"] for r in with_mfu.values()], ".-",
+                     color="tab:green", label="MFU")
+        axes[1].plot([s + 1 for s in with_mfu], [100 * r["hfu"] for r in with_mfu.values()], ".--",
+                     color="tab:olive", label="HFU")
+        axes[1].set(ylabel="% of peak")
+        axes[1].legend()
+    for ax in axes:
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    _save(figure, out / "throughput.png")
+    written["throughput"] = f"{PLOTS_DIR}/throughput.png"
+
+    key, label = ("cost_usd", "USD (on-demand)") if priced else ("chip_hours", "chip-hours")
+    spent = {s: r for s, r in train.items() if r.get(key) is not None}
+    figure = _figure()
+    ax = figure.add_subplot()
+    ax.plot([s + 1 for s in spent], [r[key] for r in spent.values()], color="tab:red")
+    ax.set(xlabel="step", ylabel=label, title="Cumulative cost" if priced else "Cumulative chip-hours (no price)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    _save(figure, out / "cost.png")
+    written["cost"] = f"{PLOTS_DIR}/cost.png"
+    return written
