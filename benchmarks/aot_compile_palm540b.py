@@ -32,23 +32,36 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="more key=value overrides of the experiment")
     args = parser.parse_args()
 
-    print("| pods | chips | mesh | batch (seqs) | microbatches | compile s | arguments GiB | peak GiB "
-          "| of 32 GiB | fits | matmul TFLOP/step/chip |")
+    print(
+        "| pods | chips | mesh | batch (seqs) | microbatches | compile s | arguments GiB | peak GiB "
+        "| of 32 GiB | fits | matmul TFLOP/step/chip |"
+    )
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for slices in args.slices:
         batch = GLOBAL_BATCH * slices // 2  # one pod: its half of the 2048
-        overrides = [f"train.batch_size={batch}", "train.batch_ramp=[]",
-                     f"train.microbatches={args.microbatches}", f"mesh.dcn_data={slices}", *args.overrides]
+        overrides = [
+            f"train.batch_size={batch}",
+            "train.batch_ramp=[]",
+            f"train.microbatches={args.microbatches}",
+            f"mesh.dcn_data={slices}",
+            *args.overrides,
+        ]
         cfg = load_experiment(EXPERIMENT, overrides)
         r = compile_report(cfg, topology="v4:12x16x16", num_slices=slices).as_dict()
         mesh = format_mesh(r["mesh"])
         peak = r["peak_bytes_per_chip"]
-        print(f"| {slices} | {r['num_chips']} | {mesh} | {batch} | {args.microbatches} | "
-              f"{r['compile_seconds']:.0f} | "
-              + ("- | - | - | no | " if peak is None else
-                 f"{r['argument_bytes_per_chip'] / 2**30:.2f} | {peak / 2**30:.2f} | "
-                 f"{peak / r['hbm_bytes_per_chip']:.0%} | {'yes' if r['fits'] else 'no'} | ")
-              + f"{r['flops_per_step_per_chip'] / 1e12:.0f} |", flush=True)
+        print(
+            f"| {slices} | {r['num_chips']} | {mesh} | {batch} | {args.microbatches} | "
+            f"{r['compile_seconds']:.0f} | "
+            + (
+                "- | - | - | no | "
+                if peak is None
+                else f"{r['argument_bytes_per_chip'] / 2**30:.2f} | {peak / 2**30:.2f} | "
+                f"{peak / r['hbm_bytes_per_chip']:.0%} | {'yes' if r['fits'] else 'no'} | "
+            )
+            + f"{r['flops_per_step_per_chip'] / 1e12:.0f} |",
+            flush=True,
+        )
         if r["error"]:
             print(f"    XLA: {r['error'].splitlines()[0]}")
 

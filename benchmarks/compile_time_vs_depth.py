@@ -29,14 +29,18 @@ jax.config.update("jax_enable_compilation_cache", False)
 
 def abstract_batch(batch_size: int, seq_len: int) -> dict:
     ints = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
-    return {"inputs": ints, "targets": ints, "segment_ids": ints, "positions": ints,
-            "weights": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32)}
+    return {
+        "inputs": ints,
+        "targets": ints,
+        "segment_ids": ints,
+        "positions": ints,
+        "weights": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32),
+    }
 
 
 def compile_seconds(num_layers: int, scan: bool, remat: str, repeats: int) -> float:
     """Fastest of `repeats` lower+compile times of the train step at this depth."""
-    cfg = load_experiment(None, [f"model.num_layers={num_layers}", f"model.scan_layers={scan}",
-                                 f"model.remat={remat}"])
+    cfg = load_experiment(None, [f"model.num_layers={num_layers}", f"model.scan_layers={scan}", f"model.remat={remat}"])
     best = float("inf")
     for _ in range(repeats):
         mdef = model_def(cfg)
@@ -57,8 +61,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="compilations per point; the fastest counts")
     args = parser.parse_args()
 
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; default experiment, "
-          f"model.remat={args.remat}; best of {args.repeats} lower+compile per point")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; default experiment, "
+        f"model.remat={args.remat}; best of {args.repeats} lower+compile per point"
+    )
     compile_seconds(args.layers[0], True, args.remat, 1)  # Warm up imports and XLA's own caches.
     rows = []
     for n in args.layers:
@@ -68,8 +74,7 @@ def main() -> None:
     print(f"{'layers':>6} | {'scan s':>7} | {'unrolled s':>10} | {'unrolled/scan':>13} | {'scan vs first':>13}")
     print(f"{'-' * 6}-|-{'-' * 7}-|-{'-' * 10}-|-{'-' * 13}-|-{'-' * 13}")
     for n, scan, unrolled in rows:
-        print(f"{n:>6} | {scan:>7.2f} | {unrolled:>10.2f} | {unrolled / scan:>12.2f}x | "
-              f"{scan / rows[0][1]:>12.2f}x")
+        print(f"{n:>6} | {scan:>7.2f} | {unrolled:>10.2f} | {unrolled / scan:>12.2f}x | {scan / rows[0][1]:>12.2f}x")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,22 @@ from meshtrain.trainer.convert.safetensors_writer import SafetensorsWriter
 
 
 def llama_config(layers: int, hidden: int, ff: int, heads: int, kv_heads: int, vocab: int, dtype: str) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
-            "hidden_size": hidden, "intermediate_size": ff, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "hidden_act": "silu",
-            "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "dtype": dtype}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": ff,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "dtype": dtype,
+    }
 
 
 def tensor_specs(c: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -47,11 +58,17 @@ def tensor_specs(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     specs = [("model.embed_tokens.weight", (v, e)), ("model.norm.weight", (e,)), ("lm_head.weight", (v, e))]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        specs += [(p + "input_layernorm.weight", (e,)), (p + "post_attention_layernorm.weight", (e,)),
-                  (p + "self_attn.q_proj.weight", (q, e)), (p + "self_attn.k_proj.weight", (kv, e)),
-                  (p + "self_attn.v_proj.weight", (kv, e)), (p + "self_attn.o_proj.weight", (e, q)),
-                  (p + "mlp.gate_proj.weight", (f, e)), (p + "mlp.up_proj.weight", (f, e)),
-                  (p + "mlp.down_proj.weight", (e, f))]
+        specs += [
+            (p + "input_layernorm.weight", (e,)),
+            (p + "post_attention_layernorm.weight", (e,)),
+            (p + "self_attn.q_proj.weight", (q, e)),
+            (p + "self_attn.k_proj.weight", (kv, e)),
+            (p + "self_attn.v_proj.weight", (kv, e)),
+            (p + "self_attn.o_proj.weight", (e, q)),
+            (p + "mlp.gate_proj.weight", (f, e)),
+            (p + "mlp.up_proj.weight", (f, e)),
+            (p + "mlp.down_proj.weight", (e, f)),
+        ]
     return specs
 
 
@@ -70,8 +87,11 @@ def write_random_model(directory: Path, config: dict, dtype: np.dtype) -> int:
 def measured_convert(*args: str) -> tuple[float, int]:
     """(seconds, peak RSS bytes) of `python -m meshtrain.tools convert ARGS` in a fresh process."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "meshtrain.tools", "convert", *args, "--no-progress"],
-                               env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshtrain.tools", "convert", *args, "--no-progress"],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"meshtrain convert {' '.join(args)} failed")
@@ -93,16 +113,22 @@ def main() -> None:
         model_bytes = write_random_model(work / "hf", big, dtype)
         largest = args.layers * 2048 * 5632 * dtype.itemsize  # a stacked MLP kernel
         params = model_bytes // dtype.itemsize
-        rows = [("baseline (2 layers, d 64)", *measured_convert(str(work / "small"), str(work / "small_mt"))),
-                ("hf -> meshtrain", *measured_convert(str(work / "hf"), str(work / "mt"))),
-                ("meshtrain -> hf", *measured_convert(str(work / "mt"), str(work / "hf2")))]
+        rows = [
+            ("baseline (2 layers, d 64)", *measured_convert(str(work / "small"), str(work / "small_mt"))),
+            ("hf -> meshtrain", *measured_convert(str(work / "hf"), str(work / "mt"))),
+            ("meshtrain -> hf", *measured_convert(str(work / "mt"), str(work / "hf2"))),
+        ]
         baseline = rows[0][2]
-        print(f"model: {params / 1e9:.2f}B parameters, {model_bytes / 2**30:.2f} GiB in {args.dtype}; "
-              f"largest meshtrain parameter {largest / 2**30:.2f} GiB")
+        print(
+            f"model: {params / 1e9:.2f}B parameters, {model_bytes / 2**30:.2f} GiB in {args.dtype}; "
+            f"largest meshtrain parameter {largest / 2**30:.2f} GiB"
+        )
         print(f"{'conversion':<28}{'seconds':>9}{'peak RSS':>12}{'- baseline':>12}{'/ model size':>14}")
         for name, seconds, rss in rows:
-            print(f"{name:<28}{seconds:>9.1f}{rss / 2**30:>10.2f} G{(rss - baseline) / 2**30:>10.2f} G"
-                  f"{(rss - baseline) / model_bytes:>14.2f}")
+            print(
+                f"{name:<28}{seconds:>9.1f}{rss / 2**30:>10.2f} G{(rss - baseline) / 2**30:>10.2f} G"
+                f"{(rss - baseline) / model_bytes:>14.2f}"
+            )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

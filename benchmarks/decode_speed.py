@@ -29,13 +29,13 @@ def naive_generate(model: Decoder, prompt: np.ndarray, new_tokens: int) -> np.nd
     total = prompt.shape[1] + new_tokens
     forward = nnx.jit(lambda m, t, p, s: m(t, p, s))
     tokens = np.zeros((prompt.shape[0], total), np.int32)
-    tokens[:, :prompt.shape[1]] = prompt
+    tokens[:, : prompt.shape[1]] = prompt
     positions = np.broadcast_to(np.arange(total, dtype=np.int32), tokens.shape)
     segments = np.ones_like(tokens)
     for n in range(prompt.shape[1], total):
         logits = forward(model, tokens, positions, segments)
         tokens[:, n] = np.asarray(jnp.argmax(logits[:, n - 1], axis=-1))
-    return tokens[:, prompt.shape[1]:]
+    return tokens[:, prompt.shape[1] :]
 
 
 def best_time(fn, repeats: int) -> tuple[float, np.ndarray]:
@@ -62,8 +62,10 @@ def main() -> None:
     cached_s, cached = best_time(lambda: greedy_generate(model, jnp.asarray(prompt), args.new), args.repeats)
     naive_s, naive = best_time(lambda: naive_generate(model, prompt, args.new), args.repeats)
     assert np.array_equal(cached, naive), "the KV cache changed the greedy tokens"
-    print(f"model {cfg.model.name}: d_model {cfg.model.d_model}, {cfg.model.num_layers} layers; prompt "
-          f"{args.prompt}, {args.new} new tokens, batch 1, {jax.devices()[0].platform}")
+    print(
+        f"model {cfg.model.name}: d_model {cfg.model.d_model}, {cfg.model.num_layers} layers; prompt "
+        f"{args.prompt}, {args.new} new tokens, batch 1, {jax.devices()[0].platform}"
+    )
     print(f"{'decoder':<34}{'seconds':>9}{'tokens/s':>10}{'speed-up':>10}")
     for name, seconds in (("rerun forward per token (baseline)", naive_s), ("KV cache (greedy_generate)", cached_s)):
         print(f"{name:<34}{seconds:>9.3f}{args.new / seconds:>10.1f}{naive_s / seconds:>9.1f}x")

@@ -29,8 +29,12 @@ from meshtrain.trainer.step.state import init_state, model_def, optimizer_for
 
 BASELINE = "remat=none (baseline)"
 DEFAULT = "default (remat=full)"
-VARIANTS = {BASELINE: ["model.remat=none"], DEFAULT: [], "remat=save_dots": ["model.remat=save_dots"],
-            "microbatches=2": ["train.microbatches=2"]}
+VARIANTS = {
+    BASELINE: ["model.remat=none"],
+    DEFAULT: [],
+    "remat=save_dots": ["model.remat=save_dots"],
+    "microbatches=2": ["train.microbatches=2"],
+}
 
 
 def step_seconds(overrides: list[str], batch, args) -> float:
@@ -39,8 +43,7 @@ def step_seconds(overrides: list[str], batch, args) -> float:
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     state = jax.jit(lambda: init_state(cfg, mdef, optimizer))()
-    step = jax.jit(make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches),
-                   donate_argnums=0)
+    step = jax.jit(make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches), donate_argnums=0)
     for _ in range(args.warmup):  # The first call compiles.
         state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
@@ -84,10 +87,12 @@ def main() -> None:
     stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.train_split)
     batch = jax.device_put(stream.next_batch(cfg.train.batch_size))
     tokens = cfg.train.batch_size * cfg.data.seq_len
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; default experiment "
-          f"(batch {cfg.train.batch_size} x seq_len {cfg.data.seq_len} = {tokens} tokens/step, "
-          f"{cfg.model.num_layers} layers, d_model {cfg.model.d_model}); best of {args.repeats} "
-          f"blocks of {args.steps} steps after {args.warmup} warmup")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; default experiment "
+        f"(batch {cfg.train.batch_size} x seq_len {cfg.data.seq_len} = {tokens} tokens/step, "
+        f"{cfg.model.num_layers} layers, d_model {cfg.model.d_model}); best of {args.repeats} "
+        f"blocks of {args.steps} steps after {args.warmup} warmup"
+    )
 
     times = {name: step_seconds(args.overrides + extra, batch, args) for name, extra in VARIANTS.items()}
     baseline = times[BASELINE]
@@ -99,8 +104,7 @@ def main() -> None:
     data = data_seconds(cfg, tokenizer, args)
     print(f"\n{'data pipeline':<22} | {'ms/batch':>8} | {'batches/s':>9} | {'data / default step':>19}")
     print(f"{'-' * 22}-|-{'-' * 8}-|-{'-' * 9}-|-{'-' * 19}")
-    print(f"{'BatchStream.next_batch':<22} | {data * 1e3:>8.2f} | {1 / data:>9,.1f} | "
-          f"{data / times[DEFAULT]:>18.3f}x")
+    print(f"{'BatchStream.next_batch':<22} | {data * 1e3:>8.2f} | {1 / data:>9,.1f} | {data / times[DEFAULT]:>18.3f}x")
 
 
 if __name__ == "__main__":

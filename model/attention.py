@@ -56,17 +56,16 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, h, hkv, d = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kv_names = (axes.EMBED, axes.KV_HEADS, axes.KV)
-        self.query = Dense(cfg, (e,), (h, d), (axes.EMBED, axes.HEADS, axes.KV), use_bias=cfg.use_bias,
-                           rngs=rngs)
+        self.query = Dense(cfg, (e,), (h, d), (axes.EMBED, axes.HEADS, axes.KV), use_bias=cfg.use_bias, rngs=rngs)
         self.key = Dense(cfg, (e,), (hkv, d), kv_names, use_bias=cfg.use_bias, rngs=rngs)
         self.value = Dense(cfg, (e,), (hkv, d), kv_names, use_bias=cfg.use_bias, rngs=rngs)
-        self.out = Dense(cfg, (h, d), (e,), (axes.HEADS, axes.KV, axes.EMBED), use_bias=cfg.use_bias,
-                         rngs=rngs)
+        self.out = Dense(cfg, (h, d), (e,), (axes.HEADS, axes.KV, axes.EMBED), use_bias=cfg.use_bias, rngs=rngs)
         self.rope_theta = cfg.rope_theta if cfg.positions == "rope" else None
         self.rotary_dims = cfg.rotary_dims
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+    ) -> tuple[jax.Array, KVCache | None]:
         """Returns (output, cache). Training passes no cache: keys and values are the ones of x and
         mask is [batch, T, T]. Decoding passes this layer's cache: the new (rotated) keys and values
         are written at slots positions[0, 0].., the queries attend to the whole cache, and mask is

@@ -85,8 +85,10 @@ def logical_axes(params_state: nnx.State) -> nnx.State:
     def names_of(path, variable):
         names = variable.get_metadata().get(_METADATA_KEY)
         if not names or len(names) != variable.ndim:
-            raise ValueError(f"parameter {'.'.join(map(str, path))} of shape {variable.shape} has "
-                             f"logical axis names {names!r}; expected one name per dimension")
+            raise ValueError(
+                f"parameter {'.'.join(map(str, path))} of shape {variable.shape} has "
+                f"logical axis names {names!r}; expected one name per dimension"
+            )
         return tuple(names)
 
     return nnx.map_state(names_of, params_state)

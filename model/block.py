@@ -26,8 +26,9 @@ class Block(nnx.Module):
         self.mlp = Mlp(cfg, rngs=rngs)
         self.sequential = cfg.block == "sequential"
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+    ) -> tuple[jax.Array, KVCache | None]:
         """Returns (output, cache); the cache (decoding only) is the attention's, see Attention."""
         h = self.pre_norm(x)
         attended, cache = self.attention(h, positions, mask, cache)

@@ -56,13 +56,19 @@ class ModelConfig:
 def model_config_errors(cfg: ModelConfig) -> list[tuple[str, object, str]]:
     """Returns (key, value, what would be valid) for every inconsistent field; empty when valid."""
     errors = []
-    for key, allowed in (("block", BLOCKS), ("mlp", MLPS), ("norm", NORMS), ("positions", POSITIONS),
-                     ("remat", REMAT_POLICIES), ("dtype", DTYPES), ("param_dtype", DTYPES[1:])):
+    for key, allowed in (
+        ("block", BLOCKS),
+        ("mlp", MLPS),
+        ("norm", NORMS),
+        ("positions", POSITIONS),
+        ("remat", REMAT_POLICIES),
+        ("dtype", DTYPES),
+        ("param_dtype", DTYPES[1:]),
+    ):
         value = getattr(cfg, key)
         if value not in allowed:
             errors.append((key, value, f"one of {', '.join(allowed)}"))
-    for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
-              "max_seq_len"):
+    for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff", "max_seq_len"):
         if getattr(cfg, key) < 1:
             errors.append((key, getattr(cfg, key), "a positive integer"))
     if cfg.num_kv_heads >= 1 and cfg.num_heads % cfg.num_kv_heads:
@@ -74,9 +80,14 @@ def model_config_errors(cfg: ModelConfig) -> list[tuple[str, object, str]]:
         if cfg.rope_fraction == 1:
             errors.append(("head_dim", cfg.head_dim, "an even number (rotary embeddings rotate pairs)"))
         else:
-            errors.append(("rope_fraction", cfg.rope_fraction,
-                           f"a share of head_dim={cfg.head_dim} that rotates an even number >= 2 of "
-                           f"dimensions (int(head_dim * rope_fraction) is {cfg.rotary_dims})"))
+            errors.append(
+                (
+                    "rope_fraction",
+                    cfg.rope_fraction,
+                    f"a share of head_dim={cfg.head_dim} that rotates an even number >= 2 of "
+                    f"dimensions (int(head_dim * rope_fraction) is {cfg.rotary_dims})",
+                )
+            )
     for key in ("norm_eps", "rope_theta", "init_std"):
         if getattr(cfg, key) <= 0:
             errors.append((key, getattr(cfg, key), "a positive number"))

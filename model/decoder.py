@@ -46,15 +46,18 @@ class Decoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         errors = model_config_errors(cfg)
         if errors:
-            raise ValueError("invalid model config: " + "; ".join(
-                f"{key}={value!r} must be {valid}" for key, value, valid in errors))
+            raise ValueError(
+                "invalid model config: " + "; ".join(f"{key}={value!r} must be {valid}" for key, value, valid in errors)
+            )
         self.cfg = cfg
         self.embed = Embed(cfg, rngs=rngs)
         self.layers = stacked_blocks(cfg, rngs)
         self.final_norm = Norm(cfg, rngs=rngs)
-        self.unembed = (None if cfg.tie_embeddings else
-                        Dense(cfg, (cfg.d_model,), (cfg.vocab_size,), (axes.EMBED, axes.VOCAB),
-                              use_bias=False, rngs=rngs))
+        self.unembed = (
+            None
+            if cfg.tie_embeddings
+            else Dense(cfg, (cfg.d_model,), (cfg.vocab_size,), (axes.EMBED, axes.VOCAB), use_bias=False, rngs=rngs)
+        )
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         """tokens, positions, segment_ids: int [batch, length] -> logits float32 [batch, length, vocab].
@@ -87,8 +90,9 @@ class Decoder(nnx.Module):
             logits = self.unembed(x, out_dtype=jnp.float32)
         return axes.constrain(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
-    def _apply_layers(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    def _apply_layers(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+    ) -> tuple[jax.Array, KVCache | None]:
         """Runs the stacked blocks, scanned or unrolled over the same [layers, ...] parameters (and
         cache, when decoding); returns the output and the updated cache (None in training)."""
         graphdef, stacked = nnx.split(self.layers)
@@ -100,8 +104,9 @@ class Decoder(nnx.Module):
         if self.cfg.remat != "none":
             # Inside scan, CSE cannot merge the recomputation into the forward pass, so the guard
             # against it is only needed (and only costs) when unrolled.
-            layer = jax.checkpoint(layer, policy=CHECKPOINT_POLICIES[self.cfg.remat],
-                                   prevent_cse=not self.cfg.scan_layers)
+            layer = jax.checkpoint(
+                layer, policy=CHECKPOINT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers
+            )
         if self.cfg.scan_layers:
             return jax.lax.scan(layer, x, (stacked, cache))
         caches = []

@@ -25,7 +25,9 @@ class Embed(nnx.Module):
         self.embedding = param(cfg, (cfg.vocab_size, cfg.d_model), (axes.VOCAB, axes.EMBED), rngs)
         self.position_embedding = (
             param(cfg, (cfg.max_seq_len, cfg.d_model), (axes.LENGTH, axes.EMBED), rngs)
-            if cfg.positions == "learned" else None)
+            if cfg.positions == "learned"
+            else None
+        )
 
     def __call__(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """[batch, length] ids and positions -> [batch, length, embed] in the compute dtype."""
@@ -36,5 +38,4 @@ class Embed(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """x @ embedding.T: logits of a tied model, accumulated and returned in float32."""
-        return jnp.einsum("bte,ve->btv", x, self.embedding[...].astype(x.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum("bte,ve->btv", x, self.embedding[...].astype(x.dtype), preferred_element_type=jnp.float32)

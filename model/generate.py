@@ -28,8 +28,10 @@ def greedy_generate(model: Decoder, prompt: jax.Array, max_new_tokens: int) -> j
     cfg = model.cfg
     if cfg.positions == "learned" and prompt_len + max_new_tokens > cfg.max_seq_len:
         # jnp.take would silently clamp positions past the table instead of failing.
-        raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"max_seq_len={cfg.max_seq_len}, the rows of the learned position table")
+        raise ValueError(
+            f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds "
+            f"max_seq_len={cfg.max_seq_len}, the rows of the learned position table"
+        )
     return _greedy(model, prompt.astype(jnp.int32), max_new_tokens)
 
 
@@ -48,6 +50,5 @@ def _greedy(model: Decoder, prompt: jax.Array, max_new_tokens: int) -> jax.Array
         return (jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache), token
 
     # max_new_tokens - 1 steps: the last token is chosen but never needs to be fed back.
-    (last, _), fed = jax.lax.scan(step, (first, cache),
-                                  jnp.arange(prompt_len, prompt_len + max_new_tokens - 1))
+    (last, _), fed = jax.lax.scan(step, (first, cache), jnp.arange(prompt_len, prompt_len + max_new_tokens - 1))
     return jnp.concatenate([fed.T, last[:, None]], axis=1)

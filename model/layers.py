@@ -11,16 +11,20 @@ from meshtrain.model.config import ModelConfig
 from meshtrain.model.dtypes import param_dtype
 
 
-def param(cfg: ModelConfig, shape: tuple[int, ...], names: tuple[str, ...], rngs: nnx.Rngs,
-          init: nnx.Initializer | None = None) -> nnx.Param:
+def param(
+    cfg: ModelConfig,
+    shape: tuple[int, ...],
+    names: tuple[str, ...],
+    rngs: nnx.Rngs,
+    init: nnx.Initializer | None = None,
+) -> nnx.Param:
     """A parameter that always carries its logical axis names (default init: normal(init_std)).
 
     Eager sharding is off: the model only names axes, and the sharding package places parameters
     (from `axes.logical_axes` or `nnx.get_partition_spec` under its rules), so building a model
     needs no mesh.
     """
-    init = nnx.with_partitioning(init or nnx.initializers.normal(cfg.init_std), names,
-                                 eager_sharding=False)
+    init = nnx.with_partitioning(init or nnx.initializers.normal(cfg.init_std), names, eager_sharding=False)
     return nnx.Param(init(rngs.params(), shape, param_dtype(cfg)))
 
 
@@ -31,18 +35,24 @@ class Dense(nnx.Module):
     rules split heads without reshapes, and lets converters copy checkpoints axis by axis.
     """
 
-    def __init__(self, cfg: ModelConfig, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                 names: tuple[str, ...], *, use_bias: bool, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        names: tuple[str, ...],
+        *,
+        use_bias: bool,
+        rngs: nnx.Rngs,
+    ):
         self.kernel = param(cfg, in_shape + out_shape, names, rngs)
-        self.bias = (param(cfg, out_shape, names[len(in_shape):], rngs, nnx.initializers.zeros)
-                     if use_bias else None)
+        self.bias = param(cfg, out_shape, names[len(in_shape) :], rngs, nnx.initializers.zeros) if use_bias else None
         self.contracted = len(in_shape)
 
     def __call__(self, x: jax.Array, out_dtype: jnp.dtype | None = None) -> jax.Array:
         """Contracts the last len(in_shape) axes of x in x's dtype; out_dtype (default x's) lets the
         output logits accumulate and stay in float32 under bfloat16 compute."""
-        y = jnp.tensordot(x, self.kernel[...].astype(x.dtype), axes=self.contracted,
-                          preferred_element_type=out_dtype)
+        y = jnp.tensordot(x, self.kernel[...].astype(x.dtype), axes=self.contracted, preferred_element_type=out_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
@@ -55,8 +65,7 @@ class Norm(nnx.Module):
         self.centered = cfg.norm == "layernorm"
         self.eps = cfg.norm_eps
         self.scale = param(cfg, (cfg.d_model,), (axes.EMBED,), rngs, nnx.initializers.ones)
-        self.bias = (param(cfg, (cfg.d_model,), (axes.EMBED,), rngs, nnx.initializers.zeros)
-                     if cfg.use_bias else None)
+        self.bias = param(cfg, (cfg.d_model,), (axes.EMBED,), rngs, nnx.initializers.zeros) if cfg.use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = x.astype(jnp.float32)
@@ -75,8 +84,13 @@ class Mlp(nnx.Module):
     by up to ~5e-4 per activation, enough to matter when loading a checkpoint trained with the other."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        up = dict(in_shape=(cfg.d_model,), out_shape=(cfg.d_ff,), names=(axes.EMBED, axes.MLP),
-                  use_bias=cfg.use_bias, rngs=rngs)
+        up = dict(
+            in_shape=(cfg.d_model,),
+            out_shape=(cfg.d_ff,),
+            names=(axes.EMBED, axes.MLP),
+            use_bias=cfg.use_bias,
+            rngs=rngs,
+        )
         self.gated = cfg.mlp == "swiglu"
         self.approximate_gelu = cfg.mlp == "gelu"
         if self.gated:
@@ -84,8 +98,7 @@ class Mlp(nnx.Module):
             self.wi_up = Dense(cfg, **up)
         else:
             self.wi = Dense(cfg, **up)
-        self.wo = Dense(cfg, (cfg.d_ff,), (cfg.d_model,), (axes.MLP, axes.EMBED), use_bias=cfg.use_bias,
-                        rngs=rngs)
+        self.wo = Dense(cfg, (cfg.d_ff,), (cfg.d_model,), (axes.MLP, axes.EMBED), use_bias=cfg.use_bias, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.gated:

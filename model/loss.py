@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 
 
-def cross_entropy_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                       z_loss: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+def cross_entropy_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (loss, aux) for logits [..., vocab], integer targets [...] and weights [...].
 
     loss = sum(weights * (ce + z_loss * logsumexp^2)) / max(sum(weights), 1). The z-loss term pulls

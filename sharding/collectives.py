@@ -25,8 +25,9 @@ from jax.sharding import PartitionSpec as P
 from meshtrain.sharding.rules import partition_spec, spec_axes, split_ways
 
 
-def vocab_parallel_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                                 z_loss: float, *, mesh: Mesh, rules) -> tuple[jax.Array, dict[str, jax.Array]]:
+def vocab_parallel_cross_entropy(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float, *, mesh: Mesh, rules
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`model.loss.cross_entropy_loss` for logits [batch, length, vocab] split over vocab.
 
     Same contract and values: (loss, {"ce", "z_loss", "tokens"}), float32 scalars. Each device
@@ -62,13 +63,13 @@ def vocab_parallel_cross_entropy(logits: jax.Array, targets: jax.Array, weights:
         mine = (index >= 0) & (index < vocab_shard)
         picked = jnp.take_along_axis(logits, jnp.clip(index, 0, vocab_shard - 1)[..., None], axis=-1)[..., 0]
         target_logits = psum(jnp.where(mine, picked, 0.0), vocab_axes)
-        sums = (jnp.sum(weights * (log_z - target_logits)), jnp.sum(weights * jnp.square(log_z)),
-                jnp.sum(weights))
+        sums = (jnp.sum(weights * (log_z - target_logits)), jnp.sum(weights * jnp.square(log_z)), jnp.sum(weights))
         return tuple(psum(s, token_axes) for s in sums)
 
     token_spec = P(spec[0], spec[1])
-    ce_sum, z_sum, tokens = jax.shard_map(local, mesh=mesh, in_specs=(spec, token_spec, token_spec),
-                                          out_specs=(P(), P(), P()))(logits, targets, weights)
+    ce_sum, z_sum, tokens = jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, token_spec, token_spec), out_specs=(P(), P(), P())
+    )(logits, targets, weights)
     denominator = jnp.maximum(tokens, 1.0)
     ce = ce_sum / denominator
     z_term = z_loss * z_sum / denominator
@@ -85,8 +86,7 @@ def ring_matmul_applicable(h_shape: tuple[int, ...], mesh: Mesh, rules) -> bool:
     spec = partition_spec(("batch", "length", "mlp"), rules)
     ways = [split_ways(entry, mesh.shape) for entry in spec]
     ring = ways[2]
-    return (ring > 1 and all(size % w == 0 for size, w in zip(h_shape, ways))
-            and (h_shape[1] // ways[1]) % ring == 0)
+    return ring > 1 and all(size % w == 0 for size, w in zip(h_shape, ways)) and (h_shape[1] // ways[1]) % ring == 0
 
 
 def ring_reduce_scatter_matmul(h: jax.Array, kernel: jax.Array, *, mesh: Mesh, rules) -> jax.Array:
@@ -109,9 +109,11 @@ def ring_reduce_scatter_matmul(h: jax.Array, kernel: jax.Array, *, mesh: Mesh, r
     ring_axes = spec_axes(spec[2])
     tp = split_ways(spec[2], mesh.shape)
     if not ring_matmul_applicable(h.shape, mesh, rules):
-        raise ValueError(f"ring_reduce_scatter_matmul: h {h.shape} laid out {spec} on mesh "
-                         f"{dict(mesh.shape)} needs mlp split over more than one device and "
-                         f"each device's length split into {tp} length chunks; use the plain einsum")
+        raise ValueError(
+            f"ring_reduce_scatter_matmul: h {h.shape} laid out {spec} on mesh "
+            f"{dict(mesh.shape)} needs mlp split over more than one device and "
+            f"each device's length split into {tp} length chunks; use the plain einsum"
+        )
     kernel = kernel.astype(h.dtype)
 
     def local(h, kernel):
@@ -130,5 +132,6 @@ def ring_reduce_scatter_matmul(h: jax.Array, kernel: jax.Array, *, mesh: Mesh, r
             acc = jax.lax.ppermute(acc, ring_axes, shift) + partial(step)
         return jax.lax.all_gather(acc, ring_axes, axis=1, tiled=True, to="invarying")
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec, P(spec[2], None)),
-                         out_specs=P(spec[0], spec[1], None))(h, kernel)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, P(spec[2], None)), out_specs=P(spec[0], spec[1], None))(
+        h, kernel
+    )

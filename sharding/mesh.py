@@ -50,18 +50,24 @@ def _fill(part: str, sizes: list[int], total: int) -> list[int]:
     fills = [i for i, s in enumerate(sizes) if s == -1]
     bad = [f"mesh.{part}_{MESH_AXES[i]}={s}" for i, s in enumerate(sizes) if s != -1 and s < 1]
     if bad or len(fills) > 1:
-        raise MeshError(f"{', '.join(bad) or 'more than one axis is -1'}: each {part} size is a "
-                        f"positive integer, and at most one may be -1 (fill)")
+        raise MeshError(
+            f"{', '.join(bad) or 'more than one axis is -1'}: each {part} size is a "
+            f"positive integer, and at most one may be -1 (fill)"
+        )
     known = math.prod(s for s in sizes if s != -1)
     if fills:
         if total % known:
-            raise MeshError(f"the {part} axes other than mesh.{part}_{MESH_AXES[fills[0]]} take {known} "
-                            f"devices, which does not divide the {total} available")
+            raise MeshError(
+                f"the {part} axes other than mesh.{part}_{MESH_AXES[fills[0]]} take {known} "
+                f"devices, which does not divide the {total} available"
+            )
         sizes[fills[0]] = total // known
     if math.prod(sizes) != total:
         shown = ", ".join(f"mesh.{part}_{a}={s}" for a, s in zip(MESH_AXES, sizes) if s != 1) or "all 1"
-        raise MeshError(f"the {part} mesh ({shown}) has {math.prod(sizes)} devices but {total} are "
-                        f"available: make the sizes multiply to {total}, or set one to -1 to fill")
+        raise MeshError(
+            f"the {part} mesh ({shown}) has {math.prod(sizes)} devices but {total} are "
+            f"available: make the sizes multiply to {total}, or set one to -1 to fill"
+        )
     return sizes
 
 
@@ -81,7 +87,8 @@ def build_mesh(shape: MeshShape, devices: Sequence | None = None, num_slices: in
         grid = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
     else:
         grid = mesh_utils.create_hybrid_device_mesh(
-            ici, dcn, devices, process_is_granule=process_is_granule, allow_split_physical_axes=True)
+            ici, dcn, devices, process_is_granule=process_is_granule, allow_split_physical_axes=True
+        )
     return Mesh(np.asarray(grid), MESH_AXES)
 
 

@@ -22,8 +22,7 @@ def check_rules(rules: Sequence[tuple[str, Sequence[str]]]) -> None:
     for logical, mesh_axes in rules:
         for axis in mesh_axes:
             if axis not in MESH_AXES:
-                raise MeshError(f"rule {logical!r} -> {axis!r}: no such mesh axis; axes are "
-                                f"{', '.join(MESH_AXES)}")
+                raise MeshError(f"rule {logical!r} -> {axis!r}: no such mesh axis; axes are {', '.join(MESH_AXES)}")
 
 
 def partition_spec(names: Sequence[str], rules) -> PartitionSpec:
@@ -60,6 +59,8 @@ def named_sharding(what: str, shape: Sequence[int], names: Sequence[str], mesh: 
     for dim, (size, entry) in enumerate(zip(shape, spec)):
         axes, ways = spec_axes(entry), split_ways(entry, mesh.shape)
         if size % ways:
-            raise MeshError(f"{what}: dimension {dim} ({names[dim]}, size {size}) is split over mesh "
-                            f"axes {' x '.join(axes)} = {ways} ways, which does not divide it")
+            raise MeshError(
+                f"{what}: dimension {dim} ({names[dim]}, size {size}) is split over mesh "
+                f"axes {' x '.join(axes)} = {ways} ways, which does not divide it"
+            )
     return NamedSharding(mesh, spec)

@@ -13,15 +13,28 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
 
+import jax
+import numpy as np
+
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.data import prepare_dataset, tokenizer_for
+from meshtrain.trainer.run.checkpoint import Checkpoints
+from meshtrain.trainer.step.state import abstract_state, model_def, optimizer_for
 
 
 @pytest.fixture(scope="session")
 def small_model():
     """Overrides for a model small enough that a training step takes milliseconds on one CPU core."""
-    return ["model.vocab_size=512", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
-            "model.head_dim=16", "model.d_ff=64", "data.seq_len=32", "train.batch_size=8"]
+    return [
+        "model.vocab_size=512",
+        "model.d_model=32",
+        "model.num_layers=2",
+        "model.num_heads=2",
+        "model.head_dim=16",
+        "model.d_ff=64",
+        "data.seq_len=32",
+        "train.batch_size=8",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +52,29 @@ def small_experiment(data_dir, small_model):
     """(*overrides) -> the default experiment with the small model, reading the prepared data_dir."""
     return lambda *overrides: load_experiment(None, [f"data.data_dir={data_dir}", *small_model, *overrides])
 
+
+@pytest.fixture(scope="session")
+def final_state():
+    """cfg -> (step, state, data state) of the newest checkpoint in cfg.run_dir."""
+
+    def read(cfg):
+        mdef = model_def(cfg)
+        checkpoints = Checkpoints(f"{cfg.run_dir}/checkpoints", cfg.checkpoint)
+        restored = checkpoints.restore_latest(abstract_state(cfg, mdef, optimizer_for(cfg, mdef)))
+        checkpoints.close()
+        return restored
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def assert_trees_equal():
+    """(a, b) -> asserts two pytrees hold bitwise-equal leaves."""
+
+    def check(a, b):
+        leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+        assert len(leaves_a) == len(leaves_b)
+        for x, y in zip(leaves_a, leaves_b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    return check

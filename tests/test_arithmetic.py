@@ -45,9 +45,18 @@ from meshtrain.trainer.step.partition import make_mesh, trace_train_step
 
 PUBLISHED = yaml.safe_load((Path(__file__).parent / "fixtures" / "published_runs.yaml").read_text())
 
-TINY = ["model.vocab_size=1024", "model.d_model=256", "model.num_layers=4", "model.num_heads=4",
-        "model.num_kv_heads=1", "model.head_dim=64", "model.d_ff=1024", "data.seq_len=256",
-        "train.batch_size=8", "mesh.ici_fsdp=1"]
+TINY = [
+    "model.vocab_size=1024",
+    "model.d_model=256",
+    "model.num_layers=4",
+    "model.num_heads=4",
+    "model.num_kv_heads=1",
+    "model.head_dim=64",
+    "model.d_ff=1024",
+    "data.seq_len=256",
+    "train.batch_size=8",
+    "mesh.ici_fsdp=1",
+]
 BATCH_FEATURES = 5  # inputs, targets, segment_ids, positions (int32) and weights (float32) per token
 
 
@@ -73,6 +82,7 @@ def _tokens(cfg) -> int:
 
 # --- 1. against XLA ------------------------------------------------------------------------------
 
+
 def test_model_flops_match_xla_without_remat():
     cfg, _, xla_flops, _, _ = _compiled(("model.remat=none", "model.scan_layers=false"))
     analytic = model_flops_per_token(cfg.model, cfg.data.seq_len) * _tokens(cfg)
@@ -95,8 +105,7 @@ MEMORY_CASES = {
     "full": (("model.remat=full",), 1),  # 1.07
     "save_dots": (("model.remat=save_dots",), 1),  # 1.00
     "full, fsdp 2 x tensor 2": (("model.remat=full", "mesh.ici_fsdp=2", "mesh.ici_tensor=2"), 4),  # 0.91
-    "save_dots, fsdp 2 x sequence 2": (("model.remat=save_dots", "mesh.ici_fsdp=2",
-                                        "mesh.ici_sequence=2"), 4),  # 1.00
+    "save_dots, fsdp 2 x sequence 2": (("model.remat=save_dots", "mesh.ici_fsdp=2", "mesh.ici_sequence=2"), 4),  # 1.00
 }
 
 
@@ -112,6 +121,7 @@ def test_memory_matches_xla(case):
 
 
 # --- 2. published runs ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def palm():
@@ -141,12 +151,15 @@ def test_palm_540b_total_flops(palm):
         assert per_token * tokens / run["train_flops"] == pytest.approx(1, abs=0.02)
 
 
-@pytest.mark.parametrize("convention, published", [("palm", "mfu_with_attention"),
-                                                    ("6nd", "mfu_without_attention")])
+@pytest.mark.parametrize("convention, published", [("palm", "mfu_with_attention"), ("6nd", "mfu_without_attention")])
 def test_palm_540b_mfu(palm, convention, published):
     run = PUBLISHED["palm-540b"]
-    mfu = utilization(model_flops_per_token(palm.model, palm.data.seq_len, convention),
-                      run["tokens_per_sec"], run["chips"], run["peak_flops_per_chip"])
+    mfu = utilization(
+        model_flops_per_token(palm.model, palm.data.seq_len, convention),
+        run["tokens_per_sec"],
+        run["chips"],
+        run["peak_flops_per_chip"],
+    )
     assert mfu == pytest.approx(run[published], abs=0.002)  # measured: 0.4623 and 0.4573
 
 
@@ -172,9 +185,22 @@ def test_gpt3_175b_flops_and_gpu_years():
 
 # --- 3. the architecture -------------------------------------------------------------------------
 
-BASE = dict(vocab_size=1000, d_model=96, num_layers=3, num_heads=4, num_kv_heads=1, head_dim=24,
-            d_ff=320, max_seq_len=512, block="parallel", mlp="swiglu", positions="rope", use_bias=False,
-            tie_embeddings=True, remat="none")
+BASE = dict(
+    vocab_size=1000,
+    d_model=96,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=1,
+    head_dim=24,
+    d_ff=320,
+    max_seq_len=512,
+    block="parallel",
+    mlp="swiglu",
+    positions="rope",
+    use_bias=False,
+    tie_embeddings=True,
+    remat="none",
+)
 T = 128
 
 
@@ -183,8 +209,9 @@ def _model(**overrides):
 
 
 def _delta(before: dict, after: dict, convention: str = "palm") -> float:
-    return (model_flops_per_token(_model(**after), T, convention)
-            - model_flops_per_token(_model(**before), T, convention))
+    return model_flops_per_token(_model(**after), T, convention) - model_flops_per_token(
+        _model(**before), T, convention
+    )
 
 
 @pytest.mark.parametrize("kv_before, kv_after", [(1, 2), (2, 4), (1, 4)])  # MQA -> GQA -> MHA
@@ -193,16 +220,20 @@ def test_kv_heads_change_only_the_kv_projections(kv_before, kv_after):
     kv_params = m.num_layers * 2 * m.d_model * m.head_dim * (kv_after - kv_before)
     assert _delta(dict(num_kv_heads=kv_before), dict(num_kv_heads=kv_after)) == 6 * kv_params
     # The attention term follows query heads only.
-    assert (attention_flops_per_token(_model(num_kv_heads=kv_before), T)
-            == attention_flops_per_token(_model(num_kv_heads=kv_after), T))
+    assert attention_flops_per_token(_model(num_kv_heads=kv_before), T) == attention_flops_per_token(
+        _model(num_kv_heads=kv_after), T
+    )
 
 
-@pytest.mark.parametrize("before, after, extra_params", [
-    (dict(tie_embeddings=True), dict(tie_embeddings=False), BASE["vocab_size"] * BASE["d_model"]),
-    (dict(positions="rope"), dict(positions="learned"), BASE["max_seq_len"] * BASE["d_model"]),
-    (dict(mlp="gelu"), dict(mlp="swiglu"), BASE["num_layers"] * BASE["d_model"] * BASE["d_ff"]),
-    (dict(block="parallel"), dict(block="sequential"), BASE["num_layers"] * BASE["d_model"]),
-])
+@pytest.mark.parametrize(
+    "before, after, extra_params",
+    [
+        (dict(tie_embeddings=True), dict(tie_embeddings=False), BASE["vocab_size"] * BASE["d_model"]),
+        (dict(positions="rope"), dict(positions="learned"), BASE["max_seq_len"] * BASE["d_model"]),
+        (dict(mlp="gelu"), dict(mlp="swiglu"), BASE["num_layers"] * BASE["d_model"] * BASE["d_ff"]),
+        (dict(block="parallel"), dict(block="sequential"), BASE["num_layers"] * BASE["d_model"]),
+    ],
+)
 @pytest.mark.parametrize("convention", FLOPS_CONVENTIONS)
 def test_architecture_options_change_flops_by_their_parameters(before, after, extra_params, convention):
     assert _delta(before, after, convention) == 6 * extra_params
@@ -227,14 +258,16 @@ def test_hardware_flops_by_remat_policy(block, convention):
     model = model_flops_per_token(m, T, convention)
     attention_forward = attention_flops_per_token(m, T, convention) / 3
     e, f, hq, layers = m.d_model, m.d_ff, m.num_heads * m.head_dim, m.num_layers
-    block_params = (e * hq + 2 * e * m.num_kv_heads * m.head_dim + hq * e + 3 * e * f
-                    + e * (1 if block == "parallel" else 2))
+    block_params = (
+        e * hq + 2 * e * m.num_kv_heads * m.head_dim + hq * e + 3 * e * f + e * (1 if block == "parallel" else 2)
+    )
     # Full remat skips the matmuls whose outputs only feed the residual sum.
     skipped = f * e + (hq * e if block == "parallel" else 0)
     assert hardware_flops_per_token(m, T, "none", convention) == model
     assert hardware_flops_per_token(m, T, "save_dots", convention) == model + attention_forward
     assert hardware_flops_per_token(m, T, "full", convention) == pytest.approx(
-        model + 2 * layers * (block_params - skipped) + attention_forward, rel=1e-12)
+        model + 2 * layers * (block_params - skipped) + attention_forward, rel=1e-12
+    )
     assert hardware_flops_per_token(m, T, None, convention) == model  # model.remat=none
     breakdown = flops_breakdown(m, T, "full", convention)
     assert breakdown.hardware == breakdown.model + breakdown.recompute
@@ -242,6 +275,7 @@ def test_hardware_flops_by_remat_policy(block, convention):
 
 
 # --- memory: the accounting on its own -----------------------------------------------------------
+
 
 def _memory_cfg(*overrides):
     return load_experiment(None, [*TINY, "model.num_kv_heads=4", *overrides])
@@ -260,8 +294,9 @@ def test_optimizer_state_is_two_float32_moments_split_like_params():
 
 
 def test_activations_follow_remat_microbatch_and_sharding():
-    by_remat = {r: memory_per_chip(_memory_cfg(f"model.remat={r}"), {}).activations
-                for r in ("none", "save_dots", "full")}
+    by_remat = {
+        r: memory_per_chip(_memory_cfg(f"model.remat={r}"), {}).activations for r in ("none", "save_dots", "full")
+    }
     assert by_remat["full"] < by_remat["save_dots"] < by_remat["none"]
     cfg = _memory_cfg("model.remat=full")
     assert memory_per_chip(cfg, {}, microbatch_rows=4).activations < by_remat["full"]
@@ -272,4 +307,5 @@ def test_activations_follow_remat_microbatch_and_sharding():
     assert tensor.activations < by_remat["full"] and tensor.params < memory_per_chip(cfg, {}).params
     estimate = memory_per_chip(cfg, {"data": 2})
     assert isinstance(estimate, MemoryEstimate) and estimate.total == sum(
-        v for k, v in estimate.as_dict().items() if k != "total")
+        v for k, v in estimate.as_dict().items() if k != "total"
+    )

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow  # every test runs the command line in a subproces
 def meshtrain(*args, cwd, timeout=300):
     """Runs `python -m meshtrain.tools ARGS` (the console script's code) and returns the finished process."""
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "meshtrain.tools", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "meshtrain.tools", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 BAD_INPUTS = [
@@ -56,11 +62,25 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(small_model, data_dir, tmp_path):
-    args = ["train", f"data.data_dir={data_dir}", *small_model, "train.steps=100000", "train.log_every=1",
-            "train.eval_every=0", "checkpoint.every=100000", "--no-progress"]
+    args = [
+        "train",
+        f"data.data_dir={data_dir}",
+        *small_model,
+        "train.steps=100000",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "checkpoint.every=100000",
+        "--no-progress",
+    ]
     env = dict(os.environ)
-    process = subprocess.Popen([sys.executable, "-m", "meshtrain.tools", *args], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshtrain.tools", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "runs" / "default" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -84,22 +104,44 @@ def test_tokenizer_command_trains_a_round_tripping_model(tmp_path):
     for i in range(6):
         (corpus / f"doc{i}.txt").write_text(f"Document {i}: the quick brown fox\n\tjumps  over {i * 7} dogs.\n" * 20)
     output = tmp_path / "tok.model"
-    result = meshtrain("tokenizer", "data.dataset=local_text", f"data.text_dir={corpus}",
-                       f"data.data_dir={tmp_path / 'datasets'}", "model.vocab_size=300",
-                       f"--output={output}", cwd=tmp_path, timeout=120)
+    result = meshtrain(
+        "tokenizer",
+        "data.dataset=local_text",
+        f"data.text_dir={corpus}",
+        f"data.data_dir={tmp_path / 'datasets'}",
+        "model.vocab_size=300",
+        f"--output={output}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert output.is_file() and "round trip exact" in result.stdout
 
 
-def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(small_model, data_dir, tmp_path):
+def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(
+    assert_trees_equal, final_state, small_model, data_dir, tmp_path
+):
     """A run killed without warning (mid-step, maybe mid-write) and restarted with the same command
     ends with the same parameters and per-step losses as a run that was never killed."""
-    common = ["train", f"data.data_dir={data_dir}", *small_model, "train.steps=200", "train.log_every=1",
-              "train.eval_every=0", "checkpoint.every=7", "--no-progress"]
+    common = [
+        "train",
+        f"data.data_dir={data_dir}",
+        *small_model,
+        "train.steps=200",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "checkpoint.every=7",
+        "--no-progress",
+    ]
     env = dict(os.environ)
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "meshtrain.tools", *common, f"run_dir={killed_dir}"],
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshtrain.tools", *common, f"run_dir={killed_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = killed_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 30):
@@ -120,7 +162,7 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(sma
     assert last_losses(killed_dir) == last_losses(tmp_path / "whole")
     assert (killed_dir / "checkpoints" / "200").is_dir()
     from meshtrain.trainer.config import load_experiment
-    from tests.test_train import assert_trees_equal, final_state
+
     _, killed_state, _ = final_state(load_experiment(str(killed_dir / "config.yaml")))
     _, whole_state, _ = final_state(load_experiment(str(tmp_path / "whole" / "config.yaml")))
     assert_trees_equal(killed_state, whole_state)

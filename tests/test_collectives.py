@@ -22,8 +22,13 @@ from meshtrain.trainer.config import load_experiment
 DEFAULT_RULES = load_experiment(None, []).mesh.rules
 
 # Vocab and mlp over sequence x tensor: a split over two mesh axes, with length left whole.
-WIDE_RULES = (("batch", ("data", "fsdp")), ("length", ()), ("vocab", ("sequence", "tensor")),
-              ("mlp", ("sequence", "tensor")), ("embed", ("fsdp",)))
+WIDE_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", ()),
+    ("vocab", ("sequence", "tensor")),
+    ("mlp", ("sequence", "tensor")),
+    ("embed", ("fsdp",)),
+)
 
 LAYOUTS = {
     "tensor8": ({"tensor": 8}, DEFAULT_RULES),
@@ -77,9 +82,11 @@ def compiled(fn, *args):
 def test_vocab_parallel_cross_entropy_equals_plain(layout):
     mesh, rules = layout
     logits, targets, weights = loss_inputs()
-    args = (place(logits, ("batch", "length", "vocab"), mesh, rules),
-            place(targets, ("batch", "length"), mesh, rules),
-            place(weights, ("batch", "length"), mesh, rules))
+    args = (
+        place(logits, ("batch", "length", "vocab"), mesh, rules),
+        place(targets, ("batch", "length"), mesh, rules),
+        place(weights, ("batch", "length"), mesh, rules),
+    )
 
     def parallel(logits, targets, weights):
         return vocab_parallel_cross_entropy(logits, targets, weights, Z_LOSS, mesh=mesh, rules=rules)
@@ -104,8 +111,9 @@ def test_vocab_parallel_cross_entropy_equals_plain(layout):
 def test_vocab_parallel_cross_entropy_all_padding_is_zero():
     mesh = build_mesh(MeshShape(ici={"fsdp": 2, "tensor": 4}, dcn={}))
     logits, targets, weights = loss_inputs(all_padding=True)
-    loss, aux = jax.jit(lambda *a: vocab_parallel_cross_entropy(
-        *a, Z_LOSS, mesh=mesh, rules=DEFAULT_RULES))(logits, targets, weights)
+    loss, aux = jax.jit(lambda *a: vocab_parallel_cross_entropy(*a, Z_LOSS, mesh=mesh, rules=DEFAULT_RULES))(
+        logits, targets, weights
+    )
     assert float(loss) == float(aux["ce"]) == float(aux["z_loss"]) == float(aux["tokens"]) == 0.0
 
 
@@ -120,8 +128,7 @@ def test_ring_matmul_equals_plain(layout):
         with pytest.raises(ValueError, match="length chunks"):
             ring_reduce_scatter_matmul(h, kernel, mesh=mesh, rules=rules)
         return
-    args = (place(h, ("batch", "length", "mlp"), mesh, rules),
-            place(kernel, ("mlp", "embed"), mesh, rules))
+    args = (place(h, ("batch", "length", "mlp"), mesh, rules), place(kernel, ("mlp", "embed"), mesh, rules))
 
     def ring(h, kernel):
         return ring_reduce_scatter_matmul(h, kernel, mesh=mesh, rules=rules)

@@ -18,15 +18,33 @@ import pytest
 from meshtrain.trainer.errors import UserError
 
 V4_HBM = 32 * 2**30
-FIELDS = ("topology", "num_devices", "peak_bytes_per_chip", "hbm_bytes_per_chip", "fits",
-          "flops_per_step_per_chip", "compile_seconds", "argument_bytes_per_chip", "output_bytes_per_chip",
-          "alias_bytes_per_chip", "temp_bytes_per_chip", "mesh", "error")
+FIELDS = (
+    "topology",
+    "num_devices",
+    "peak_bytes_per_chip",
+    "hbm_bytes_per_chip",
+    "fits",
+    "flops_per_step_per_chip",
+    "compile_seconds",
+    "argument_bytes_per_chip",
+    "output_bytes_per_chip",
+    "alias_bytes_per_chip",
+    "temp_bytes_per_chip",
+    "mesh",
+    "error",
+)
 
 
 def meshtrain_compile(*args, cwd):
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "meshtrain.tools", "compile", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "meshtrain.tools", "compile", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow  # libtpu compile in a subprocess
@@ -47,8 +65,9 @@ def test_tiny_model_fits_on_a_v4_2x2x1(small_model, tmp_path):
 
 @pytest.mark.slow  # libtpu compile in a subprocess
 def test_two_slices_table_output(small_model, tmp_path):
-    result = meshtrain_compile(*small_model, "train.batch_size=8", "--topology", "v4:2x2x1",
-                               "--num-slices", "2", cwd=tmp_path)
+    result = meshtrain_compile(
+        *small_model, "train.batch_size=8", "--topology", "v4:2x2x1", "--num-slices", "2", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "v4:2x2x1 x 2 slices = 8 TPU v4 chips" in result.stdout
     assert "mesh data=2 x fsdp=4" in result.stdout
@@ -58,8 +77,9 @@ def test_two_slices_table_output(small_model, tmp_path):
 @pytest.mark.slow  # libtpu compile in a subprocess
 def test_a_model_too_big_for_the_chips_is_reported_not_raised(tmp_path):
     # PaLM 62B with AdamW on 4 chips: ~190 GB of state per chip against 32 GiB.
-    result = meshtrain_compile("model=palm-62b", "data.seq_len=128", "train.batch_size=4",
-                               "--topology", "v4:2x2x1", "--json", cwd=tmp_path)
+    result = meshtrain_compile(
+        "model=palm-62b", "data.seq_len=128", "train.batch_size=4", "--topology", "v4:2x2x1", "--json", cwd=tmp_path
+    )
     assert result.returncode == 3, result.stderr
     report = json.loads(result.stdout)
     assert report["fits"] is False and report["peak_bytes_per_chip"] is None
@@ -67,12 +87,15 @@ def test_a_model_too_big_for_the_chips_is_reported_not_raised(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("topology,fragment", [
-    ("v4-8", "--topology 'v4-8': expected a TPU topology name"),
-    ("v4:2x2x1x2", "--topology 'v4:2x2x1x2'"),
-    ("v9:2x2x1", "unknown TPU generation 'v9'"),
-    ("2x2x1", "write it as e.g. v4:2x2x1"),
-])
+@pytest.mark.parametrize(
+    "topology,fragment",
+    [
+        ("v4-8", "--topology 'v4-8': expected a TPU topology name"),
+        ("v4:2x2x1x2", "--topology 'v4:2x2x1x2'"),
+        ("v9:2x2x1", "unknown TPU generation 'v9'"),
+        ("2x2x1", "write it as e.g. v4:2x2x1"),
+    ],
+)
 def test_malformed_topology_is_one_line_exit_2(topology, fragment, capsys):
     from meshtrain.tools.cli import main as meshtrain
 
@@ -119,10 +142,22 @@ def test_flops_counted_from_the_jaxpr_agree_with_xla_on_an_unscanned_step():
     from meshtrain.trainer.planning.program_flops import jaxpr_flops
     from meshtrain.trainer.step import partition
 
-    cfg = load_experiment(None, ["model.vocab_size=512", "model.d_model=256", "model.d_ff=1024",
-                                 "model.num_layers=2", "model.num_heads=4", "model.head_dim=64",
-                                 "data.seq_len=128", "train.batch_size=4", "model.scan_layers=false",
-                                 "model.remat=none", "mesh.ici_fsdp=1"])
+    cfg = load_experiment(
+        None,
+        [
+            "model.vocab_size=512",
+            "model.d_model=256",
+            "model.d_ff=1024",
+            "model.num_layers=2",
+            "model.num_heads=4",
+            "model.head_dim=64",
+            "data.seq_len=128",
+            "train.batch_size=4",
+            "model.scan_layers=false",
+            "model.remat=none",
+            "mesh.ici_fsdp=1",
+        ],
+    )
     traced = partition.trace_train_step(cfg, partition.make_mesh(cfg, jax.devices()[:1]))
     cost = traced.lower().compile().cost_analysis()
     xla = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]

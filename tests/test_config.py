@@ -66,8 +66,7 @@ BAD_OVERRIDES = [
     (["train.batch_ramp=[[10, 32], [5, 64]]"], ["train.batch_ramp[1]", "increasing"]),
     (["train.batch_ramp=[[0, 32]]"], ["train.batch_ramp[0]", "positive"]),
     (["train.batch_size=16", "train.microbatches=3"], ["train.batch_size", "16", "train.microbatches=3"]),
-    (["train.microbatches=2", "train.batch_ramp=[[10, 33]]"], ["train.batch_ramp[0]", "33",
-                                                                "microbatches=2"]),
+    (["train.microbatches=2", "train.batch_ramp=[[10, 33]]"], ["train.batch_ramp[0]", "33", "microbatches=2"]),
     (["model=gpt3-175b", "data.seq_len=4096"], ["data.seq_len", "4096", "model.max_seq_len=2048"]),
     (["checkpoint.keep=0"], ["checkpoint.keep", "0", ">= 1"]),
     (["train={steps: 5, bogus: 1}"], ["train.bogus", "train."]),
@@ -116,10 +115,21 @@ def test_experiment_file_errors(tmp_path):
 
 
 def test_overrides_resolve():
-    cfg = load_experiment(None, ["run_dir=/tmp/run", "train.steps=10", "train.log_every=2",
-                                 "checkpoint.every=5", "data.tokenizer=null", "seed=3",
-                                 "train.batch_ramp=[[10,32]]", "model.z_loss=1e-3",
-                                 "optimizer.learning_rate=1", "optimizer.decay_steps=100"])
+    cfg = load_experiment(
+        None,
+        [
+            "run_dir=/tmp/run",
+            "train.steps=10",
+            "train.log_every=2",
+            "checkpoint.every=5",
+            "data.tokenizer=null",
+            "seed=3",
+            "train.batch_ramp=[[10,32]]",
+            "model.z_loss=1e-3",
+            "optimizer.learning_rate=1",
+            "optimizer.decay_steps=100",
+        ],
+    )
     assert cfg.run_dir == "/tmp/run" and cfg.seed == 3
     assert (cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every) == (10, 2, 5)
     assert cfg.train.batch_ramp == ((10, 32),)
@@ -129,13 +139,30 @@ def test_overrides_resolve():
 
 
 def test_model_preset_then_fields():
-    cfg = load_experiment(None, ["model=palm-62b", "model.num_layers=4", "model.d_model=64",
-                                 "model.num_heads=4", "model.num_kv_heads=2", "model.head_dim=16",
-                                 "model.d_ff=128", "model.vocab_size=512"])
+    cfg = load_experiment(
+        None,
+        [
+            "model=palm-62b",
+            "model.num_layers=4",
+            "model.d_model=64",
+            "model.num_heads=4",
+            "model.num_kv_heads=2",
+            "model.head_dim=16",
+            "model.d_ff=128",
+            "model.vocab_size=512",
+        ],
+    )
     m = cfg.model
     assert m.name == "palm-62b" and m.norm == "layernorm" and m.remat == "full"
-    assert (m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.d_ff,
-            m.vocab_size) == (4, 64, 4, 2, 16, 128, 512)
+    assert (m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.d_ff, m.vocab_size) == (
+        4,
+        64,
+        4,
+        2,
+        16,
+        128,
+        512,
+    )
     # Order on the command line does not matter: the preset is always the bottom layer.
     assert load_experiment(None, ["model.num_layers=4", "model=palm-62b"]).model.num_layers == 4
 
@@ -213,10 +240,8 @@ def test_config_from_dict_is_strict():
 def test_config_differences():
     a = load_experiment(None)
     b = load_experiment(None, ["seed=1", "model.num_layers=2", "train.steps=5"])
-    assert config_differences(a, b) == [("seed", 0, 1), ("model.num_layers", 4, 2),
-                                        ("train.steps", a.train.steps, 5)]
-    assert config_differences(a, b, RUN_IDENTITY_SECTIONS) == [("seed", 0, 1),
-                                                              ("model.num_layers", 4, 2)]
+    assert config_differences(a, b) == [("seed", 0, 1), ("model.num_layers", 4, 2), ("train.steps", a.train.steps, 5)]
+    assert config_differences(a, b, RUN_IDENTITY_SECTIONS) == [("seed", 0, 1), ("model.num_layers", 4, 2)]
     assert config_differences(a, a, RUN_IDENTITY_SECTIONS) == []
 
 
@@ -229,14 +254,18 @@ def test_base_yaml_documents_every_leaf():
 
 def test_base_yaml_covers_every_field_exactly():
     base = yaml.safe_load(BASE_YAML.read_text())
-    flat = {f"{s}.{k}" if isinstance(v, dict) else s
-            for s, v in base.items() for k in (v if isinstance(v, dict) else [None])}
+    flat = {
+        f"{s}.{k}" if isinstance(v, dict) else s
+        for s, v in base.items()
+        for k in (v if isinstance(v, dict) else [None])
+    }
     assert flat == set(tree.leaf_types())
     assert set(base) == {f.name for f in dataclasses.fields(ExperimentConfig)}
 
 
 def test_base_yaml_missing_field_is_an_error(tmp_path, monkeypatch):
     from meshtrain.trainer.config import resolve
+
     text = BASE_YAML.read_text().replace("  keep: 3 ", "  # keep: 3 ")
     (tmp_path / "base.yaml").write_text(text)
     monkeypatch.setattr(resolve, "BASE_YAML", tmp_path / "base.yaml")
@@ -245,6 +274,7 @@ def test_base_yaml_missing_field_is_an_error(tmp_path, monkeypatch):
 
 
 # --- gin ---------------------------------------------------------------------------------------
+
 
 def test_every_experiment_has_a_gin_twin():
     assert sorted(p.stem for p in GIN_DIR.glob("*.gin")) == experiment_names()
@@ -260,13 +290,15 @@ def test_gin_twin_resolves_equal(name):
 
 
 def test_gin_params_override_and_layer_like_yaml():
-    cfg = load_experiment(None, ["train.log_every=3"], gin_files=["default"],
-                          gin_params=["TrainConfig.steps = 7", "Experiment.model = 'palm-62b'",
-                                      "ModelConfig.num_layers = 2"])
+    cfg = load_experiment(
+        None,
+        ["train.log_every=3"],
+        gin_files=["default"],
+        gin_params=["TrainConfig.steps = 7", "Experiment.model = 'palm-62b'", "ModelConfig.num_layers = 2"],
+    )
     assert (cfg.train.steps, cfg.train.log_every) == (7, 3)
     assert (cfg.model.name, cfg.model.num_layers, cfg.model.d_model) == ("palm-62b", 2, 8192)
-    yaml_cfg = load_experiment(None, ["train.steps=7", "model=palm-62b", "model.num_layers=2",
-                                      "train.log_every=3"])
+    yaml_cfg = load_experiment(None, ["train.steps=7", "model=palm-62b", "model.num_layers=2", "train.log_every=3"])
     assert cfg == yaml_cfg
     # gin_params alone apply on top of the default YAML experiment; no state leaks between loads.
     assert load_experiment(None, gin_params=["TrainConfig.steps = 9"]).train.steps == 9
@@ -280,15 +312,18 @@ def test_gin_macros(tmp_path):
     assert (cfg.name, cfg.train.steps, cfg.checkpoint.every) == ("m", 12, 12)
 
 
-@pytest.mark.parametrize("params,fragments", [
-    (["ModelConfig.num_layer = 3"], ["ModelConfig.num_layer", "ModelConfig.num_layers"]),
-    (["TrianConfig.steps = 3"], ["TrianConfig", "TrainConfig"]),
-    (["TrainConfig.steps = 'abc'"], ["train.steps", "'abc'", "integer"]),
-    (["TrainConfig.steps = -1"], ["train.steps", "-1", "positive"]),
-    (["Experiment.model = 'palm-63b'"], ["palm-63b", "palm-62b"]),
-    (["scope/TrainConfig.steps = 3"], ["scope", "TrainConfig"]),
-    (["TrainConfig.steps = @ModelConfig()"], ["TrainConfig.steps", "literal"]),
-])
+@pytest.mark.parametrize(
+    "params,fragments",
+    [
+        (["ModelConfig.num_layer = 3"], ["ModelConfig.num_layer", "ModelConfig.num_layers"]),
+        (["TrianConfig.steps = 3"], ["TrianConfig", "TrainConfig"]),
+        (["TrainConfig.steps = 'abc'"], ["train.steps", "'abc'", "integer"]),
+        (["TrainConfig.steps = -1"], ["train.steps", "-1", "positive"]),
+        (["Experiment.model = 'palm-63b'"], ["palm-63b", "palm-62b"]),
+        (["scope/TrainConfig.steps = 3"], ["scope", "TrainConfig"]),
+        (["TrainConfig.steps = @ModelConfig()"], ["TrainConfig.steps", "literal"]),
+    ],
+)
 def test_bad_gin_params(params, fragments):
     message = _error(None, gin_files=["default"], gin_params=params)
     for fragment in fragments:
@@ -308,18 +343,39 @@ def test_bad_gin_files(tmp_path):
 
 # --- hardware kinds (configs/hardware.yaml) and the checks on mesh, distributed and hardware ---
 
+
 def test_hardware_kinds_and_specs():
     from meshtrain.trainer.config.hardware import hardware_kinds, hardware_spec
 
-    assert hardware_kinds() == ("tpu-v3", "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e", "v100", "a100-40gb",
-                                "a100-80gb", "h100", "h200", "b200", "cpu")
+    assert hardware_kinds() == (
+        "tpu-v3",
+        "tpu-v4",
+        "tpu-v5e",
+        "tpu-v5p",
+        "tpu-v6e",
+        "v100",
+        "a100-40gb",
+        "a100-80gb",
+        "h100",
+        "h200",
+        "b200",
+        "cpu",
+    )
     gib, gb = 2**30, 10**9
-    expected = {"tpu-v3": ("tpu", 4, 32 * gib, "v3"), "tpu-v4": ("tpu", 4, 32 * gib, "v4"),
-                "tpu-v5e": ("tpu", 4, 16 * gb, "v5e"), "tpu-v5p": ("tpu", 4, 95 * gb, "v5"),
-                "tpu-v6e": ("tpu", 4, 32 * gb, "v6e"), "v100": ("gpu", 8, 32 * gb, None),
-                "a100-40gb": ("gpu", 8, 40 * gb, None), "a100-80gb": ("gpu", 8, 80 * gb, None),
-                "h100": ("gpu", 8, 80 * gb, None), "h200": ("gpu", 8, 141 * gb, None),
-                "b200": ("gpu", 8, 180 * gb, None), "cpu": ("cpu", 1, None, None)}
+    expected = {
+        "tpu-v3": ("tpu", 4, 32 * gib, "v3"),
+        "tpu-v4": ("tpu", 4, 32 * gib, "v4"),
+        "tpu-v5e": ("tpu", 4, 16 * gb, "v5e"),
+        "tpu-v5p": ("tpu", 4, 95 * gb, "v5"),
+        "tpu-v6e": ("tpu", 4, 32 * gb, "v6e"),
+        "v100": ("gpu", 8, 32 * gb, None),
+        "a100-40gb": ("gpu", 8, 40 * gb, None),
+        "a100-80gb": ("gpu", 8, 80 * gb, None),
+        "h100": ("gpu", 8, 80 * gb, None),
+        "h200": ("gpu", 8, 141 * gb, None),
+        "b200": ("gpu", 8, 180 * gb, None),
+        "cpu": ("cpu", 1, None, None),
+    }
     for kind, fields in expected.items():
         spec = hardware_spec(kind)
         assert (spec.platform, spec.chips_per_host, spec.hbm_bytes, spec.tpu_topology_prefix) == fields
@@ -337,16 +393,19 @@ def test_unknown_hardware_kind_lists_known_kinds():
         hardware_spec("h10")
 
 
-@pytest.mark.parametrize("topology,chips", [("v4:12x16x16", 3072), ("v4:2x2x1", 4), ("v5e:16x16", 256),
-                                            ("v5:2x2x1", 4), ("v6e:1x1", 1), ("2x2x4", 16)])
+@pytest.mark.parametrize(
+    "topology,chips",
+    [("v4:12x16x16", 3072), ("v4:2x2x1", 4), ("v5e:16x16", 256), ("v5:2x2x1", 4), ("v6e:1x1", 1), ("2x2x4", 16)],
+)
 def test_chips_in_topology(topology, chips):
     from meshtrain.trainer.config.hardware import chips_in_topology
 
     assert chips_in_topology(topology) == chips
 
 
-@pytest.mark.parametrize("topology", ["v4", "v4:", "v4:2x2x", "v4:2x0x1", "v4:2*2*1", "v4-8", "v4:1x2x3x4",
-                                      "", "V4:2x2x1"])
+@pytest.mark.parametrize(
+    "topology", ["v4", "v4:", "v4:2x2x", "v4:2x0x1", "v4:2*2*1", "v4-8", "v4:1x2x3x4", "", "V4:2x2x1"]
+)
 def test_malformed_topology_is_a_config_error(topology):
     from meshtrain.trainer.config.hardware import chips_in_topology
 
@@ -361,15 +420,15 @@ BAD_SYSTEM_OVERRIDES = [
     (["hardware.chips=0"], ["hardware.chips", "0", "positive"]),
     (["hardware.kind=h100", "hardware.topology=v4:2x2x1"], ["hardware.topology", "hardware.kind=h100"]),
     (["hardware.kind=tpu-v4", "hardware.topology=v4:2x2"], []),  # a valid 2-D name (checked below)
-    (["hardware.kind=tpu-v4", "hardware.topology=v4:2x2xq"], ["hardware.topology", "'v4:2x2xq'",
-                                                               "v4:12x16x16"]),
+    (["hardware.kind=tpu-v4", "hardware.topology=v4:2x2xq"], ["hardware.topology", "'v4:2x2xq'", "v4:12x16x16"]),
     (["hardware.kind=tpu-v4", "hardware.topology=v5e:4x4"], ["hardware.topology", "tpu-v4", "v4:AxBxC"]),
-    (["hardware.kind=tpu-v4", "hardware.topology=v4:2x2x1", "hardware.num_slices=2", "hardware.chips=4"],
-     ["hardware.chips", "4", "8", "num_slices=2"]),
+    (
+        ["hardware.kind=tpu-v4", "hardware.topology=v4:2x2x1", "hardware.num_slices=2", "hardware.chips=4"],
+        ["hardware.chips", "4", "8", "num_slices=2"],
+    ),
     (["distributed.num_processes=0"], ["distributed.num_processes", "0", "positive"]),
     (["distributed.process_id=-1"], ["distributed.process_id", "-1", ">= 0"]),
-    (["distributed.num_processes=2", "distributed.process_id=2"], ["distributed.process_id", "2",
-                                                                    "num_processes=2"]),
+    (["distributed.num_processes=2", "distributed.process_id=2"], ["distributed.process_id", "2", "num_processes=2"]),
     (["distributed.initialization_timeout_s=0"], ["distributed.initialization_timeout_s", "0", ">= 1"]),
     (["mesh.ici_fsdp=0"], ["mesh.ici_fsdp", "0", "-1"]),
     (["mesh.dcn_data=-2"], ["mesh.dcn_data", "-2", "-1"]),
@@ -388,10 +447,20 @@ def test_bad_system_overrides(overrides, fragments):
 
 
 def test_good_system_overrides():
-    cfg = load_experiment(None, ["hardware.kind=tpu-v5p", "hardware.topology=v5:2x2x2", "hardware.num_slices=2",
-                                 "hardware.chips=16", "distributed.num_processes=4",
-                                 "distributed.process_id=3", "distributed.coordinator_address=10.0.0.1:1234",
-                                 "mesh.ici_fsdp=-1", "mesh.dcn_data=2"])
+    cfg = load_experiment(
+        None,
+        [
+            "hardware.kind=tpu-v5p",
+            "hardware.topology=v5:2x2x2",
+            "hardware.num_slices=2",
+            "hardware.chips=16",
+            "distributed.num_processes=4",
+            "distributed.process_id=3",
+            "distributed.coordinator_address=10.0.0.1:1234",
+            "mesh.ici_fsdp=-1",
+            "mesh.dcn_data=2",
+        ],
+    )
     assert (cfg.hardware.chips, cfg.distributed.process_id, cfg.mesh.dcn_data) == (16, 3, 2)
     # v5p topologies may also be written with the kind's own name.
     assert load_experiment(None, ["hardware.kind=tpu-v5p", "hardware.topology=v5p:2x2x1"]).hardware.kind == "tpu-v5p"

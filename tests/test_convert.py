@@ -27,18 +27,39 @@ def reference():
     """(torch, transformers), or a skip where they are not installed."""
     return pytest.importorskip("torch"), pytest.importorskip("transformers")
 
-_TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=128, initializer_range=0.2)
+
+_TINY = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    initializer_range=0.2,
+)
 VARIANTS = {
-    "llama-gqa-untied": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False,
-                                             rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
-                                             rms_norm_eps=1e-5)),
+    "llama-gqa-untied": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
+            rms_norm_eps=1e-5,
+        ),
+    ),
     "llama-mqa-tied": ("LlamaConfig", dict(num_key_value_heads=1, head_dim=12, tie_word_embeddings=True)),
-    "neox-parallel": ("GPTNeoXConfig", dict(use_parallel_residual=True, hidden_act="gelu",
-                                            rope_parameters={"rope_type": "default", "rope_theta": 5000.0,
-                                                             "partial_rotary_factor": 0.5})),
-    "neox-sequential": ("GPTNeoXConfig", dict(use_parallel_residual=False, hidden_act="gelu_new",
-                                              tie_word_embeddings=True)),
+    "neox-parallel": (
+        "GPTNeoXConfig",
+        dict(
+            use_parallel_residual=True,
+            hidden_act="gelu",
+            rope_parameters={"rope_type": "default", "rope_theta": 5000.0, "partial_rotary_factor": 0.5},
+        ),
+    ),
+    "neox-sequential": (
+        "GPTNeoXConfig",
+        dict(use_parallel_residual=False, hidden_act="gelu_new", tie_word_embeddings=True),
+    ),
 }
 
 
@@ -48,8 +69,9 @@ def save_hf_model(directory, variant: str, **overrides):
     config_class, fields = VARIANTS[variant]
     torch.manual_seed(0)
     config = getattr(transformers, config_class)(**{**_TINY, **fields, **overrides})
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32,
-                                                          attn_implementation="eager").eval()
+    model = transformers.AutoModelForCausalLM.from_config(
+        config, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     model.save_pretrained(directory, max_shard_size="40KB")  # sharded: exercises the index
     return model
 
@@ -62,12 +84,14 @@ def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
 
 def load_hf(directory):
     torch, transformers = reference()
-    return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
-                                                             attn_implementation="eager").eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
 
 
 def params_of(path) -> dict:
     from flax import nnx
+
     model = load_decoder(find_checkpoint(path))
     return {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
@@ -130,14 +154,26 @@ def test_bfloat16_checkpoints_convert_exactly_and_upcast_losslessly(tmp_path, ca
 
 def test_legacy_neox_rotary_keys_are_read():
     from meshtrain.trainer.config import load_experiment
-    from meshtrain.trainer.convert.families import GPTNeoX
+    from meshtrain.trainer.convert.family_neox import GPTNeoX
 
-    hf = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "hidden_act": "gelu", "rotary_pct": 0.25, "rotary_emb_base": 500.0,
-          "use_parallel_residual": True}
+    hf = {
+        "vocab_size": 96,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "hidden_act": "gelu",
+        "rotary_pct": 0.25,
+        "rotary_emb_base": 500.0,
+        "use_parallel_residual": True,
+    }
     model = GPTNeoX().model_config(hf, load_experiment(None).model)
-    assert (model.rope_fraction, model.rope_theta, model.block, model.mlp) == (0.25, 500.0, "parallel_two_norms",
-                                                                              "gelu_exact")
+    assert (model.rope_fraction, model.rope_theta, model.block, model.mlp) == (
+        0.25,
+        500.0,
+        "parallel_two_norms",
+        "gelu_exact",
+    )
 
 
 def write_random_meshtrain(directory, *overrides: str):
@@ -148,21 +184,38 @@ def write_random_meshtrain(directory, *overrides: str):
     from meshtrain.trainer.config import dump_config, load_experiment
     from meshtrain.trainer.convert.meshtrain_format import StreamingCheckpointWriter
 
-    cfg = load_experiment(None, ["model.vocab_size=96", "model.d_model=32", "model.num_layers=2",
-                                 "model.num_heads=4", "model.head_dim=8", "model.d_ff=64", "model.init_std=0.2",
-                                 *overrides])
+    cfg = load_experiment(
+        None,
+        [
+            "model.vocab_size=96",
+            "model.d_model=32",
+            "model.num_layers=2",
+            "model.num_heads=4",
+            "model.head_dim=8",
+            "model.d_ff=64",
+            "model.init_std=0.2",
+            *overrides,
+        ],
+    )
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
     writer = StreamingCheckpointWriter(directory, step=0)
-    writer.write({tuple(str(k) for k in path): np.asarray(v)
-                  for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+    writer.write(
+        {tuple(str(k) for k in path): np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    )
     writer.close()
     dump_config(cfg, directory / "config.yaml")
     return directory
 
 
 LLAMA = ["model.block=sequential", "model.num_kv_heads=2", "model.tie_embeddings=false"]
-NEOX = ["model.block=parallel_two_norms", "model.mlp=gelu_exact", "model.norm=layernorm", "model.use_bias=true",
-        "model.num_kv_heads=4", "model.rope_fraction=0.5"]
+NEOX = [
+    "model.block=parallel_two_norms",
+    "model.mlp=gelu_exact",
+    "model.norm=layernorm",
+    "model.use_bias=true",
+    "model.num_kv_heads=4",
+    "model.rope_fraction=0.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +240,7 @@ def test_greedy_sample_equals_transformers_generate(llama_with_tokenizer, capsys
     prompt = torch.tensor([result["prompt_ids"]])
     with torch.no_grad():
         generated = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=1, pad_token_id=0)
-    assert result["generated_ids"] == generated[0, prompt.shape[1]:].tolist()
+    assert result["generated_ids"] == generated[0, prompt.shape[1] :].tolist()
     assert len(result["generated_ids"]) > 1
 
 
@@ -196,9 +249,19 @@ def test_training_continues_from_converted_weights(llama_with_tokenizer, data_di
     from meshtrain.trainer.run.train import train
 
     root = llama_with_tokenizer
-    cfg = load_experiment(str(root / "mt" / "config.yaml"), [
-        f"data.data_dir={data_dir}", f"run_dir={tmp_path / 'run'}", "data.seq_len=32", "train.batch_size=8",
-        "train.steps=3", "checkpoint.every=1", "checkpoint.keep=3", "train.eval_every=0"])
+    cfg = load_experiment(
+        str(root / "mt" / "config.yaml"),
+        [
+            f"data.data_dir={data_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "data.seq_len=32",
+            "train.batch_size=8",
+            "train.steps=3",
+            "checkpoint.every=1",
+            "checkpoint.keep=3",
+            "train.eval_every=0",
+        ],
+    )
     summary = train(cfg, progress=False)
     assert (summary.start_step, summary.end_step) == (0, 3) and np.isfinite(summary.last_loss)
     converted = params_of(root / "mt")
@@ -215,12 +278,19 @@ def test_a_run_resumes_after_the_weights_it_started_from_are_gone(llama_with_tok
     from meshtrain.trainer.run.train import train
 
     weights = shutil.copytree(llama_with_tokenizer / "mt", tmp_path / "weights")
-    overrides = [f"data.data_dir={data_dir}", f"run_dir={tmp_path / 'run'}", "data.seq_len=32",
-                 "train.batch_size=8", "train.eval_every=0", f"checkpoint.init_from={weights}"]
+    overrides = [
+        f"data.data_dir={data_dir}",
+        f"run_dir={tmp_path / 'run'}",
+        "data.seq_len=32",
+        "train.batch_size=8",
+        "train.eval_every=0",
+        f"checkpoint.init_from={weights}",
+    ]
     train(load_experiment(str(weights / "config.yaml"), [*overrides, "train.steps=1"]), progress=False)
     shutil.rmtree(weights)
-    resumed = train(load_experiment(str(llama_with_tokenizer / "mt" / "config.yaml"),
-                                    [*overrides, "train.steps=2"]), progress=False)
+    resumed = train(
+        load_experiment(str(llama_with_tokenizer / "mt" / "config.yaml"), [*overrides, "train.steps=2"]), progress=False
+    )
     assert (resumed.start_step, resumed.end_step) == (1, 2)
 
 
@@ -231,17 +301,29 @@ def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer,
     root = llama_with_tokenizer
     overrides = [f"data.data_dir={data_dir}", "data.seq_len=32", "train.batch_size=8", "train.eval_every=0"]
     source = tmp_path / "run"
-    train(load_experiment(str(root / "mt" / "config.yaml"), [*overrides, f"run_dir={source}", "train.steps=2"]),
-          progress=False)
+    train(
+        load_experiment(str(root / "mt" / "config.yaml"), [*overrides, f"run_dir={source}", "train.steps=2"]),
+        progress=False,
+    )
 
-    code, out, err = run_convert(capsys, source, tmp_path / "bf16", "--to", "meshtrain", "--dtype", "bfloat16",
-                                 "mesh.ici_fsdp=4", "mesh.ici_tensor=2", "--verify", "--json")
+    code, out, err = run_convert(
+        capsys,
+        source,
+        tmp_path / "bf16",
+        "--to",
+        "meshtrain",
+        "--dtype",
+        "bfloat16",
+        "mesh.ici_fsdp=4",
+        "mesh.ici_tensor=2",
+        "--verify",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["tolerance"] is None and 0 < summary["max_abs_logit_diff"] < 0.5
     resharded = find_checkpoint(tmp_path / "bf16")
-    assert (resharded.step, resharded.config.mesh.ici_tensor, resharded.config.model.param_dtype) == (
-        2, 2, "bfloat16")
+    assert (resharded.step, resharded.config.mesh.ici_tensor, resharded.config.model.param_dtype) == (2, 2, "bfloat16")
     before, after = params_of(source), params_of(tmp_path / "bf16")
     for name in before:
         assert after[name].dtype == jax.numpy.bfloat16
@@ -268,6 +350,7 @@ def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer,
 
 
 # --- bad input: clear errors, nothing written ---------------------------------------------------
+
 
 @pytest.mark.parametrize("family", [LLAMA, NEOX], ids=["llama", "neox"])
 def test_meshtrain_to_hf_to_meshtrain_is_bit_exact(family, tmp_path, capsys):
@@ -299,8 +382,9 @@ def _copy(source, destination):
 
 
 def _no_output_left(destination) -> bool:
-    return not destination.exists() and not any(p.name.startswith(f".{destination.name}.")
-                                                for p in destination.parent.iterdir())
+    return not destination.exists() and not any(
+        p.name.startswith(f".{destination.name}.") for p in destination.parent.iterdir()
+    )
 
 
 def test_pickled_weights_need_allow_pickle(tmp_path, capsys):
@@ -372,8 +456,9 @@ def test_existing_destination_is_kept_without_overwrite(hf_llama, tmp_path, caps
 
 def test_failed_verify_writes_nothing(hf_llama, tmp_path, capsys):
     reference()
-    code, _, err = run_convert(capsys, hf_llama, tmp_path / "out", "--dtype", "bfloat16", "--verify",
-                               "--tolerance", "1e-9")
+    code, _, err = run_convert(
+        capsys, hf_llama, tmp_path / "out", "--dtype", "bfloat16", "--verify", "--tolerance", "1e-9"
+    )
     assert code == 2 and "--verify failed" in err
     assert _no_output_left(tmp_path / "out")
 
@@ -383,8 +468,12 @@ def test_a_model_no_family_expresses_is_refused(small_model, tmp_path, capsys, d
     from meshtrain.trainer.run.train import train
 
     run = tmp_path / "palm"
-    train(load_experiment(None, [f"data.data_dir={data_dir}", *small_model, f"run_dir={run}", "train.steps=1",
-                                 "train.eval_every=0"]), progress=False)
+    train(
+        load_experiment(
+            None, [f"data.data_dir={data_dir}", *small_model, f"run_dir={run}", "train.steps=1", "train.eval_every=0"]
+        ),
+        progress=False,
+    )
     code, _, err = run_convert(capsys, run, tmp_path / "hf")
     assert code == 2 and "model.block='parallel'" in err and "LlamaForCausalLM" in err
     assert _no_output_left(tmp_path / "hf")

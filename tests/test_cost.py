@@ -28,7 +28,8 @@ from meshtrain.trainer.config.hardware import PRICE_TIERS, hardware_kinds, hardw
 from meshtrain.trainer.errors import ConfigError, UserError
 from meshtrain.trainer.planning import peaks
 from meshtrain.trainer.planning.aot_compile import compile_report
-from meshtrain.trainer.planning.cost_estimate import CostEstimate, estimate_cost
+from meshtrain.trainer.planning.cost_estimate import estimate_cost
+from meshtrain.trainer.planning.cost_result import CostEstimate
 from meshtrain.trainer.planning.flops import model_flops_per_token
 from meshtrain.trainer.planning.peaks import peak_flops
 
@@ -38,12 +39,42 @@ PALM_PER_CHIP = str(PALM_TOKENS_PER_SEC / 6144)
 GPT3 = ["default", "model=gpt3-175b", "data.seq_len=2048", "train.batch_size=1536"]
 GPT3_V100 = [*GPT3, "--hardware", "v100", "--chips", "1024", "--tokens", "300e9"]
 HOURS_PER_YEAR = 8766  # 365.25 days
-KINDS = ("tpu-v3", "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e", "v100", "a100-40gb", "a100-80gb", "h100",
-         "h200", "b200", "cpu")
-REQUIRED = ("flops_convention", "params_total", "params_non_embedding", "model_flops_per_token", "tokens_total",
-            "train_flops_total", "train_flops_6nd", "hardware_flops_total", "tokens_per_sec", "mfu",
-            "wall_clock_days", "chip_hours", "cost_usd", "cost_usd_by_tier", "memory_per_chip_bytes",
-            "hbm_bytes_per_chip", "fits", "hardware", "chips", "peak_flops_per_chip")
+KINDS = (
+    "tpu-v3",
+    "tpu-v4",
+    "tpu-v5e",
+    "tpu-v5p",
+    "tpu-v6e",
+    "v100",
+    "a100-40gb",
+    "a100-80gb",
+    "h100",
+    "h200",
+    "b200",
+    "cpu",
+)
+REQUIRED = (
+    "flops_convention",
+    "params_total",
+    "params_non_embedding",
+    "model_flops_per_token",
+    "tokens_total",
+    "train_flops_total",
+    "train_flops_6nd",
+    "hardware_flops_total",
+    "tokens_per_sec",
+    "mfu",
+    "wall_clock_days",
+    "chip_hours",
+    "cost_usd",
+    "cost_usd_by_tier",
+    "memory_per_chip_bytes",
+    "hbm_bytes_per_chip",
+    "fits",
+    "hardware",
+    "chips",
+    "peak_flops_per_chip",
+)
 
 
 def cost_json(capsys, *args: str) -> dict:
@@ -93,8 +124,15 @@ def test_every_kind_has_peaks_bandwidth_and_dated_sourced_prices():
 
 
 def test_overrides():
-    spec = hardware_spec("h100", {"prices.on_demand": 2.5, "peak_bf16_flops": 8e14, "hbm_bytes": 96 * 10**9,
-                                  "prices": {"spot": {"usd_per_chip_hour": 1.1, "date": "2026", "source": "x"}}})
+    spec = hardware_spec(
+        "h100",
+        {
+            "prices.on_demand": 2.5,
+            "peak_bf16_flops": 8e14,
+            "hbm_bytes": 96 * 10**9,
+            "prices": {"spot": {"usd_per_chip_hour": 1.1, "date": "2026", "source": "x"}},
+        },
+    )
     assert (spec.prices["on_demand"].usd_per_chip_hour, spec.prices["spot"].usd_per_chip_hour) == (2.5, 1.1)
     assert peak_flops(spec, "bfloat16") == 8e14 and spec.hbm_bytes == 96 * 10**9
     assert hardware_spec("h100", {"default_mfu": 0.5}).default_mfu == 0.5
@@ -131,7 +169,12 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
 def test_json_fields_are_present_and_consistent(capsys):
     r = cost_json(capsys, PALM, "--tokens-per-sec-per-chip", PALM_PER_CHIP)
     assert set(REQUIRED) <= set(r)
-    assert (r["hardware"], r["chips"], r["peak_flops_per_chip"], r["flops_convention"]) == ("tpu-v4", 6144, 275e12, "palm")
+    assert (r["hardware"], r["chips"], r["peak_flops_per_chip"], r["flops_convention"]) == (
+        "tpu-v4",
+        6144,
+        275e12,
+        "palm",
+    )
     assert r["train_flops_total"] == pytest.approx(r["model_flops_per_token"] * r["tokens_total"])
     assert r["chip_hours"] == pytest.approx(r["chips"] * r["wall_clock_days"] * 24)
     assert r["cost_usd"] == pytest.approx(r["chip_hours"] * 3.22)
@@ -150,8 +193,10 @@ def test_json_fields_are_present_and_consistent(capsys):
 
 def test_palm_540b_mfu_and_training_flops(capsys):
     """PaLM Table 3: 46.2% with the attention term, 45.7% without it (6N alone); total 2.56e24 FLOPs."""
-    by = {c: cost_json(capsys, PALM, "--tokens-per-sec-per-chip", PALM_PER_CHIP, "--flops-convention", c)
-          for c in ("palm", "causal", "6nd")}
+    by = {
+        c: cost_json(capsys, PALM, "--tokens-per-sec-per-chip", PALM_PER_CHIP, "--flops-convention", c)
+        for c in ("palm", "causal", "6nd")
+    }
     assert by["palm"]["mfu"] == pytest.approx(0.462, abs=0.002)
     assert by["6nd"]["mfu"] == pytest.approx(0.457, abs=0.002)
     assert by["6nd"]["mfu"] < by["causal"]["mfu"] < by["palm"]["mfu"]  # causal halves the attention term
@@ -241,9 +286,13 @@ def test_bad_input(capsys):
     assert "pass --chips" in error_of(capsys, "default", "--hardware", "h100")
     # The same checks guard the function the tracker will call.
     cfg = load_experiment(PALM)
-    for kwargs, message in (({"chips": 0}, "positive number of chips"), ({"mfu": 1.5}, r"\(0, 1\]"),
-                            ({"mfu": 0.4, "tokens_per_sec_per_chip": 30.0}, "both given"),
-                            ({"price": -1.0}, "USD per chip-hour"), ({"convention": "kaplan"}, "palm, causal, 6nd")):
+    for kwargs, message in (
+        ({"chips": 0}, "positive number of chips"),
+        ({"mfu": 1.5}, r"\(0, 1\]"),
+        ({"mfu": 0.4, "tokens_per_sec_per_chip": 30.0}, "both given"),
+        ({"price": -1.0}, "USD per chip-hour"),
+        ({"convention": "kaplan"}, "palm, causal, 6nd"),
+    ):
         with pytest.raises(UserError, match=message):
             estimate_cost(cfg, **kwargs)
 
@@ -268,8 +317,11 @@ def test_aot_takes_memory_and_hardware_flops_from_the_compile(capsys):
     # The compiled step's matmuls agree with the analytic count of remat=full (forward counted twice).
     assert r["hardware_flops_per_token_analytic"] == analytic["hardware_flops_per_token"]
     assert r["hardware_flops_aot_over_analytic"] == pytest.approx(1, abs=0.1)
-    assert r["hardware_flops_per_token"] == r["hardware_flops_per_token_aot"] == pytest.approx(
-        r["aot"]["flops_per_step_per_chip"] * 4 / (r["aot"]["batch_size"] * r["seq_len"]))
+    assert (
+        r["hardware_flops_per_token"]
+        == r["hardware_flops_per_token_aot"]
+        == pytest.approx(r["aot"]["flops_per_step_per_chip"] * 4 / (r["aot"]["batch_size"] * r["seq_len"]))
+    )
     assert r["hardware_flops_total"] == pytest.approx(r["hardware_flops_per_token"] * r["tokens_total"])
     assert r["hfu"] == pytest.approx(r["mfu"] * r["hardware_flops_per_token"] / r["model_flops_per_token"])
     # Model FLOPs, MFU, time and cost stay analytic.
@@ -281,8 +333,15 @@ def test_aot_takes_memory_and_hardware_flops_from_the_compile(capsys):
 
 @pytest.mark.slow  # libtpu compile
 def test_aot_out_of_memory_is_reported_not_raised(capsys):
-    e = estimate("default", "model=llama2-7b", "hardware.kind=tpu-v4", "hardware.topology=v4:2x2x1",
-                 "train.batch_size=64", "data.seq_len=2048", aot=True)
+    e = estimate(
+        "default",
+        "model=llama2-7b",
+        "hardware.kind=tpu-v4",
+        "hardware.topology=v4:2x2x1",
+        "train.batch_size=64",
+        "data.seq_len=2048",
+        aot=True,
+    )
     r = e.as_dict()
     assert r["fits"] is False and r["memory_source"] == "xla" and r["memory_per_chip_bytes"]["total"] is None
     assert "Ran out of memory" in r["aot"]["error"] and "Traceback" not in r["aot"]["error"]
@@ -292,6 +351,7 @@ def test_aot_out_of_memory_is_reported_not_raised(capsys):
 
 def test_aot_needs_a_tpu_topology(capsys):
     assert "not a TPU" in error_of(capsys, "model.num_layers=2", "hardware.kind=cpu", "--aot")
-    assert "hardware.topology" in error_of(capsys, "model.num_layers=2", "hardware.kind=tpu-v4",
-                                           "hardware.chips=4", "--aot")
+    assert "hardware.topology" in error_of(
+        capsys, "model.num_layers=2", "hardware.kind=tpu-v4", "hardware.chips=4", "--aot"
+    )
     assert "add --aot" in error_of(capsys, *TINY_V4, "--topology", "v4:2x2x1")

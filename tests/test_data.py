@@ -18,10 +18,20 @@ SEQ_LEN = 128
 
 
 def _cfg(data_dir, **overrides) -> DataConfig:
-    base = DataConfig(dataset="python_docs", text_dir=None, text_key="text",
-                      data_dir=str(data_dir), train_split="train", eval_split="validation",
-                      eval_fraction=0.05, tokenizer=None, seq_len=SEQ_LEN, shuffle=True,
-                      shards=-1, prefetch=2)
+    base = DataConfig(
+        dataset="python_docs",
+        text_dir=None,
+        text_key="text",
+        data_dir=str(data_dir),
+        train_split="train",
+        eval_split="validation",
+        eval_fraction=0.05,
+        tokenizer=None,
+        seq_len=SEQ_LEN,
+        shuffle=True,
+        shards=-1,
+        prefetch=2,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -56,8 +66,13 @@ def _write_corpus(root, n_txt=4, n_jsonl=26):
 def local_cfg(tmp_path_factory, data_dir, sp):
     root = tmp_path_factory.mktemp("corpus")
     _write_corpus(root)
-    return _cfg(data_dir, dataset="local_text", text_dir=str(root), eval_fraction=0.2,
-                tokenizer=tokenizer_path(_cfg(data_dir), 1024))
+    return _cfg(
+        data_dir,
+        dataset="local_text",
+        text_dir=str(root),
+        eval_fraction=0.2,
+        tokenizer=tokenizer_path(_cfg(data_dir), 1024),
+    )
 
 
 def _segments(batch, sp):
@@ -80,6 +95,7 @@ def _one_pass(cfg, sp, split, **kwargs):
 
 
 # --- builders -------------------------------------------------------------------------------
+
 
 def test_python_docs_splits_are_disjoint_and_nonempty(cfg):
     prepare_dataset(cfg)
@@ -145,9 +161,23 @@ def test_editing_local_text_dir_reprepares(tmp_path, data_dir):
 
 # --- tokenizer ------------------------------------------------------------------------------
 
-TRICKY = ["", " ", "\n", "a\nb", "  leading", "trailing  ", "tab\tsep", "x  \n\n   y ",
-          "12345 007 3.14159", "héllo wörld 世界 🙂", "\r\n", "\u2581meta\u2581 space",
-          "\x00\x01\x7f", "e\u0301", "    def f(x):\n        return x  # done\n"]
+TRICKY = [
+    "",
+    " ",
+    "\n",
+    "a\nb",
+    "  leading",
+    "trailing  ",
+    "tab\tsep",
+    "x  \n\n   y ",
+    "12345 007 3.14159",
+    "héllo wörld 世界 🙂",
+    "\r\n",
+    "\u2581meta\u2581 space",
+    "\x00\x01\x7f",
+    "e\u0301",
+    "    def f(x):\n        return x  # done\n",
+]
 
 
 def test_tokenizer_round_trips_exactly(cfg, sp):
@@ -172,6 +202,7 @@ def test_tokenizer_is_cached(cfg, sp):
 
 # --- packing --------------------------------------------------------------------------------
 
+
 def test_rows_are_consistently_packed(cfg, sp):
     batch = BatchStream(cfg, sp, seed=3, process_index=0, process_count=1).next_batch(64)
     assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "weights"}
@@ -188,8 +219,7 @@ def test_rows_are_consistently_packed(cfg, sp):
         for s in range(1, seg[r].max() + 1):
             np.testing.assert_array_equal(pos[r][seg[r] == s], np.arange((seg[r] == s).sum()))
         same = (seg[r][1:] == seg[r][:-1]) & real[1:]
-        np.testing.assert_array_equal(batch["inputs"][r][1:][same],
-                                      batch["targets"][r][:-1][same])
+        np.testing.assert_array_equal(batch["inputs"][r][1:][same], batch["targets"][r][:-1][same])
         assert np.all(batch["inputs"][r][~real] == 0) and np.all(batch["targets"][r][~real] == 0)
     assert (batch["targets"] == sp.eos_id()).any()  # Documents end in eos.
 
@@ -211,6 +241,7 @@ def test_long_documents_are_cut_into_seq_len_chunks(cfg, sp):
 
 
 # --- resume and sharding --------------------------------------------------------------------
+
 
 def _rows(stream, sizes):
     return np.concatenate([stream.next_batch(n)["inputs"] for n in sizes])
@@ -237,9 +268,9 @@ def test_epochs_reshuffle_and_seeds_differ(local_cfg, sp):
 
     docs = len(open_split(local_cfg, "train"))
     texts = order(0, 40)
-    epoch1, epoch2 = texts[:docs], texts[docs:2 * docs]
+    epoch1, epoch2 = texts[:docs], texts[docs : 2 * docs]
     assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
-    assert order(0, 10) == texts[:len(order(0, 10))] and order(1, 10) != order(0, 10)
+    assert order(0, 10) == texts[: len(order(0, 10))] and order(1, 10) != order(0, 10)
 
 
 def test_set_state_rejects_another_stream(local_cfg, sp):
@@ -250,8 +281,7 @@ def test_set_state_rejects_another_stream(local_cfg, sp):
 
 
 def test_processes_read_disjoint_documents_covering_the_split(local_cfg, sp):
-    shards = [set(_segments(_one_pass(local_cfg, sp, "train", process_index=p,
-                                      process_count=2), sp)) for p in range(2)]
+    shards = [set(_segments(_one_pass(local_cfg, sp, "train", process_index=p, process_count=2), sp)) for p in range(2)]
     train = open_split(local_cfg, "train")
     assert shards[0] and shards[1] and not shards[0] & shards[1]
     assert shards[0] | shards[1] == {train[i] for i in range(len(train))}
@@ -274,8 +304,7 @@ def test_fixed_shards_give_one_global_stream_on_any_process_count(local_cfg, sp)
         stream.set_state(alone.get_state())
     expected = alone.next_batch(6)["inputs"]
     np.testing.assert_array_equal(resumed_alone.next_batch(6)["inputs"], expected)
-    np.testing.assert_array_equal(
-        np.concatenate([stream.next_batch(3)["inputs"] for stream in resumed_pair]), expected)
+    np.testing.assert_array_equal(np.concatenate([stream.next_batch(3)["inputs"] for stream in resumed_pair]), expected)
     with pytest.raises(DataError, match="data.shards=2"):
         make(0, 3)
 

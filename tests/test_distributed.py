@@ -18,13 +18,23 @@ from meshtrain.trainer.run.distributed import plan
 
 
 def _cfg(coordinator_address=None, num_processes=None, process_id=None, timeout=300):
-    return DistributedConfig(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id, initialization_timeout_s=timeout)
+    return DistributedConfig(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout_s=timeout,
+    )
 
 
-SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_STEP_NODELIST": "gpu[001-002]",
-              "SLURM_PROCID": "3", "SLURM_LOCALID": "3", "SLURM_STEP_NUM_NODES": "2",
-              "SLURM_GPUS_ON_NODE": "8"}
+SLURM_STEP = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_NTASKS": "16",
+    "SLURM_STEP_NODELIST": "gpu[001-002]",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "3",
+    "SLURM_STEP_NUM_NODES": "2",
+    "SLURM_GPUS_ON_NODE": "8",
+}
 
 
 def test_nothing_found_is_a_single_process():
@@ -35,13 +45,19 @@ def test_nothing_found_is_a_single_process():
 
 
 def test_config_wins_and_is_all_or_nothing():
-    p = plan(_cfg("10.0.0.1:1234", 4, 2, timeout=60), {**SLURM_STEP, "JAX_NUM_PROCESSES": "9"},
-             on_tpu_vm=True)
+    p = plan(_cfg("10.0.0.1:1234", 4, 2, timeout=60), {**SLURM_STEP, "JAX_NUM_PROCESSES": "9"}, on_tpu_vm=True)
     assert p.source == "config"
-    assert p.kwargs == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2,
-                        "cluster_detection_method": "deactivate"}
-    with pytest.raises(ConfigError, match=r"distributed.num_processes=4 is set but "
-                                          r"distributed.coordinator_address, distributed.process_id"):
+    assert p.kwargs == {
+        "coordinator_address": "10.0.0.1:1234",
+        "num_processes": 4,
+        "process_id": 2,
+        "cluster_detection_method": "deactivate",
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"distributed.num_processes=4 is set but "
+        r"distributed.coordinator_address, distributed.process_id",
+    ):
         plan(_cfg(num_processes=4), {}, on_tpu_vm=False)
     with pytest.raises(ConfigError, match=r"distributed.process_id\b.*set all three"):
         plan(_cfg("h:1", 2), {}, on_tpu_vm=False)
@@ -50,11 +66,19 @@ def test_config_wins_and_is_all_or_nothing():
 def test_generic_env_and_kubernetes_index():
     env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "8", "JAX_PROCESS_ID": "5"}
     p = plan(_cfg(), {**env, **SLURM_STEP}, on_tpu_vm=False)
-    assert (p.source, p.kwargs["coordinator_address"], p.kwargs["num_processes"], p.kwargs["process_id"]) == \
-        ("env", "h0:1234", 8, 5)
+    assert (p.source, p.kwargs["coordinator_address"], p.kwargs["num_processes"], p.kwargs["process_id"]) == (
+        "env",
+        "h0:1234",
+        8,
+        5,
+    )
     # An indexed Job (JobSet): the pod's index is its process id.
-    k8s = {"JAX_COORDINATOR_ADDRESS": "run-workers-0-0.run:1234", "JAX_NUM_PROCESSES": "4",
-           "JOB_COMPLETION_INDEX": "3", "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    k8s = {
+        "JAX_COORDINATOR_ADDRESS": "run-workers-0-0.run:1234",
+        "JAX_NUM_PROCESSES": "4",
+        "JOB_COMPLETION_INDEX": "3",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+    }
     p = plan(_cfg(), k8s, on_tpu_vm=False)
     assert (p.source, p.kwargs["process_id"], p.kwargs["num_processes"]) == ("kubernetes", 3, 4)
     with pytest.raises(ConfigError, match=r"JAX_NUM_PROCESSES=4 but not JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID"):
@@ -70,8 +94,7 @@ def test_slurm():
     # 16 tasks on 2 nodes: one per GPU, so jax's own SLURM_LOCALID -> one GPU rule applies.
     assert p.source == "slurm" and p.kwargs == {"initialization_timeout": 77, "cluster_detection_method": "slurm"}
     # One task per node: every GPU of the node stays visible to it.
-    p = plan(_cfg(), {**SLURM_STEP, "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"},
-             on_tpu_vm=False)
+    p = plan(_cfg(), {**SLURM_STEP, "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}, on_tpu_vm=False)
     assert p.kwargs["local_device_ids"] == list(range(8)) and "one process per node" in p.detail
     # A salloc/sbatch shell that did not srun: one process, with a warning.
     batch_shell = {k: v for k, v in SLURM_STEP.items() if k != "SLURM_STEP_NODELIST"}
@@ -84,8 +107,13 @@ def test_openmpi_tpu_and_kubernetes_api():
     assert plan(_cfg(), ompi, on_tpu_vm=False).kwargs["cluster_detection_method"] == "ompi"
     p = plan(_cfg(timeout=9), {}, on_tpu_vm=True)
     assert (p.source, p.kwargs, p.detail) == ("tpu", {"initialization_timeout": 9}, "TPU VM metadata")
-    gke = {"TPU_WORKER_HOSTNAMES": "a,b", "TPU_WORKER_ID": "1", "MEGASCALE_NUM_SLICES": "2",
-           "JOB_COMPLETION_INDEX": "1", "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    gke = {
+        "TPU_WORKER_HOSTNAMES": "a,b",
+        "TPU_WORKER_ID": "1",
+        "MEGASCALE_NUM_SLICES": "2",
+        "JOB_COMPLETION_INDEX": "1",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+    }
     assert plan(_cfg(), gke, on_tpu_vm=True).detail == "GKE, 2 slices"
     # TPU variables on a machine without TPUs are not a TPU slice.
     assert plan(_cfg(), {"TPU_WORKER_HOSTNAMES": "a,b"}, on_tpu_vm=False).kwargs is None
@@ -136,19 +164,31 @@ def _free_port() -> int:
 @pytest.mark.parametrize("variant", ["config", "env"])
 def test_two_processes_on_localhost(variant):
     port = _free_port()
-    launcher_vars = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
-                     "OMPI_MCA_orte_hnp_uri", "JOB_COMPLETION_INDEX", "KUBERNETES_SERVICE_HOST")
+    launcher_vars = (
+        "JAX_COORDINATOR_ADDRESS",
+        "JAX_NUM_PROCESSES",
+        "JAX_PROCESS_ID",
+        "SLURM_JOB_ID",
+        "OMPI_MCA_orte_hnp_uri",
+        "JOB_COMPLETION_INDEX",
+        "KUBERNETES_SERVICE_HOST",
+    )
     base = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     base.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     procs = []
     for pid in range(2):
         env = dict(base)
         if variant == "env":
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                       JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, variant, str(port), str(pid)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, variant, str(port), str(pid)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     try:
         for proc in procs:

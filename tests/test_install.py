@@ -31,8 +31,23 @@ def wheel(tmp_path_factory) -> Path:
     """The project's wheel, built from a copy of the tree (the checkout is left as it was)."""
     source, out = tmp_path_factory.mktemp("source") / "meshtrain", tmp_path_factory.mktemp("wheel")
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "-w", str(out), str(source)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (built,) = out.glob("meshtrain-*.whl")
     return built
 
@@ -43,8 +58,12 @@ def venv(wheel, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
     python = root / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     # Path entries only: the .pth files of these directories (this checkout's editable install among
     # them) are not run, so the source tree stays off the venv's path.
     ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib"), *site.getsitepackages()}
@@ -74,31 +93,53 @@ def test_the_wheel_installs_one_package_with_its_data(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"meshtrain", wheel.name.split("-py3")[0] + ".dist-info"}
     assert not any(name.startswith("meshtrain/__init__") for name in names)  # a namespace: no folder of its own
-    for shipped in ("meshtrain/configs/base.yaml", "meshtrain/configs/hardware.yaml",
-                    "meshtrain/configs/experiment/palm-540b-v4-6144.yaml", "meshtrain/configs/gin/default.gin",
-                    "meshtrain/configs/model/palm-540b.yaml", "meshtrain/trainer/launch/templates/tpu_vm.sh.tmpl"):
+    for shipped in (
+        "meshtrain/configs/base.yaml",
+        "meshtrain/configs/hardware.yaml",
+        "meshtrain/configs/experiment/palm-540b-v4-6144.yaml",
+        "meshtrain/configs/gin/default.gin",
+        "meshtrain/configs/model/palm-540b.yaml",
+        "meshtrain/trainer/launch/templates/tpu_vm.sh.tmpl",
+    ):
         assert shipped in names, shipped
     top_level = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("top_level.txt"))).decode()
     assert top_level.split() == ["meshtrain"]
 
 
 def test_the_installed_package_comes_from_the_venv_not_the_source_tree(venv, user_dir):
-    out = _run(venv, user_dir, "python", "-c", "import meshtrain.trainer.config.paths as p, meshtrain.model.decoder as d; "
-               "print(p.CONFIG_DIR); print(d.__file__)").stdout.split()
+    out = _run(
+        venv,
+        user_dir,
+        "python",
+        "-c",
+        "import meshtrain.trainer.config.paths as p, meshtrain.model.decoder as d; "
+        "print(p.CONFIG_DIR); print(d.__file__)",
+    ).stdout.split()
     assert all(Path(path).is_relative_to(venv) for path in out), out
     assert not any(Path(path).is_relative_to(ROOT) for path in out), out
 
 
 def test_meshtrain_train_runs_from_an_unrelated_directory(venv, user_dir, data_dir, small_model):
-    result = _run(venv, user_dir, "meshtrain", "train", "train.steps=3", *small_model, f"data.data_dir={data_dir}",
-                  "train.eval_every=0", "--no-progress")
+    result = _run(
+        venv,
+        user_dir,
+        "meshtrain",
+        "train",
+        "train.steps=3",
+        *small_model,
+        f"data.data_dir={data_dir}",
+        "train.eval_every=0",
+        "--no-progress",
+    )
     assert "steps 0->3" in result.stdout, result.stdout
     run = user_dir / "runs" / "default"
     assert (run / "config.yaml").is_file() and (run / "report.md").is_file() and (run / "checkpoints" / "3").is_dir()
 
 
 def test_meshtrain_cost_and_launch_find_their_shipped_files(venv, user_dir):
-    cost = json.loads(_run(venv, user_dir, "python", "-m", "meshtrain.tools", "cost", "palm-540b-v4-6144", "--json").stdout)
+    cost = json.loads(
+        _run(venv, user_dir, "python", "-m", "meshtrain.tools", "cost", "palm-540b-v4-6144", "--json").stdout
+    )
     assert (cost["chips"], cost["hardware"], cost["mfu"]) == (6144, "tpu-v4", 0.462)
     recipe = _run(venv, user_dir, "meshtrain", "launch", "palm-540b-v4-6144", "--recipe", "tpu-vm").stdout
     assert "gcloud compute tpus" in recipe and "meshtrain train palm-540b-v4-6144" in recipe

@@ -47,14 +47,21 @@ def _fake_bin(tmp_path: Path, name: str, body: str) -> None:
 
 def test_shapes():
     palm = launch_shape(load_experiment(PALM))
-    assert (palm.num_chips, palm.num_slices, palm.hosts_per_slice, palm.num_processes,
-            palm.chips_per_host, palm.topology_dims) == (6144, 2, 768, 1536, 4, "12x16x16")
+    assert (
+        palm.num_chips,
+        palm.num_slices,
+        palm.hosts_per_slice,
+        palm.num_processes,
+        palm.chips_per_host,
+        palm.topology_dims,
+    ) == (6144, 2, 768, 1536, 4, "12x16x16")
     gpu = launch_shape(load_experiment(None, GPU))
     assert (gpu.num_chips, gpu.num_processes, gpu.chips_per_host) == (64, 8, 8)
     small = launch_shape(load_experiment(None, ["hardware.kind=a100-40gb", "hardware.chips=4"]))
     assert (small.num_processes, small.chips_per_host) == (1, 4)  # fewer GPUs than a server: one host
-    v5e = launch_shape(load_experiment(None, ["hardware.kind=tpu-v5e", "hardware.topology=v5e:16x16",
-                                              "hardware.num_slices=4"]))
+    v5e = launch_shape(
+        load_experiment(None, ["hardware.kind=tpu-v5e", "hardware.topology=v5e:16x16", "hardware.num_slices=4"])
+    )
     assert (v5e.num_chips, v5e.num_processes) == (1024, 256)
 
 
@@ -66,8 +73,7 @@ def test_tpu_vm_script_runs_every_worker_of_every_slice(tmp_path):
     assert "Coordinator:" in text and "port 8482" in text and "MEGASCALE_COORDINATOR_ADDRESS" in text
     # Run it with a gcloud that records its arguments: one ssh per slice, every worker, the same command.
     _fake_bin(tmp_path, "gcloud", 'printf "%s\\n" "$@" > "$LOG_DIR/gcloud.$$"\n')
-    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", ZONE="us-central2-b",
-               LOG_DIR=str(tmp_path))
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", ZONE="us-central2-b", LOG_DIR=str(tmp_path))
     subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True)
     calls = [p.read_text().splitlines() for p in tmp_path.glob("gcloud.*")]
     assert sorted(call[4] for call in calls) == [f"{PALM}-0", f"{PALM}-1"]
@@ -76,8 +82,13 @@ def test_tpu_vm_script_runs_every_worker_of_every_slice(tmp_path):
         command = call[call.index("--command") + 1]
         assert command.startswith("cd ~/meshtrain && ")
         # The remote shell sees exactly the arguments meshtrain train was given, spaces included.
-        assert shlex.split(command.split(" && ", 1)[1]) == ["meshtrain", "train", PALM, *PALM_OVERRIDES,
-                                                           "--no-progress"]
+        assert shlex.split(command.split(" && ", 1)[1]) == [
+            "meshtrain",
+            "train",
+            PALM,
+            *PALM_OVERRIDES,
+            "--no-progress",
+        ]
 
 
 def test_tpu_vm_single_slice_creates_one_tpu_vm(tmp_path):
@@ -91,14 +102,18 @@ def test_tpu_jobset(tmp_path):
     text = _render("jobset", PALM, PALM_OVERRIDES, image="us-docker.pkg.dev/p/meshtrain:1")
     job = yaml.safe_load(text)
     assert (job["apiVersion"], job["kind"], job["metadata"]["name"]) == ("jobset.x-k8s.io/v1alpha2", "JobSet", PALM)
-    assert job["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"] == "cloud.google.com/gke-nodepool"
+    assert (
+        job["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"] == "cloud.google.com/gke-nodepool"
+    )
     [replicated] = job["spec"]["replicatedJobs"]
     assert replicated["replicas"] == 2
     spec = replicated["template"]["spec"]
     assert spec["parallelism"] == spec["completions"] == 768 and spec["completionMode"] == "Indexed"
     pod = spec["template"]["spec"]
-    assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v4-podslice",
-                                   "cloud.google.com/gke-tpu-topology": "12x16x16"}
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v4-podslice",
+        "cloud.google.com/gke-tpu-topology": "12x16x16",
+    }
     [container] = pod["containers"]
     assert container["image"] == "us-docker.pkg.dev/p/meshtrain:1"
     assert container["command"] == ["meshtrain", "train", PALM, *PALM_OVERRIDES, "--no-progress"]
@@ -120,23 +135,41 @@ def test_gpu_jobset_gives_each_pod_what_distributed_reads():
     assert spec["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     # Kubernetes adds JOB_COMPLETION_INDEX to each pod of an Indexed Job: pod 5 is process 5 of 8.
     p = plan(DistributedConfig(None, None, None, 300), {**env, "JOB_COMPLETION_INDEX": "5"}, on_tpu_vm=False)
-    assert (p.source, p.kwargs["coordinator_address"], p.kwargs["num_processes"], p.kwargs["process_id"]) == \
-        ("kubernetes", "default-workers-0-0.default:9999", 8, 5)
+    assert (p.source, p.kwargs["coordinator_address"], p.kwargs["num_processes"], p.kwargs["process_id"]) == (
+        "kubernetes",
+        "default-workers-0-0.default:9999",
+        8,
+        5,
+    )
 
 
 def test_slurm_script_runs_one_process_per_node(tmp_path):
     text = _render("slurm", None, GPU)
     script = _bash_n(tmp_path, text)
-    for line in ("#SBATCH --nodes=8", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
-                 "export JAX_NUM_PROCESSES=8", "JAX_COORDINATOR_ADDRESS", "# Processes:   8"):
+    for line in (
+        "#SBATCH --nodes=8",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "export JAX_NUM_PROCESSES=8",
+        "JAX_COORDINATOR_ADDRESS",
+        "# Processes:   8",
+    ):
         assert line in text, line
     # Run it with stand-ins: scontrol expands the node list, srun starts 8 tasks, meshtrain reports.
     _fake_bin(tmp_path, "scontrol", 'for i in 1 2 3 4 5 6 7 8; do echo "gpu00$i"; done\n')
-    _fake_bin(tmp_path, "srun", 'while [[ "$1" == --* ]]; do shift; done\n'
-                                'for i in 0 1 2 3 4 5 6 7; do SLURM_PROCID=$i "$@" || exit 1; done\n')
+    _fake_bin(
+        tmp_path,
+        "srun",
+        'while [[ "$1" == --* ]]; do shift; done\nfor i in 0 1 2 3 4 5 6 7; do SLURM_PROCID=$i "$@" || exit 1; done\n',
+    )
     _fake_bin(tmp_path, "meshtrain", 'echo "$JAX_COORDINATOR_ADDRESS $JAX_NUM_PROCESSES $JAX_PROCESS_ID $*"\n')
-    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
-               SLURM_JOB_NUM_NODES="8", SLURM_JOB_NODELIST="gpu00[1-8]")
+    env = dict(
+        os.environ,
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NUM_NODES="8",
+        SLURM_JOB_NODELIST="gpu00[1-8]",
+    )
     env.pop("JAX_COORDINATOR_PORT", None)
     out = subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True).stdout
     lines = out.splitlines()
@@ -144,14 +177,23 @@ def test_slurm_script_runs_one_process_per_node(tmp_path):
     assert lines == [f"gpu001:{port} 8 {i} train {' '.join(GPU)} --no-progress" for i in range(8)]
     # That environment is meshtrain's "env" source, with every GPU of the node left visible.
     address, count, pid = lines[3].split()[:3]
-    p = plan(DistributedConfig(None, None, None, 300),
-             {"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": count, "JAX_PROCESS_ID": pid,
-              "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_STEP_NODELIST": "gpu00[1-8]",
-              "SLURM_PROCID": pid, "SLURM_LOCALID": "0"}, on_tpu_vm=False)
+    p = plan(
+        DistributedConfig(None, None, None, 300),
+        {
+            "JAX_COORDINATOR_ADDRESS": address,
+            "JAX_NUM_PROCESSES": count,
+            "JAX_PROCESS_ID": pid,
+            "SLURM_JOB_ID": "4242",
+            "SLURM_NTASKS": "8",
+            "SLURM_STEP_NODELIST": "gpu00[1-8]",
+            "SLURM_PROCID": pid,
+            "SLURM_LOCALID": "0",
+        },
+        on_tpu_vm=False,
+    )
     assert (p.source, p.kwargs["process_id"], p.kwargs["cluster_detection_method"]) == ("env", 3, "deactivate")
     # A wrong allocation size is refused before anything starts.
-    bad = subprocess.run(["bash", str(script)], env={**env, "SLURM_JOB_NUM_NODES": "4"}, capture_output=True,
-                         text=True)
+    bad = subprocess.run(["bash", str(script)], env={**env, "SLURM_JOB_NUM_NODES": "4"}, capture_output=True, text=True)
     assert bad.returncode == 2 and "for 8 nodes" in bad.stderr
 
 
@@ -159,14 +201,23 @@ def test_slurm_fixed_port():
     assert 'COORDINATOR_PORT="7777"' in _render("slurm", None, GPU, port=7777)
 
 
-@pytest.mark.parametrize("recipe,experiment,overrides,error,fragments", [
-    ("slurm", PALM, [], UserError, ["--recipe slurm", "GPU", "tpu-v4", "--recipe tpu-vm or jobset"]),
-    ("tpu-vm", None, GPU, UserError, ["--recipe tpu-vm", "TPU", "h100", "--recipe jobset or slurm"]),
-    ("jobset", None, [], UserError, ["hardware.kind=cpu", "CPU", "meshtrain train"]),
-    ("slurm", None, ["hardware.kind=h100"], ConfigError, ["hardware.chips is null", "h100"]),
-    ("slurm", None, ["hardware.kind=h100", "hardware.chips=12"], ConfigError, ["hardware.chips=12", "multiple of 8"]),
-    ("jobset", None, ["hardware.kind=tpu-v4"], ConfigError, ["hardware.topology is null", "v4:"]),
-])
+@pytest.mark.parametrize(
+    "recipe,experiment,overrides,error,fragments",
+    [
+        ("slurm", PALM, [], UserError, ["--recipe slurm", "GPU", "tpu-v4", "--recipe tpu-vm or jobset"]),
+        ("tpu-vm", None, GPU, UserError, ["--recipe tpu-vm", "TPU", "h100", "--recipe jobset or slurm"]),
+        ("jobset", None, [], UserError, ["hardware.kind=cpu", "CPU", "meshtrain train"]),
+        ("slurm", None, ["hardware.kind=h100"], ConfigError, ["hardware.chips is null", "h100"]),
+        (
+            "slurm",
+            None,
+            ["hardware.kind=h100", "hardware.chips=12"],
+            ConfigError,
+            ["hardware.chips=12", "multiple of 8"],
+        ),
+        ("jobset", None, ["hardware.kind=tpu-v4"], ConfigError, ["hardware.topology is null", "v4:"]),
+    ],
+)
 def test_recipe_errors(recipe, experiment, overrides, error, fragments):
     with pytest.raises(error) as info:
         _render(recipe, experiment, overrides)

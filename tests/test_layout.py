@@ -59,6 +59,7 @@ def _layer(module: str) -> str:
 def _project_imports(tree: ast.AST):
     """(line, imported module without the meshtrain. prefix, whether inside a function) of every
     import of a project module."""
+
     def walk(node, in_function):
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
@@ -91,8 +92,12 @@ GRAPH = _graph()
 
 
 def test_every_project_import_names_the_meshtrain_package():
-    bare = [f"{m} line {line}: {name}" for m, imports in GRAPH.items() for line, name, _ in imports
-            if name.startswith("<bare>")]
+    bare = [
+        f"{m} line {line}: {name}"
+        for m, imports in GRAPH.items()
+        for line, name, _ in imports
+        if name.startswith("<bare>")
+    ]
     assert not bare, "import meshtrain.<package>, not a top-level name:\n" + "\n".join(bare)
 
 
@@ -109,8 +114,12 @@ def test_imports_flow_one_way_between_layers():
 
 
 def test_no_imports_inside_functions():
-    late = [f"{MODULES[m].relative_to(ROOT)}:{line}: {name}" for m, imports in GRAPH.items()
-            for line, name, inside in imports if inside]
+    late = [
+        f"{MODULES[m].relative_to(ROOT)}:{line}: {name}"
+        for m, imports in GRAPH.items()
+        for line, name, inside in imports
+        if inside
+    ]
     assert not late, "imports inside functions (move them to the top of the module):\n" + "\n".join(late)
 
 
@@ -127,7 +136,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(edges[node]):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -147,7 +156,10 @@ def test_files_stay_small(module):
 def test_every_package_folder_is_installed():
     """Each folder with an __init__.py is listed in pyproject.toml's packages (else a wheel lacks it)."""
     text = (ROOT / "pyproject.toml").read_text()
-    folders = {"meshtrain." + ".".join(p.parent.relative_to(ROOT).parts)
-               for package in (*PACKAGES, "configs") for p in (ROOT / package).rglob("__init__.py")}
+    folders = {
+        "meshtrain." + ".".join(p.parent.relative_to(ROOT).parts)
+        for package in (*PACKAGES, "configs")
+        for p in (ROOT / package).rglob("__init__.py")
+    }
     missing = sorted(name for name in folders if f'"{name}"' not in text)
     assert not missing, f"packages missing from pyproject.toml [tool.setuptools] packages: {missing}"

@@ -17,26 +17,32 @@ def test_the_suite_sees_eight_devices():
     assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize("ici,expected", [
-    ({"data": 8}, {"data": 8}),
-    ({"fsdp": -1}, {"fsdp": 8}),
-    ({"fsdp": 4, "tensor": 2}, {"fsdp": 4, "tensor": 2}),
-    ({"data": 2, "fsdp": 2, "tensor": -1}, {"data": 2, "fsdp": 2, "tensor": 2}),
-    ({"fsdp": 2, "sequence": 4}, {"fsdp": 2, "sequence": 4}),
-])
+@pytest.mark.parametrize(
+    "ici,expected",
+    [
+        ({"data": 8}, {"data": 8}),
+        ({"fsdp": -1}, {"fsdp": 8}),
+        ({"fsdp": 4, "tensor": 2}, {"fsdp": 4, "tensor": 2}),
+        ({"data": 2, "fsdp": 2, "tensor": -1}, {"data": 2, "fsdp": 2, "tensor": 2}),
+        ({"fsdp": 2, "sequence": 4}, {"fsdp": 2, "sequence": 4}),
+    ],
+)
 def test_mesh_sizes_and_fill(ici, expected):
     mesh = build_mesh(MeshShape(ici=ici, dcn={}))
     assert dict(mesh.shape) == {axis: expected.get(axis, 1) for axis in MESH_AXES}
     assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
 
 
-@pytest.mark.parametrize("shape,fragment", [
-    (MeshShape({"fsdp": 3}, {}), "has 3 devices but 8 are available"),
-    (MeshShape({"fsdp": -1, "tensor": 3}, {}), "does not divide the 8"),
-    (MeshShape({"fdsp": 2}, {}), "mesh.ici_fdsp: no such mesh axis"),
-    (MeshShape({"fsdp": -1, "data": -1}, {}), "at most one may be -1"),
-    (MeshShape({"fsdp": 0}, {}), "mesh.ici_fsdp=0"),
-])
+@pytest.mark.parametrize(
+    "shape,fragment",
+    [
+        (MeshShape({"fsdp": 3}, {}), "has 3 devices but 8 are available"),
+        (MeshShape({"fsdp": -1, "tensor": 3}, {}), "does not divide the 8"),
+        (MeshShape({"fdsp": 2}, {}), "mesh.ici_fdsp: no such mesh axis"),
+        (MeshShape({"fsdp": -1, "data": -1}, {}), "at most one may be -1"),
+        (MeshShape({"fsdp": 0}, {}), "mesh.ici_fsdp=0"),
+    ],
+)
 def test_bad_meshes_are_named(shape, fragment):
     with pytest.raises(MeshError, match=fragment.replace(".", r"\.")):
         build_mesh(shape)

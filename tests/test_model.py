@@ -27,16 +27,33 @@ from meshtrain.model.rope import apply_rope
 from meshtrain.trainer.config import model_preset
 
 # Small enough to compile in a second on a CPU, large enough to have groups, layers and a vocab.
-SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,
-             max_seq_len=32, dtype="float32", z_loss=1e-4)
+SMALL = dict(
+    vocab_size=64,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    d_ff=64,
+    max_seq_len=32,
+    dtype="float32",
+    z_loss=1e-4,
+)
 VARIANTS = {
     "palm": dict(),
     "mqa": dict(num_kv_heads=1),
     "mha": dict(num_kv_heads=4),
     "llama": dict(block="sequential", tie_embeddings=False, num_kv_heads=4),
     "gpt3": dict(block="sequential", mlp="gelu", norm="layernorm", positions="learned", use_bias=True),
-    "neox": dict(block="parallel_two_norms", mlp="gelu_exact", norm="layernorm", rope_fraction=0.25,
-                 use_bias=True, tie_embeddings=False, num_kv_heads=4),
+    "neox": dict(
+        block="parallel_two_norms",
+        mlp="gelu_exact",
+        norm="layernorm",
+        rope_fraction=0.25,
+        use_bias=True,
+        tie_embeddings=False,
+        num_kv_heads=4,
+    ),
 }
 LENGTH = 16
 
@@ -58,6 +75,7 @@ def inputs(batch=2, seed=0):
 
 
 # --- parameter counts ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("preset, billions", [("palm-8b", 8.63), ("palm-62b", 62.50), ("palm-540b", 540.35)])
 def test_palm_counts_match_table_1(preset, billions):
@@ -82,12 +100,14 @@ def test_count_equals_instantiated_model(variant):
     count = count_params(cfg)
     assert count.total == real
     assert count.embedding == cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2) + (
-        cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0)
+        cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0
+    )
     norms_per_layer = 1 if cfg.block == "parallel" else 2
     assert count.norm == (cfg.num_layers * norms_per_layer + 1) * cfg.d_model * (2 if cfg.use_bias else 1)
 
 
 # --- packed rows and causality ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("block", ["parallel", "sequential"])
 def test_packed_documents_do_not_see_each_other(block):
@@ -107,8 +127,11 @@ def test_packed_documents_do_not_see_each_other(block):
     np.testing.assert_allclose(changed[:, doc2], logits[:, doc2], atol=1e-6)
     # Not vacuous: in one segment the same change does reach the later tokens.
     one_segment = jnp.ones_like(segments)
-    assert not np.allclose(run(model, other_doc1, positions, one_segment)[:, doc2],
-                           run(model, tokens, positions, one_segment)[:, doc2], atol=1e-6)
+    assert not np.allclose(
+        run(model, other_doc1, positions, one_segment)[:, doc2],
+        run(model, tokens, positions, one_segment)[:, doc2],
+        atol=1e-6,
+    )
     # Doc 2 packed behind doc 1 computes exactly what it computes alone.
     alone = run(model, tokens[:, doc2], positions[:, doc2], jnp.ones((1, 5), jnp.int32))
     np.testing.assert_allclose(logits[:, doc2], alone, atol=1e-5)
@@ -124,6 +147,7 @@ def test_later_tokens_do_not_change_earlier_logits():
 
 
 # --- layouts that must agree --------------------------------------------------------------------
+
 
 def test_scan_and_unrolled_layers_agree():
     scanned = Decoder(small(scan_layers=True), rngs=nnx.Rngs(0))
@@ -180,8 +204,9 @@ def test_rope_scores_depend_on_relative_position_only(rotary_dims):
     np.testing.assert_array_equal(rope(q, 7)[..., rotary_dims:], q[..., rotary_dims:])
     # GPT-NeoX spaces the frequencies over the rotated dimensions, not over head_dim: the rotated part
     # is a whole-head rotation of a head rotary_dims wide.
-    np.testing.assert_allclose(rope(q, 7)[..., :rotary_dims],
-                               apply_rope(q[..., :rotary_dims], jnp.array([[7]]), 1e4), rtol=1e-6)
+    np.testing.assert_allclose(
+        rope(q, 7)[..., :rotary_dims], apply_rope(q[..., :rotary_dims], jnp.array([[7]]), 1e4), rtol=1e-6
+    )
 
 
 def test_rope_fraction_validation():
@@ -190,7 +215,8 @@ def test_rope_fraction_validation():
     assert model_config_errors(dataclasses.replace(base, rope_fraction=0.25)) == []  # 2 dimensions
     for bad in (0.0, 1.5, 0.1, 0.375):  # out of (0, 1]; rotates 0 dimensions; rotates 3
         assert [key for key, _, _ in model_config_errors(dataclasses.replace(base, rope_fraction=bad))] == [
-            "rope_fraction"], bad
+            "rope_fraction"
+        ], bad
     assert model_config_errors(dataclasses.replace(base, rope_fraction=0.1, positions="learned")) == []
     assert [e[0] for e in model_config_errors(dataclasses.replace(base, head_dim=9))] == ["head_dim"]
 
@@ -208,13 +234,15 @@ def test_parallel_two_norms_is_parallel_with_a_separate_mlp_norm():
     for name in ("scale", "bias"):
         norms["mlp_norm"][name].set_value(jax.random.normal(jax.random.key(1), norms["mlp_norm"][name].shape))
     nnx.update(two_norms, params)
-    assert not np.allclose(run(two_norms, tokens, positions, segments),
-                           run(one_norm, tokens, positions, segments), atol=1e-3)
+    assert not np.allclose(
+        run(two_norms, tokens, positions, segments), run(one_norm, tokens, positions, segments), atol=1e-3
+    )
     for name in ("scale", "bias"):
         norms["mlp_norm"][name].set_value(norms["pre_norm"][name][...])
     nnx.update(two_norms, params)
-    np.testing.assert_allclose(run(two_norms, tokens, positions, segments),
-                               run(one_norm, tokens, positions, segments), atol=1e-6)
+    np.testing.assert_allclose(
+        run(two_norms, tokens, positions, segments), run(one_norm, tokens, positions, segments), atol=1e-6
+    )
 
 
 def test_gelu_exact_is_the_erf_gelu():
@@ -256,7 +284,7 @@ def test_prefill_and_decode_steps_equal_the_full_forward(case):
     logits, cache = decode(model, tokens[:, :10], positions[:, :10], cache)
     steps = [logits]
     for t in range(10, LENGTH):
-        logits, cache = decode(model, tokens[:, t:t + 1], positions[:, t:t + 1], cache)
+        logits, cache = decode(model, tokens[:, t : t + 1], positions[:, t : t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
     assert cache.keys.shape == (SMALL["num_layers"], 2, LENGTH + 4, model.cfg.num_kv_heads, SMALL["head_dim"])
@@ -278,6 +306,7 @@ def test_greedy_generate_equals_rerunning_the_forward_pass(case):
 
 
 # --- parameter names, variants, dtypes, training ------------------------------------------------
+
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_parameter_has_logical_axis_names(variant):
@@ -313,8 +342,7 @@ def dot_operand_dtypes(jaxpr):
 
 @pytest.mark.parametrize("tie_embeddings", [True, False])
 def test_bfloat16_compute_with_float32_params(tie_embeddings):
-    model = Decoder(small(dtype="bfloat16", param_dtype="float32", tie_embeddings=tie_embeddings),
-                    rngs=nnx.Rngs(0))
+    model = Decoder(small(dtype="bfloat16", param_dtype="float32", tie_embeddings=tie_embeddings), rngs=nnx.Rngs(0))
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
     logits = run(model, *inputs())
     assert logits.dtype == jnp.float32 and np.isfinite(logits).all()

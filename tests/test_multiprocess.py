@@ -39,20 +39,43 @@ MESH = {2: ["mesh.dcn_data=2", "mesh.ici_fsdp=-1"], 1: ["mesh.ici_data=2", "mesh
 
 def _train(run_dir: Path, data_dir: Path, small_model: list[str], processes: int, steps: int) -> None:
     """`python -m meshtrain.tools train` as `processes` processes sharing 8 CPU devices between them."""
-    args = [sys.executable, "-m", "meshtrain.tools", "train", "--no-progress", f"run_dir={run_dir}",
-            f"data.data_dir={data_dir}", *small_model, *MESH[processes], "data.shards=2",
-            f"train.steps={steps}",
-            "train.log_every=1", "train.eval_every=0", "checkpoint.every=2", "checkpoint.async_save=false"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
+    args = [
+        sys.executable,
+        "-m",
+        "meshtrain.tools",
+        "train",
+        "--no-progress",
+        f"run_dir={run_dir}",
+        f"data.data_dir={data_dir}",
+        *small_model,
+        *MESH[processes],
+        "data.shards=2",
+        f"train.steps={steps}",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "checkpoint.every=2",
+        "checkpoint.async_save=false",
+    ]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}",
+    }
     port = _free_port()
     launched = []
     for rank in range(processes):
         if processes > 1:
-            env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                   "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(rank)}
-        launched.append(subprocess.Popen(args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True))
+            env = {
+                **env,
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": str(processes),
+                "JAX_PROCESS_ID": str(rank),
+            }
+        launched.append(
+            subprocess.Popen(
+                args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in launched]
     for rank, (p, output) in enumerate(zip(launched, outputs)):
         assert p.returncode == 0, f"process {rank} of {processes} failed:\n{output[-4000:]}"

@@ -26,7 +26,7 @@ def sample_tensors() -> dict[str, np.ndarray]:
         "layers.0.attn.q": rng.standard_normal((8, 9)).astype(BF16),
         "layers.0.mlp.up": rng.standard_normal((8, 16)).astype(np.float16),
         "layers.1.mlp.up": rng.standard_normal((8, 16)).astype(np.float16),
-        "positions": rng.integers(-2**40, 2**40, size=(5,), dtype=np.int64),
+        "positions": rng.integers(-(2**40), 2**40, size=(5,), dtype=np.int64),
         "scale": np.array(3.5, np.float32),
         "empty": np.zeros((0, 4), np.float32),
         "norm.bias": rng.standard_normal(7).astype(BF16),
@@ -106,8 +106,10 @@ def test_sharded_reads_back_with_safetensors(tmp_path):
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert sorted(index["weight_map"]) == sorted(tensors)
     assert [sorted(n for n, f in index["weight_map"].items() if f == file) for file in writer.files] == [
-        ["embed.weight"], ["layers.0.attn.q", "layers.0.mlp.up"],
-        ["empty", "layers.1.mlp.up", "norm.bias", "positions", "scale"]]
+        ["embed.weight"],
+        ["layers.0.attn.q", "layers.0.mlp.up"],
+        ["empty", "layers.1.mlp.up", "norm.bias", "positions", "scale"],
+    ]
     assert index["metadata"]["total_size"] == sum(a.nbytes for a in tensors.values())
     seen = {}
     for file in writer.files:
@@ -138,6 +140,7 @@ def test_rewrite_removes_stale_files(tmp_path):
 
 def test_reads_reference_numpy_and_torch_files(tmp_path):
     import safetensors.numpy
+
     pytest.importorskip("torch")
     import safetensors.torch
     import torch
@@ -152,8 +155,12 @@ def test_reads_reference_numpy_and_torch_files(tmp_path):
             assert_same(out, array)
             assert out.flags.owndata and out.flags.writeable
 
-    torch_tensors = {"w": torch.randn(5, 3).to(torch.bfloat16), "b": torch.randn(3),
-                     "i": torch.arange(4, dtype=torch.int32), "m": torch.tensor([True, False])}
+    torch_tensors = {
+        "w": torch.randn(5, 3).to(torch.bfloat16),
+        "b": torch.randn(3),
+        "i": torch.arange(4, dtype=torch.int32),
+        "m": torch.tensor([True, False]),
+    }
     (tmp_path / "pt").mkdir()
     safetensors.torch.save_file(torch_tensors, tmp_path / "pt" / "model.safetensors")
     with SafetensorsReader(tmp_path / "pt") as reader:
@@ -170,8 +177,16 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
 
 
 def test_reads_transformers_sharded_checkpoint(tmp_path, tiny_llama):
@@ -224,10 +239,10 @@ def test_bad_files(tmp_path):
         assert "bad.safetensors" in str(e.value)
 
     bad(good[:5], "too short")
-    bad(good[:8 + header_len // 2], "truncated")
+    bad(good[: 8 + header_len // 2], "truncated")
     bad(good[:-10], "past the end of the data.*truncated")
     bad(struct.pack("<Q", 2**62) + good[8:], "header length")
-    bad(good[:8] + b"{" + b"x" * (header_len - 1) + good[8 + header_len:], "not valid JSON")
+    bad(good[:8] + b"{" + b"x" * (header_len - 1) + good[8 + header_len :], "not valid JSON")
 
     def with_header(header: dict, data: bytes = b"\0" * 16) -> bytes:
         raw = json.dumps(header).encode()
@@ -240,7 +255,8 @@ def test_bad_files(tmp_path):
     # An index naming a shard that is not there.
     (tmp_path / "sharded").mkdir()
     (tmp_path / "sharded" / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+        json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors"}})
+    )
     with pytest.raises(UserError, match="model-00001-of-00002.safetensors.*does not exist"):
         SafetensorsReader(tmp_path / "sharded")
 
@@ -253,8 +269,11 @@ def test_bad_writes(tmp_path):
     tensors = sample_tensors()
     specs = [(name, array.shape, array.dtype) for name, array in tensors.items()]
     writer = SafetensorsWriter(tmp_path, specs)
-    with pytest.raises(UserError, match=r"'embed.weight': expected shape \(17, 8\) dtype float32, found shape "
-                                        r"\(17, 8\) dtype float16"):
+    with pytest.raises(
+        UserError,
+        match=r"'embed.weight': expected shape \(17, 8\) dtype float32, found shape "
+        r"\(17, 8\) dtype float16",
+    ):
         writer.write("embed.weight", tensors["embed.weight"].astype(np.float16))
     with pytest.raises(UserError, match=r"expected shape \(17, 8\).*found shape \(8, 17\)"):
         writer.write("embed.weight", tensors["embed.weight"].T)
@@ -307,8 +326,9 @@ def test_pickle_weights_need_allow_pickle(tmp_path, tiny_llama):
     halves = {"pytorch_model-00001-of-00002.bin": names[:5], "pytorch_model-00002-of-00002.bin": names[5:]}
     for file, part in halves.items():
         torch.save({n: state[n] for n in part}, shards / file)
-    (shards / "pytorch_model.bin.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}}))
+    (shards / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}})
+    )
     with pytest.raises(UserError, match="pytorch_model.bin.index.json.*--allow-pickle"):
         open_weights(shards, allow_pickle=False)
     with open_weights(shards, allow_pickle=True) as reader:

@@ -30,8 +30,13 @@ STEPS = 3
 # Adam's first steps move every element by about lr * sign(gradient), so an element whose gradient
 # is at float-rounding level can step either way depending on summation order; eps=1e-6 (not 1e-8)
 # keeps such elements from moving a full step, so the comparison measures layouts, not noise.
-MODEL = ["train.batch_size=8", "model.num_heads=4", "model.num_kv_heads=2",
-         "optimizer.warmup_steps=0", "optimizer.eps=1e-6"]
+MODEL = [
+    "train.batch_size=8",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "optimizer.warmup_steps=0",
+    "optimizer.eps=1e-6",
+]
 
 LAYOUTS = {
     "data=8": ["mesh.ici_data=8", "mesh.ici_fsdp=1"],
@@ -39,8 +44,7 @@ LAYOUTS = {
     "fsdp=4,tensor=2": ["mesh.ici_fsdp=4", "mesh.ici_tensor=2"],
     "data=2,fsdp=2,tensor=2": ["mesh.ici_data=2", "mesh.ici_fsdp=2", "mesh.ici_tensor=2"],
     "fsdp=2,sequence=2,tensor=2": ["mesh.ici_fsdp=2", "mesh.ici_sequence=2", "mesh.ici_tensor=2"],
-    "sequence=4,fsdp=2,microbatches=2": ["mesh.ici_sequence=4", "mesh.ici_fsdp=2",
-                                         "train.microbatches=2"],
+    "sequence=4,fsdp=2,microbatches=2": ["mesh.ici_sequence=4", "mesh.ici_fsdp=2", "train.microbatches=2"],
 }
 
 
@@ -120,14 +124,22 @@ def test_checkpoint_restores_onto_another_mesh_exactly(small_experiment, data_di
     assert wq.sharding.device_set == set(devices)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["mesh.ici_fsdp=3"], "mesh.ici_fsdp=3.*8 are available"),
-    (["mesh.ici_data=8", "mesh.ici_fsdp=1", "train.batch_size=4"],
-     "train.batch_size=4.*data x fsdp = 8.*multiple of 8"),
-    (["mesh.ici_fsdp=1", "mesh.ici_tensor=8"], r"params/layers/attention/\w+/kernel: dimension \d \(heads, size 4\).*tensor = 8 ways"),
-    (["mesh.rules=[[batch, [data, pipeline]]]"], "'pipeline': no such mesh axis"),
-    (["mesh.rules=[[bacth, [data]]]"], "'bacth'.*batch, length"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["mesh.ici_fsdp=3"], "mesh.ici_fsdp=3.*8 are available"),
+        (
+            ["mesh.ici_data=8", "mesh.ici_fsdp=1", "train.batch_size=4"],
+            "train.batch_size=4.*data x fsdp = 8.*multiple of 8",
+        ),
+        (
+            ["mesh.ici_fsdp=1", "mesh.ici_tensor=8"],
+            r"params/layers/attention/\w+/kernel: dimension \d \(heads, size 4\).*tensor = 8 ways",
+        ),
+        (["mesh.rules=[[batch, [data, pipeline]]]"], "'pipeline': no such mesh axis"),
+        (["mesh.rules=[[bacth, [data]]]"], "'bacth'.*batch, length"),
+    ],
+)
 def test_bad_layouts_fail_before_compiling(small_experiment, data_dir, overrides, message):
     cfg = small_experiment(*MODEL, *overrides)
     with pytest.raises(ConfigError, match=message):

@@ -49,8 +49,16 @@ def assert_goodput_sums_to_wall(rep):
 
 def test_live_metrics_cost_and_report_as_if_on_h100(experiment, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = experiment(run_dir, "train.steps=12", "train.log_every=3", "train.eval_every=6",
-                     "train.eval_batches=1", "checkpoint.every=6", "model.remat=full", "hardware.kind=h100")
+    cfg = experiment(
+        run_dir,
+        "train.steps=12",
+        "train.log_every=3",
+        "train.eval_every=6",
+        "train.eval_batches=1",
+        "checkpoint.every=6",
+        "model.remat=full",
+        "hardware.kind=h100",
+    )
     summary = train(cfg, progress=False)
     price = price_per_chip_hour(hardware_spec("h100"))
     rep = report(run_dir)
@@ -90,8 +98,14 @@ def test_live_metrics_cost_and_report_as_if_on_h100(experiment, data_dir, tmp_pa
         data = (run_dir / rep["plots"][name]).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
     markdown = (run_dir / "report.md").read_text()
-    for text in (CONVENTION_TEXT, "| MFU |", "| productive steps |", "](plots/loss.png)", "](plots/cost.png)",
-                 "cost (on-demand) | $"):
+    for text in (
+        CONVENTION_TEXT,
+        "| MFU |",
+        "| productive steps |",
+        "](plots/loss.png)",
+        "](plots/cost.png)",
+        "cost (on-demand) | $",
+    ):
         assert text in markdown
     assert summary.report == str(run_dir / "report.md")
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
@@ -151,9 +165,13 @@ def test_interrupted_run_reports_and_a_resume_counts_redone_steps(experiment, da
 
 
 def test_redone_step_times_skip_compilation_lines():
-    records = [{"step": 0, "loss": 1, "step_time_s": 5.0}, {"step": 2, "loss": 1, "step_time_s": 0.1},
-               {"step": 4, "loss": 1, "step_time_s": 0.3}, {"step": 4, "eval_loss": 1},
-               {"step": 5, "loss": 1, "step_time_s": 0.2}]
+    records = [
+        {"step": 0, "loss": 1, "step_time_s": 5.0},
+        {"step": 2, "loss": 1, "step_time_s": 0.1},
+        {"step": 4, "loss": 1, "step_time_s": 0.3},
+        {"step": 4, "eval_loss": 1},
+        {"step": 5, "loss": 1, "step_time_s": 0.2},
+    ]
     assert redone_step_times(records, 3, 6, first_steps={0}) == [0.3, 0.3, 0.2]
     # step 0 is a process's first (compile) line: it takes the median of the other intervals
     assert redone_step_times(records, 0, 2, first_steps={0}) == [0.2, 0.1]
@@ -165,11 +183,11 @@ def test_format_duration():
 
 
 def test_a_kind_without_a_peak_for_the_dtype_tracks_without_mfu(small_model, data_dir):
-    cfg = load_experiment(None, [f"data.data_dir={data_dir}", *small_model, "hardware.kind=tpu-v4",
-                                 "model.dtype=float32"])
+    cfg = load_experiment(
+        None, [f"data.data_dir={data_dir}", *small_model, "hardware.kind=tpu-v4", "model.dtype=float32"]
+    )
     arithmetic = run_arithmetic(cfg)  # Google publishes no float32 peak for TPU v4: training must not fail
     assert arithmetic.peak_flops_per_chip is None and arithmetic.peak_source.startswith("unknown")
     assert arithmetic.chips == jax.device_count() and arithmetic.price_per_chip_hour > 0
-    fields = Tracker.postfix({"loss": 2.0, "tokens_per_sec": 1234.5, "mfu": None, "cost_usd": 0.5,
-                             "eta_s": 61})
+    fields = Tracker.postfix({"loss": 2.0, "tokens_per_sec": 1234.5, "mfu": None, "cost_usd": 0.5, "eta_s": 61})
     assert fields == {"loss": "2.000", "tok/s": "1,234", "cost": "$0.50", "ETA": "1m01s"}

@@ -10,9 +10,7 @@ import pytest
 
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.errors import ConfigError
-from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.train import train
-from meshtrain.trainer.step.state import abstract_state, model_def, optimizer_for
 
 
 @pytest.fixture
@@ -31,24 +29,8 @@ def logged(run_dir, key="loss"):
     return values
 
 
-def final_state(cfg):
-    mdef = model_def(cfg)
-    checkpoints = Checkpoints(f"{cfg.run_dir}/checkpoints", cfg.checkpoint)
-    step, state, data_state = checkpoints.restore_latest(abstract_state(cfg, mdef, optimizer_for(cfg, mdef)))
-    checkpoints.close()
-    return step, state, data_state
-
-
-def assert_trees_equal(a, b):
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(leaves_a) == len(leaves_b)
-    for x, y in zip(leaves_a, leaves_b):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def test_resumed_run_equals_uninterrupted_run_bitwise(experiment, data_dir, tmp_path):
-    common = ["train.log_every=1", "checkpoint.every=3", "optimizer.decay_steps=6",
-              "optimizer.warmup_steps=2"]
+def test_resumed_run_equals_uninterrupted_run_bitwise(assert_trees_equal, final_state, experiment, data_dir, tmp_path):
+    common = ["train.log_every=1", "checkpoint.every=3", "optimizer.decay_steps=6", "optimizer.warmup_steps=2"]
     whole = experiment(tmp_path / "whole", "train.steps=6", *common)
     train(whole, progress=False)
     half = experiment(tmp_path / "halves", "train.steps=3", *common)
@@ -66,11 +48,11 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(experiment, data_dir, tmp_
     assert_trees_equal(state_a, state_b)
 
 
-def test_gradient_accumulation_matches_one_big_batch(experiment, data_dir, tmp_path):
-    one = experiment(tmp_path / "one", "train.steps=2", "train.log_every=1",
-                     "train.batch_size=16")
-    two = experiment(tmp_path / "two", "train.steps=2", "train.log_every=1",
-                     "train.batch_size=16", "train.microbatches=2")
+def test_gradient_accumulation_matches_one_big_batch(final_state, experiment, data_dir, tmp_path):
+    one = experiment(tmp_path / "one", "train.steps=2", "train.log_every=1", "train.batch_size=16")
+    two = experiment(
+        tmp_path / "two", "train.steps=2", "train.log_every=1", "train.batch_size=16", "train.microbatches=2"
+    )
     train(one, progress=False)
     train(two, progress=False)
     losses_one, losses_two = logged(tmp_path / "one"), logged(tmp_path / "two")
@@ -83,8 +65,13 @@ def test_gradient_accumulation_matches_one_big_batch(experiment, data_dir, tmp_p
 
 
 def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, tmp_path):
-    cfg = experiment(tmp_path / "ramp", "train.steps=5", "train.log_every=1",
-                     "train.batch_ramp=[[2, 16], [4, 24]]", "checkpoint.every=100")
+    cfg = experiment(
+        tmp_path / "ramp",
+        "train.steps=5",
+        "train.log_every=1",
+        "train.batch_ramp=[[2, 16], [4, 24]]",
+        "checkpoint.every=100",
+    )
     train(cfg, progress=False)
     assert logged(tmp_path / "ramp", "batch_size") == {0: 8, 1: 8, 2: 16, 3: 16, 4: 24}
 
@@ -98,10 +85,9 @@ def test_run_directory_with_another_model_is_refused_and_left_alone(experiment, 
     assert (run_dir / "config.yaml").read_text() == before
 
 
-def test_run_directory_records_config_metrics_events_and_checkpoints(experiment, data_dir, tmp_path):
+def test_run_directory_records_config_metrics_events_and_checkpoints(final_state, experiment, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = experiment(run_dir, "train.steps=4", "train.log_every=2", "train.eval_every=2",
-                     "train.eval_batches=1")
+    cfg = experiment(run_dir, "train.steps=4", "train.log_every=2", "train.eval_every=2", "train.eval_batches=1")
     summary = train(cfg, progress=False)
     assert load_experiment(str(run_dir / "config.yaml")) == cfg
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
@@ -117,8 +103,14 @@ def test_run_directory_records_config_metrics_events_and_checkpoints(experiment,
 
 
 def test_checkpoints_keep_the_last_n_and_every_kth(experiment, data_dir, tmp_path):
-    cfg = experiment(tmp_path / "run", "train.steps=8", "checkpoint.every=1", "checkpoint.keep=2",
-                     "checkpoint.keep_every=4", "train.log_every=100")
+    cfg = experiment(
+        tmp_path / "run",
+        "train.steps=8",
+        "checkpoint.every=1",
+        "checkpoint.keep=2",
+        "checkpoint.keep_every=4",
+        "train.log_every=100",
+    )
     train(cfg, progress=False)
     kept = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [4, 7, 8]

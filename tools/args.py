@@ -18,9 +18,13 @@ from meshtrain.trainer.errors import UserError
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """EXPERIMENT [key=value ...] plus gin's --gin_file/--gin_param, as train, eval and cost take them."""
-    parser.add_argument("args", nargs="*", metavar="[EXPERIMENT] [key=value ...]",
-                        help="an experiment YAML (path, or name in configs/experiment/; default: default) "
-                             "followed by dotted overrides such as train.steps=100 model=palm-8b")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="[EXPERIMENT] [key=value ...]",
+        help="an experiment YAML (path, or name in configs/experiment/; default: default) "
+        "followed by dotted overrides such as train.steps=100 model=palm-8b",
+    )
     parser.add_argument("--gin_file", action="append", default=[], help="a gin file binding the config dataclasses")
     parser.add_argument("--gin_param", action="append", default=[], help="a gin binding, e.g. 'TrainConfig.steps=10'")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -72,7 +76,10 @@ def run_with_user_errors(main: Callable[[argparse.Namespace], int], args: argpar
         return 0
 
 
-def command_main(build_parser: Callable[[], argparse.ArgumentParser],
-                 run: Callable[[argparse.Namespace], int], argv: Sequence[str] | None) -> int:
+def command_main(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
     """The body of every `python -m <module>` entry point: parse, run, show user errors."""
     return run_with_user_errors(run, parse_args(build_parser(), argv))

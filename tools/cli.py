@@ -25,8 +25,9 @@ SUBCOMMANDS = {
 
 
 def _top_level_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshtrain", description=__doc__.split("\n\n")[0],
-                                     usage="meshtrain COMMAND [ARGS ...]")
+    parser = argparse.ArgumentParser(
+        prog="meshtrain", description=__doc__.split("\n\n")[0], usage="meshtrain COMMAND [ARGS ...]"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -39,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         _top_level_parser().parse_args(argv[:1] or ["--help"])  # prints the commands, exits
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(f"meshtrain.tools.{name}")
-    parser = module.build_parser(argparse.ArgumentParser(
-        prog=f"meshtrain {name}", description=module.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = module.build_parser(
+        argparse.ArgumentParser(
+            prog=f"meshtrain {name}", description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+    )
     return run_with_user_errors(module.run, parse_args(parser, rest))
 
 

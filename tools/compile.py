@@ -44,11 +44,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def add_target_arguments(parser: argparse.ArgumentParser, when: str = "") -> None:
     """--topology and --num-slices, the TPU target of a compile (also `meshtrain cost --aot`)."""
-    parser.add_argument("--topology", metavar="NAME",
-                        help=f"{when}TPU topology, e.g. v4:12x16x16 (3072 chips) or v4:2x2x1; a bare 2x2x1 "
-                             "takes the generation of hardware.kind (default: hardware.topology)")
-    parser.add_argument("--num-slices", type=int, metavar="K",
-                        help=f"{when}slices joined over DCN (default: hardware.num_slices)")
+    parser.add_argument(
+        "--topology",
+        metavar="NAME",
+        help=f"{when}TPU topology, e.g. v4:12x16x16 (3072 chips) or v4:2x2x1; a bare 2x2x1 "
+        "takes the generation of hardware.kind (default: hardware.topology)",
+    )
+    parser.add_argument(
+        "--num-slices", type=int, metavar="K", help=f"{when}slices joined over DCN (default: hardware.num_slices)"
+    )
 
 
 def check_target_arguments(args: argparse.Namespace) -> None:
@@ -87,14 +91,16 @@ def format_compile_report(report: CompileReport) -> str:
         lines += [f"does NOT fit in {format_bytes(hbm)} of HBM per chip; XLA says:", r["error"], "", "per chip"]
     else:
         share = f" = {r['peak_bytes_per_chip'] / hbm:.0%} of {format_bytes(hbm)} HBM" if hbm else ""
-        lines += ["per chip",
-                  f"  arguments        {format_bytes(r['argument_bytes_per_chip']):>11}",
-                  f"  outputs          {format_bytes(r['output_bytes_per_chip']):>11}",
-                  f"  donated (alias)  {format_bytes(r['alias_bytes_per_chip']):>11}",
-                  f"  temporaries      {format_bytes(r['temp_bytes_per_chip']):>11}",
-                  f"  generated code   {format_bytes(r['generated_code_bytes_per_chip']):>11}",
-                  f"  peak             {format_bytes(r['peak_bytes_per_chip']):>11}{share}: "
-                  + ("fits" if r["fits"] else "does NOT fit")]
+        lines += [
+            "per chip",
+            f"  arguments        {format_bytes(r['argument_bytes_per_chip']):>11}",
+            f"  outputs          {format_bytes(r['output_bytes_per_chip']):>11}",
+            f"  donated (alias)  {format_bytes(r['alias_bytes_per_chip']):>11}",
+            f"  temporaries      {format_bytes(r['temp_bytes_per_chip']):>11}",
+            f"  generated code   {format_bytes(r['generated_code_bytes_per_chip']):>11}",
+            f"  peak             {format_bytes(r['peak_bytes_per_chip']):>11}{share}: "
+            + ("fits" if r["fits"] else "does NOT fit"),
+        ]
     lines.append(f"  FLOPs per step   {r['flops_per_step_per_chip']:11.4g} (matmuls; every layer and microbatch)")
     return "\n".join(lines)
 

@@ -28,28 +28,50 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="meshtrain convert", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", metavar="SRC", help="a Hugging Face model directory, or a meshtrain run, "
-                                                      "convert output or step directory")
+    parser = parser or argparse.ArgumentParser(
+        prog="meshtrain convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "source",
+        metavar="SRC",
+        help="a Hugging Face model directory, or a meshtrain run, convert output or step directory",
+    )
     parser.add_argument("destination", metavar="DST", help="the directory to create")
-    parser.add_argument("args", nargs="*", metavar="key=value",
-                        help="meshtrain -> meshtrain only: config overrides for the result, e.g. mesh.ici_tensor=2")
-    parser.add_argument("--to", choices=("meshtrain", "hf"),
-                        help="output format (default: the other one: Hugging Face <-> meshtrain)")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="key=value",
+        help="meshtrain -> meshtrain only: config overrides for the result, e.g. mesh.ici_tensor=2",
+    )
+    parser.add_argument(
+        "--to", choices=("meshtrain", "hf"), help="output format (default: the other one: Hugging Face <-> meshtrain)"
+    )
     parser.add_argument("--dtype", choices=DTYPES, help="cast parameters to this dtype (default: keep)")
-    parser.add_argument("--params-only", action="store_true",
-                        help="meshtrain -> meshtrain: keep parameters, drop optimizer state and data position")
-    parser.add_argument("--architecture", help="meshtrain -> Hugging Face: LlamaForCausalLM or "
-                                               "GPTNeoXForCausalLM (default: the one that fits)")
+    parser.add_argument(
+        "--params-only",
+        action="store_true",
+        help="meshtrain -> meshtrain: keep parameters, drop optimizer state and data position",
+    )
+    parser.add_argument(
+        "--architecture",
+        help="meshtrain -> Hugging Face: LlamaForCausalLM or GPTNeoXForCausalLM (default: the one that fits)",
+    )
     parser.add_argument("--step", type=int, help="the checkpoint step of a meshtrain source (default: newest)")
     parser.add_argument("--verify", action="store_true", help="compare source and result logits")
-    parser.add_argument("--tolerance", type=float,
-                        help="largest allowed |logit difference| for --verify (default: 1e-4 x the largest "
-                             "|logit| when no precision is lost; report only after a narrowing cast)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST (once the new one is complete)")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read pickled .bin/.pt weights (they can run code when loaded: trusted sources only)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="largest allowed |logit difference| for --verify (default: 1e-4 x the largest "
+        "|logit| when no precision is lost; report only after a narrowing cast)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing DST (once the new one is complete)"
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read pickled .bin/.pt weights (they can run code when loaded: trusted sources only)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -60,10 +82,19 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     source, destination = Path(args.source).expanduser().absolute(), Path(args.destination).expanduser().absolute()
     started = time.perf_counter()
-    conversion = Conversion(source, destination, to=args.to, dtype=args.dtype, params_only=args.params_only,
-                            architecture=args.architecture, step=args.step, overrides=args.args,
-                            allow_pickle=args.allow_pickle, overwrite=args.overwrite,
-                            progress=not (args.no_progress or args.json))
+    conversion = Conversion(
+        source,
+        destination,
+        to=args.to,
+        dtype=args.dtype,
+        params_only=args.params_only,
+        architecture=args.architecture,
+        step=args.step,
+        overrides=args.args,
+        allow_pickle=args.allow_pickle,
+        overwrite=args.overwrite,
+        progress=not (args.no_progress or args.json),
+    )
     summary = conversion.run(verify=args.verify, tolerance=args.tolerance)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -72,15 +103,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"converted {s['source']} ({s['source_format']}) -> {s['destination']} ({s['destination_format']})",
-             f"  {s['parameters'] / 1e6:,.1f}M parameters in {s['tensors']} meshtrain arrays, {s['source_dtype']} -> {s['dtype']}, "
-             f"{s['bytes_written'] / 1e6:,.1f} MB written in {s['seconds']:.1f} s, "
-             f"peak host memory {s['peak_rss_bytes'] / 1e6:,.0f} MB"]
+    lines = [
+        f"converted {s['source']} ({s['source_format']}) -> {s['destination']} ({s['destination_format']})",
+        f"  {s['parameters'] / 1e6:,.1f}M parameters in {s['tensors']} meshtrain arrays, {s['source_dtype']} -> {s['dtype']}, "
+        f"{s['bytes_written'] / 1e6:,.1f} MB written in {s['seconds']:.1f} s, "
+        f"peak host memory {s['peak_rss_bytes'] / 1e6:,.0f} MB",
+    ]
     if "max_abs_logit_diff" in s:
-        verdict = ("report only: a narrowing cast" if s["tolerance"] is None
-                   else f"tolerance {s['tolerance']:.2e}: ok")
-        lines.append(f"  verify: max |logit difference| {s['max_abs_logit_diff']:.3e}, KL divergence "
-                     f"{s['kl_divergence']:.3e} over {s['tokens_compared']} tokens ({verdict})")
+        verdict = "report only: a narrowing cast" if s["tolerance"] is None else f"tolerance {s['tolerance']:.2e}: ok"
+        lines.append(
+            f"  verify: max |logit difference| {s['max_abs_logit_diff']:.3e}, KL divergence "
+            f"{s['kl_divergence']:.3e} over {s['tokens_compared']} tokens ({verdict})"
+        )
     if s.get("next"):
         lines.append(f"  next: {s['next']}")
     return "\n".join(lines)
@@ -92,4 +126,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -60,11 +60,8 @@ from meshtrain.trainer.formatting import (
     format_si,
 )
 from meshtrain.trainer.planning.aot_compile import CompileReport, compile_report
-from meshtrain.trainer.planning.cost_estimate import (
-    CostEstimate,
-    estimate_cost,
-    on_hardware,
-)
+from meshtrain.trainer.planning.cost_estimate import estimate_cost, on_hardware
+from meshtrain.trainer.planning.cost_result import CostEstimate
 from meshtrain.trainer.planning.flops import FLOPS_CONVENTIONS
 from meshtrain.trainer.planning.peaks import measured_cpu_peak_flops
 
@@ -78,8 +75,9 @@ def _number(what: str, *, positive: bool = True):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a {'positive' if positive else 'non-negative'} "
-                                             f"finite number ({what})")
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a {'positive' if positive else 'non-negative'} finite number ({what})"
+            )
         return value
 
     return parse
@@ -105,8 +103,9 @@ def _fraction(text: str) -> float:
 def _override(text: str) -> tuple[str, object]:
     """FIELD=VALUE for --hardware-override: VALUE a number, null, true/false or text."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE, e.g. peak_bf16_flops=3.5e14 or "
-                                         f"prices.on_demand=2.5")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected FIELD=VALUE, e.g. peak_bf16_flops=3.5e14 or prices.on_demand=2.5"
+        )
     key, raw = text.split("=", 1)
     value: object = raw
     if raw.lower() in ("null", "none", "~"):
@@ -122,38 +121,75 @@ def _override(text: str) -> tuple[str, object]:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="meshtrain cost", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser or argparse.ArgumentParser(
+        prog="meshtrain cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_experiment_arguments(parser)
-    parser.add_argument("--hardware", metavar="KIND",
-                        help="hardware kind from configs/hardware.yaml (default: hardware.kind)")
-    parser.add_argument("--chips", type=_chips, metavar="N",
-                        help="chips in the run (default: hardware.chips, or topology x num_slices)")
+    parser.add_argument(
+        "--hardware", metavar="KIND", help="hardware kind from configs/hardware.yaml (default: hardware.kind)"
+    )
+    parser.add_argument(
+        "--chips", type=_chips, metavar="N", help="chips in the run (default: hardware.chips, or topology x num_slices)"
+    )
     rate = parser.add_mutually_exclusive_group()
-    rate.add_argument("--mfu", type=_fraction, metavar="X",
-                      help="model FLOPs utilization to assume, in (0, 1] (default: the hardware kind's default_mfu)")
-    rate.add_argument("--tokens-per-sec-per-chip", type=_number("tokens per second per chip"), metavar="Y",
-                      help="a measured throughput; MFU = Y x model FLOPs per token / peak")
-    parser.add_argument("--peak-tflops", type=_number("TFLOP/s per chip"), metavar="P",
-                        help="peak TFLOP/s per chip instead of configs/hardware.yaml's")
-    parser.add_argument("--price", type=_number("USD per chip-hour", positive=False), metavar="USD_PER_CHIP_HOUR",
-                        help="on-demand USD per chip-hour instead of configs/hardware.yaml's (its other tiers "
-                             "are then left out)")
-    parser.add_argument("--tokens", type=_number("training tokens"), metavar="D",
-                        help="training tokens (e.g. 300e9) instead of the experiment's steps x batch x seq_len")
-    parser.add_argument("--flops-convention", choices=FLOPS_CONVENTIONS, default="palm",
-                        help="palm: 6N + 12 L H Q T (PaLM Appendix B, default); causal: attention halved; "
-                             "6nd: 6N (Kaplan, GPT-3, Chinchilla)")
-    parser.add_argument("--hardware-override", type=_override, action="append", default=[], metavar="FIELD=VALUE",
-                        help="replace a field of the hardware entry, e.g. hbm_bytes=103079215104 or "
-                             "prices.spot=1.1 (repeatable)")
-    parser.add_argument("--measure-cpu-peak", action="store_true",
-                        help="cpu: measure this machine's matmul peak again and replace the cached one (e.g. "
-                             "when it was measured while the machine was busy)")
-    parser.add_argument("--aot", action="store_true",
-                        help="memory and hardware FLOPs from the AOT compile of the train step for the TPU "
-                             "topology (as meshtrain compile; needs libtpu, no TPU): XLA's peak bytes per chip "
-                             "and whether it fits, and the compiled step's matmul FLOPs")
+    rate.add_argument(
+        "--mfu",
+        type=_fraction,
+        metavar="X",
+        help="model FLOPs utilization to assume, in (0, 1] (default: the hardware kind's default_mfu)",
+    )
+    rate.add_argument(
+        "--tokens-per-sec-per-chip",
+        type=_number("tokens per second per chip"),
+        metavar="Y",
+        help="a measured throughput; MFU = Y x model FLOPs per token / peak",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=_number("TFLOP/s per chip"),
+        metavar="P",
+        help="peak TFLOP/s per chip instead of configs/hardware.yaml's",
+    )
+    parser.add_argument(
+        "--price",
+        type=_number("USD per chip-hour", positive=False),
+        metavar="USD_PER_CHIP_HOUR",
+        help="on-demand USD per chip-hour instead of configs/hardware.yaml's (its other tiers are then left out)",
+    )
+    parser.add_argument(
+        "--tokens",
+        type=_number("training tokens"),
+        metavar="D",
+        help="training tokens (e.g. 300e9) instead of the experiment's steps x batch x seq_len",
+    )
+    parser.add_argument(
+        "--flops-convention",
+        choices=FLOPS_CONVENTIONS,
+        default="palm",
+        help="palm: 6N + 12 L H Q T (PaLM Appendix B, default); causal: attention halved; "
+        "6nd: 6N (Kaplan, GPT-3, Chinchilla)",
+    )
+    parser.add_argument(
+        "--hardware-override",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="replace a field of the hardware entry, e.g. hbm_bytes=103079215104 or prices.spot=1.1 (repeatable)",
+    )
+    parser.add_argument(
+        "--measure-cpu-peak",
+        action="store_true",
+        help="cpu: measure this machine's matmul peak again and replace the cached one (e.g. "
+        "when it was measured while the machine was busy)",
+    )
+    parser.add_argument(
+        "--aot",
+        action="store_true",
+        help="memory and hardware FLOPs from the AOT compile of the train step for the TPU "
+        "topology (as meshtrain compile; needs libtpu, no TPU): XLA's peak bytes per chip "
+        "and whether it fits, and the compiled step's matmul FLOPs",
+    )
     add_target_arguments(parser, when="with --aot: ")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
@@ -172,12 +208,23 @@ def run(args: argparse.Namespace) -> int:
     if args.aot:
         cfg, aot = aot_compile(cfg, args)
     elif args.topology is not None or args.num_slices is not None:
-        raise UserError("--topology and --num-slices name what --aot compiles for: add --aot (or set "
-                        "hardware.topology=... / hardware.num_slices=...)")
-    estimate = estimate_cost(cfg, hardware=args.hardware, chips=args.chips, mfu=args.mfu,
-                             tokens_per_sec_per_chip=args.tokens_per_sec_per_chip, peak_tflops=args.peak_tflops,
-                             price=args.price, tokens=args.tokens, convention=args.flops_convention,
-                             hardware_overrides=dict(args.hardware_override) or None, aot=aot)
+        raise UserError(
+            "--topology and --num-slices name what --aot compiles for: add --aot (or set "
+            "hardware.topology=... / hardware.num_slices=...)"
+        )
+    estimate = estimate_cost(
+        cfg,
+        hardware=args.hardware,
+        chips=args.chips,
+        mfu=args.mfu,
+        tokens_per_sec_per_chip=args.tokens_per_sec_per_chip,
+        peak_tflops=args.peak_tflops,
+        price=args.price,
+        tokens=args.tokens,
+        convention=args.flops_convention,
+        hardware_overrides=dict(args.hardware_override) or None,
+        aot=aot,
+    )
     print(json.dumps(estimate.as_dict(), indent=2) if args.json else format_estimate(estimate))
     return 0
 
@@ -188,15 +235,20 @@ def aot_compile(cfg, args: argparse.Namespace) -> tuple[object, CompileReport]:
     check_target_arguments(args)
     cfg, spec = on_hardware(cfg, args.hardware, dict(args.hardware_override) or None)
     if spec.platform != "tpu":
-        raise UserError(f"--aot compiles the train step for a TPU topology, and {spec.kind} is not a TPU: "
-                        f"use a TPU kind (e.g. hardware.kind=tpu-v4 hardware.topology=v4:2x2x1), or drop --aot")
+        raise UserError(
+            f"--aot compiles the train step for a TPU topology, and {spec.kind} is not a TPU: "
+            f"use a TPU kind (e.g. hardware.kind=tpu-v4 hardware.topology=v4:2x2x1), or drop --aot"
+        )
     if args.topology is None and cfg.hardware.topology is None:
-        raise UserError(f"--aot needs the {spec.kind} topology to compile for: set hardware.topology=... "
-                        f"(e.g. v4:2x2x1) or pass --topology")
+        raise UserError(
+            f"--aot needs the {spec.kind} topology to compile for: set hardware.topology=... "
+            f"(e.g. v4:2x2x1) or pass --topology"
+        )
     aot = compile_report(cfg, topology=args.topology, num_slices=args.num_slices)
     # The estimate then describes the compiled chips: the topology's, not hardware.chips.
-    cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(
-        cfg.hardware, topology=aot.topology, num_slices=aot.num_slices, chips=None))
+    cfg = dataclasses.replace(
+        cfg, hardware=dataclasses.replace(cfg.hardware, topology=aot.topology, num_slices=aot.num_slices, chips=None)
+    )
     return cfg, aot
 
 
@@ -221,22 +273,39 @@ def _memory_rows(r: CostEstimate) -> list[tuple[str, str]]:
     mesh = f"(mesh {format_mesh(r.mesh)})"
     hbm = format_bytes(r.hbm_bytes_per_chip)
     if r.aot is None:
-        return [("memory per chip", f"params {format_bytes(m['params'])}, grads {format_bytes(m['grads'])}, "
-                                    f"optimizer {format_bytes(m['optimizer'])}, activations "
-                                    f"{format_bytes(m['activations'])} (analytic)"),
-                ("", f"total {format_bytes(m['total'])} of {hbm} {limit}: {verdict} {mesh}")]
+        return [
+            (
+                "memory per chip",
+                f"params {format_bytes(m['params'])}, grads {format_bytes(m['grads'])}, "
+                f"optimizer {format_bytes(m['optimizer'])}, activations "
+                f"{format_bytes(m['activations'])} (analytic)",
+            ),
+            ("", f"total {format_bytes(m['total'])} of {hbm} {limit}: {verdict} {mesh}"),
+        ]
     compiled, analytic = r.aot.compile, format_bytes(r.aot.memory_per_chip_bytes_analytic["total"])
     if compiled.error:
-        return [("memory per chip", f"XLA (AOT compile for {compiled.topology}) ran out of {hbm} {limit}: "
-                                    f"does NOT fit {mesh}"),
-                *(("", line) for line in compiled.error.splitlines() if line.strip()),
-                ("", f"(analytic estimate: {analytic} per chip)")]
+        return [
+            (
+                "memory per chip",
+                f"XLA (AOT compile for {compiled.topology}) ran out of {hbm} {limit}: does NOT fit {mesh}",
+            ),
+            *(("", line) for line in compiled.error.splitlines() if line.strip()),
+            ("", f"(analytic estimate: {analytic} per chip)"),
+        ]
     memory = compiled.memory
-    parts = ", ".join(f"{name} {format_bytes(value)}" for name, value in (
-        ("arguments", memory.argument_bytes_per_chip), ("outputs", memory.output_bytes_per_chip),
-        ("donated", memory.alias_bytes_per_chip), ("temp", memory.temp_bytes_per_chip)))
-    return [("memory per chip", f"XLA (AOT compile for {compiled.topology}): {parts}"),
-            ("", f"peak {format_bytes(m['total'])} of {hbm} {limit}: {verdict} {mesh}; analytic {analytic}")]
+    parts = ", ".join(
+        f"{name} {format_bytes(value)}"
+        for name, value in (
+            ("arguments", memory.argument_bytes_per_chip),
+            ("outputs", memory.output_bytes_per_chip),
+            ("donated", memory.alias_bytes_per_chip),
+            ("temp", memory.temp_bytes_per_chip),
+        )
+    )
+    return [
+        ("memory per chip", f"XLA (AOT compile for {compiled.topology}): {parts}"),
+        ("", f"peak {format_bytes(m['total'])} of {hbm} {limit}: {verdict} {mesh}; analytic {analytic}"),
+    ]
 
 
 def format_estimate(r: CostEstimate) -> str:
@@ -244,22 +313,39 @@ def format_estimate(r: CostEstimate) -> str:
     rows: list[tuple[str, str]] = []
     add = rows.append
     add(("FLOPs convention", f"{r.flops_convention}: {r.flops_convention_description}"))
-    add(("hardware", f"{r.chips:,} x {r.hardware}, peak {format_si(r.peak_flops_per_chip, 'FLOP/s')} per "
-                     f"chip ({r.compute_dtype}; {r.peak_flops_source})"))
+    add(
+        (
+            "hardware",
+            f"{r.chips:,} x {r.hardware}, peak {format_si(r.peak_flops_per_chip, 'FLOP/s')} per "
+            f"chip ({r.compute_dtype}; {r.peak_flops_source})",
+        )
+    )
     add(("parameters", f"{format_count(r.params_total)} total, {format_count(r.params_non_embedding)} non-embedding"))
     add(("tokens", f"{format_count(r.tokens_total)} (seq_len {r.seq_len:,})"))
     hardware = f"hardware {format_si(r.hardware_flops_per_token, 'FLOP')} with remat={r.remat}"
     if r.aot is not None:
-        hardware += (f", from the AOT compile: {r.aot.hardware_flops_aot_over_analytic:.3f}x the analytic "
-                     f"{format_si(r.aot.hardware_flops_per_token_analytic, 'FLOP')}")
+        hardware += (
+            f", from the AOT compile: {r.aot.hardware_flops_aot_over_analytic:.3f}x the analytic "
+            f"{format_si(r.aot.hardware_flops_per_token_analytic, 'FLOP')}"
+        )
     add(("model FLOPs / token", f"{format_si(r.model_flops_per_token, 'FLOP')} ({hardware})"))
     pflop = r.train_flops_total / 1e15
-    add(("training FLOPs", f"{format_amount(pflop)} PFLOP = {r.train_flops_total:.4g} FLOP = "
-                           f"{format_amount(pflop / 86400)} PF-days ({r.flops_convention})"))
+    add(
+        (
+            "training FLOPs",
+            f"{format_amount(pflop)} PFLOP = {r.train_flops_total:.4g} FLOP = "
+            f"{format_amount(pflop / 86400)} PF-days ({r.flops_convention})",
+        )
+    )
     if r.flops_convention != "6nd":
         add(("", f"{format_amount(r.train_flops_6nd / 1e15)} PFLOP counted as 6ND"))
-    add(("hardware FLOPs", f"{format_amount(r.hardware_flops_total / 1e15)} PFLOP (HFU {r.hfu:.1%}; "
-                           f"{'analytic' if r.aot is None else 'aot'})"))
+    add(
+        (
+            "hardware FLOPs",
+            f"{format_amount(r.hardware_flops_total / 1e15)} PFLOP (HFU {r.hfu:.1%}; "
+            f"{'analytic' if r.aot is None else 'aot'})",
+        )
+    )
     add(("throughput", f"{r.tokens_per_sec:,.0f} tokens/s ({r.tokens_per_sec_per_chip:,.4g} per chip)"))
     add(("MFU", f"{r.mfu:.1%} ({r.mfu_source})"))
     days = r.wall_clock_days
@@ -270,8 +356,13 @@ def format_estimate(r: CostEstimate) -> str:
         for i, (tier, usd) in enumerate(r.cost_usd_by_tier.items()):
             price = r.prices[tier]
             when = ", ".join(x for x in (price.date, _source_url(price.source)) if x)
-            add(("cost" if i == 0 else "", f"{tier:<{width}}  {format_dollars(usd):>16}  at "
-                                           f"${price.usd_per_chip_hour:,.2f}/chip-hour" + (f" ({when})" if when else "")))
+            add(
+                (
+                    "cost" if i == 0 else "",
+                    f"{tier:<{width}}  {format_dollars(usd):>16}  at "
+                    f"${price.usd_per_chip_hour:,.2f}/chip-hour" + (f" ({when})" if when else ""),
+                )
+            )
     else:
         add(("cost", f"unknown: no price for {r.hardware} in configs/hardware.yaml (pass --price USD_PER_CHIP_HOUR)"))
     rows += _memory_rows(r)
@@ -279,11 +370,15 @@ def format_estimate(r: CostEstimate) -> str:
         if s.memory_per_chip_bytes is None:
             text = f"{s.change}: {s.note or ''}"
         else:
-            text = (f"{s.change}: {format_bytes(s.memory_per_chip_bytes)} per chip, "
-                    f"{'fits' if s.fits else 'still does not fit'}" + (f" ({s.note})" if s.note else ""))
+            text = (
+                f"{s.change}: {format_bytes(s.memory_per_chip_bytes)} per chip, "
+                f"{'fits' if s.fits else 'still does not fit'}" + (f" ({s.note})" if s.note else "")
+            )
         add(("to fit" if i == 0 else "", text))
     width = max(len(label) for label, _ in rows)
-    return "\n".join([f"meshtrain cost: {r.experiment}"] + [f"  {label:<{width}}  {value}".rstrip() for label, value in rows])
+    return "\n".join(
+        [f"meshtrain cost: {r.experiment}"] + [f"  {label:<{width}}  {value}".rstrip() for label, value in rows]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

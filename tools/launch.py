@@ -24,17 +24,26 @@ from meshtrain.trainer.launch.render import RECIPES, launch_shape, render, train
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="meshtrain launch", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser or argparse.ArgumentParser(
+        prog="meshtrain launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_experiment_arguments(parser)
-    parser.add_argument("--recipe", required=True, choices=sorted(RECIPES),
-                        help="tpu-vm: a bash script over gcloud ssh; jobset: a Kubernetes JobSet (GKE); "
-                             "slurm: an sbatch script for GPU nodes")
+    parser.add_argument(
+        "--recipe",
+        required=True,
+        choices=sorted(RECIPES),
+        help="tpu-vm: a bash script over gcloud ssh; jobset: a Kubernetes JobSet (GKE); "
+        "slurm: an sbatch script for GPU nodes",
+    )
     parser.add_argument("--out", metavar="FILE", help="write the recipe here (default: standard output)")
     parser.add_argument("--image", default="IMAGE", help="jobset: the container image holding meshtrain")
-    parser.add_argument("--port", type=int, default=None,
-                        help="the coordinator's port for GPU recipes (jobset default 8482; slurm default "
-                             "derived from the job id, as jax does)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="the coordinator's port for GPU recipes (jobset default 8482; slurm default "
+        "derived from the job id, as jax does)",
+    )
     return parser
 
 

@@ -25,8 +25,11 @@ from meshtrain.trainer.run.saved_weights import find_checkpoint, load_decoder
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="meshtrain sample", description=__doc__)
-    parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
-                        help="a run directory, a `meshtrain convert` output, or a step directory")
+    parser.add_argument(
+        "checkpoint",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run directory, a `meshtrain convert` output, or a step directory",
+    )
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text to continue")
     prompt.add_argument("--prompt-ids", help="token ids to continue, comma-separated (no tokenizer needed)")
@@ -53,15 +56,19 @@ def run(args: argparse.Namespace) -> int:
         prompt_ids = _parse_ids(args.prompt_ids, model_cfg.vocab_size)
     else:
         if tokenizer is None:
-            raise UserError(f"{saved.directory} has no tokenizer to encode --prompt with: pass "
-                            f"--tokenizer PATH.model, or --prompt-ids")
+            raise UserError(
+                f"{saved.directory} has no tokenizer to encode --prompt with: pass "
+                f"--tokenizer PATH.model, or --prompt-ids"
+            )
         bos = [] if args.no_bos or tokenizer.bos_id() < 0 else [tokenizer.bos_id()]
         prompt_ids = bos + encode(tokenizer, args.prompt)
     if not prompt_ids:
         raise UserError("the prompt is empty: generation needs at least one token to continue")
     if model_cfg.positions == "learned" and len(prompt_ids) + args.max_new_tokens > model_cfg.max_seq_len:
-        raise UserError(f"{len(prompt_ids)} prompt tokens + --max-new-tokens {args.max_new_tokens} exceed "
-                        f"model.max_seq_len={model_cfg.max_seq_len}, the rows of its learned position table")
+        raise UserError(
+            f"{len(prompt_ids)} prompt tokens + --max-new-tokens {args.max_new_tokens} exceed "
+            f"model.max_seq_len={model_cfg.max_seq_len}, the rows of its learned position table"
+        )
 
     model = load_decoder(saved)
     started = time.perf_counter()
@@ -69,16 +76,23 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     eos = tokenizer.eos_id() if tokenizer is not None else -1
     if eos >= 0 and eos in generated:
-        generated = generated[:generated.index(eos) + 1]
+        generated = generated[: generated.index(eos) + 1]
     text = tokenizer.decode(generated) if tokenizer is not None else None
     if args.json:
-        print(json.dumps({"checkpoint": str(saved.step_dir), "prompt_ids": prompt_ids,
-                          "generated_ids": generated, "text": text,
-                          "seconds_including_compilation": round(seconds, 3)}))
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(saved.step_dir),
+                    "prompt_ids": prompt_ids,
+                    "generated_ids": generated,
+                    "text": text,
+                    "seconds_including_compilation": round(seconds, 3),
+                }
+            )
+        )
     else:
         print((args.prompt or "") + (text if text is not None else " ".join(map(str, generated))))
-        print(f"[{len(generated)} tokens in {seconds:.2f} s, including compilation; {saved.step_dir}]",
-              file=sys.stderr)
+        print(f"[{len(generated)} tokens in {seconds:.2f} s, including compilation; {saved.step_dir}]", file=sys.stderr)
     return 0
 
 

@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(output)
     sample = source[0]
     ids = encode(tokenizer, sample)
-    print(f"{output}: {tokenizer.get_piece_size()} pieces, trained on {len(source)} documents of "
-          f"{cfg.data.dataset!r}; {len(sample) / max(len(ids), 1):.2f} characters per token on the "
-          f"first document, round trip {'exact' if tokenizer.decode(ids) == sample else 'NOT exact'}")
+    print(
+        f"{output}: {tokenizer.get_piece_size()} pieces, trained on {len(source)} documents of "
+        f"{cfg.data.dataset!r}; {len(sample) / max(len(ids), 1):.2f} characters per token on the "
+        f"first document, round trip {'exact' if tokenizer.decode(ids) == sample else 'NOT exact'}"
+    )
     return 0
 
 

@@ -26,11 +26,13 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     summary = train(cfg, progress=not args.no_progress)
     if summary.first_loss is not None:
-        print(f"{summary.run_dir}: steps {summary.start_step}->{summary.end_step}, loss "
-              f"{summary.first_loss:.4f} -> {summary.last_loss:.4f} "
-              f"({summary.last_loss / summary.first_loss:.0%} of the first)"
-              + (f", eval loss {summary.last_eval_loss:.4f}" if summary.last_eval_loss is not None else "")
-              + (" [interrupted; run the same command to resume]" if summary.interrupted else ""))
+        print(
+            f"{summary.run_dir}: steps {summary.start_step}->{summary.end_step}, loss "
+            f"{summary.first_loss:.4f} -> {summary.last_loss:.4f} "
+            f"({summary.last_loss / summary.first_loss:.0%} of the first)"
+            + (f", eval loss {summary.last_eval_loss:.4f}" if summary.last_eval_loss is not None else "")
+            + (" [interrupted; run the same command to resume]" if summary.interrupted else "")
+        )
     if summary.report:
         print(f"report: {summary.report}")
     return 0

@@ -17,8 +17,7 @@ def batch_size_at(cfg: TrainConfig, step: int) -> int:
 def tokens_through(cfg: TrainConfig, seq_len: int, steps: int) -> int:
     """Tokens consumed by the first `steps` steps under the ramp (what a run of that length reads)."""
     boundaries = [0] + [start for start, _ in cfg.batch_ramp if start < steps] + [steps]
-    return sum((end - begin) * batch_size_at(cfg, begin) * seq_len
-               for begin, end in zip(boundaries, boundaries[1:]))
+    return sum((end - begin) * batch_size_at(cfg, begin) * seq_len for begin, end in zip(boundaries, boundaries[1:]))
 
 
 def batch_sizes(cfg: TrainConfig) -> tuple[int, ...]:

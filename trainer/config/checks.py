@@ -59,9 +59,11 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "distributed.initialization_timeout_s": (lambda v: v >= 1, "a number of seconds >= 1"),
     "hardware.num_slices": _positive,
     "hardware.chips": _positive,
-    **{f"mesh.{net}_{axis}": (lambda v: v == -1 or v >= 1, "-1 (fill with the devices left) or an "
-                                                           "integer >= 1")
-       for net in ("ici", "dcn") for axis in ("data", "fsdp", "sequence", "tensor")},
+    **{
+        f"mesh.{net}_{axis}": (lambda v: v == -1 or v >= 1, "-1 (fill with the devices left) or an integer >= 1")
+        for net in ("ici", "dcn")
+        for axis in ("data", "fsdp", "sequence", "tensor")
+    },
 }
 
 # dotted key -> the allowed values, or a function returning them (read from a shipped file when needed).
@@ -119,35 +121,54 @@ def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> 
     out = []
     train, micro = cfg.train, cfg.train.microbatches
     if micro >= 1 and train.batch_size % micro:
-        out.append(_problem("train.batch_size", train.batch_size,
-                            f"a multiple of train.microbatches={micro}", sources))
+        out.append(_problem("train.batch_size", train.batch_size, f"a multiple of train.microbatches={micro}", sources))
     previous = 0
     for i, (step, size) in enumerate(train.batch_ramp):
         entry = f"train.batch_ramp[{i}]=[{step}, {size}]"
         if step <= previous:
-            out.append(f"{entry}: steps must be positive and strictly increasing "
-                       f"(expected a step > {previous})")
+            out.append(f"{entry}: steps must be positive and strictly increasing (expected a step > {previous})")
         if size < 1 or (micro >= 1 and size % micro):
-            out.append(f"{entry}: expected a positive batch size divisible by "
-                       f"train.microbatches={micro}")
+            out.append(f"{entry}: expected a positive batch size divisible by train.microbatches={micro}")
         previous = max(previous, step)
     if cfg.model.positions == "learned" and cfg.data.seq_len > cfg.model.max_seq_len:
-        out.append(_problem("data.seq_len", cfg.data.seq_len, f"at most model.max_seq_len="
-                            f"{cfg.model.max_seq_len} (learned positions have that many rows)",
-                            sources))
+        out.append(
+            _problem(
+                "data.seq_len",
+                cfg.data.seq_len,
+                f"at most model.max_seq_len={cfg.model.max_seq_len} (learned positions have that many rows)",
+                sources,
+            )
+        )
     if cfg.data.dataset == "local_text" and cfg.data.text_dir is None:
-        out.append(_problem("data.text_dir", None, "a directory of .txt/.jsonl files when "
-                            "data.dataset=local_text", sources))
+        out.append(
+            _problem("data.text_dir", None, "a directory of .txt/.jsonl files when data.dataset=local_text", sources)
+        )
     opt = cfg.optimizer
     if opt.schedule == "cosine" and opt.decay_steps is not None and opt.decay_steps <= opt.warmup_steps:
-        out.append(_problem("optimizer.decay_steps", opt.decay_steps,
-                            f"more than optimizer.warmup_steps={opt.warmup_steps}", sources))
+        out.append(
+            _problem(
+                "optimizer.decay_steps",
+                opt.decay_steps,
+                f"more than optimizer.warmup_steps={opt.warmup_steps}",
+                sources,
+            )
+        )
     dist = cfg.distributed
-    if (dist.process_id is not None and dist.num_processes is not None
-            and dist.num_processes >= 1 and dist.process_id >= dist.num_processes):
-        out.append(_problem("distributed.process_id", dist.process_id,
-                            f"less than distributed.num_processes={dist.num_processes} "
-                            f"(processes are numbered 0..{dist.num_processes - 1})", sources))
+    if (
+        dist.process_id is not None
+        and dist.num_processes is not None
+        and dist.num_processes >= 1
+        and dist.process_id >= dist.num_processes
+    ):
+        out.append(
+            _problem(
+                "distributed.process_id",
+                dist.process_id,
+                f"less than distributed.num_processes={dist.num_processes} "
+                f"(processes are numbered 0..{dist.num_processes - 1})",
+                sources,
+            )
+        )
     out.extend(_hardware_problems(cfg, sources))
     return out
 
@@ -159,8 +180,14 @@ def _hardware_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> lis
         return []
     spec = hardware_spec(hw.kind)
     if spec.platform != "tpu":
-        return [_problem("hardware.topology", hw.topology, f"null for hardware.kind={hw.kind} "
-                         f"(a topology names a TPU slice; set hardware.chips instead)", sources)]
+        return [
+            _problem(
+                "hardware.topology",
+                hw.topology,
+                f"null for hardware.kind={hw.kind} (a topology names a TPU slice; set hardware.chips instead)",
+                sources,
+            )
+        ]
     try:
         chips = chips_in_topology(hw.topology)
     except ConfigError:
@@ -168,12 +195,25 @@ def _hardware_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> lis
     prefix = hw.topology.split(":")[0] if ":" in hw.topology else None
     prefixes = (spec.tpu_topology_prefix, hw.kind.removeprefix("tpu-"))
     if prefix is not None and prefix not in prefixes:
-        return [_problem("hardware.topology", hw.topology, f"a {hw.kind} topology, named "
-                         f"'{spec.tpu_topology_prefix}:AxBxC'", sources)]
+        return [
+            _problem(
+                "hardware.topology",
+                hw.topology,
+                f"a {hw.kind} topology, named '{spec.tpu_topology_prefix}:AxBxC'",
+                sources,
+            )
+        ]
     if hw.chips is not None and hw.num_slices >= 1 and hw.chips != chips * hw.num_slices:
-        return [_problem("hardware.chips", hw.chips, f"{chips * hw.num_slices} (hardware.topology="
-                         f"{hw.topology} has {chips} chips x hardware.num_slices={hw.num_slices}), "
-                         f"or null", sources)]
+        return [
+            _problem(
+                "hardware.chips",
+                hw.chips,
+                f"{chips * hw.num_slices} (hardware.topology="
+                f"{hw.topology} has {chips} chips x hardware.num_slices={hw.num_slices}), "
+                f"or null",
+                sources,
+            )
+        ]
     return []
 
 

@@ -68,14 +68,15 @@ def _translate_gin_error(err: Exception, source: str) -> ConfigError:
         conf = m.group(1).rsplit(".", 1)[-1]
         key = f"{conf}.{m.group(2)}"
         valid = [f"{conf}.{p}" for p in _parameters(conf)] if conf in CONFIGURABLES else []
-        return ConfigError(f"unknown gin parameter {key!r} (from {source}){where}"
-                           f"{did_you_mean(key, valid)}")
+        return ConfigError(f"unknown gin parameter {key!r} (from {source}){where}{did_you_mean(key, valid)}")
     m = re.search(r"No configurable matching '([\w.]+)'", first)
     if m:
         name = m.group(1)
-        return ConfigError(f"unknown gin configurable {name!r} (from {source}){where}"
-                           f"{did_you_mean(name.rsplit('.', 1)[-1], CONFIGURABLES)}; known: "
-                           f"{', '.join(CONFIGURABLES)}")
+        return ConfigError(
+            f"unknown gin configurable {name!r} (from {source}){where}"
+            f"{did_you_mean(name.rsplit('.', 1)[-1], CONFIGURABLES)}; known: "
+            f"{', '.join(CONFIGURABLES)}"
+        )
     return ConfigError(f"{source}: gin: {first}{where}")
 
 
@@ -119,11 +120,14 @@ def _to_layer(entries: dict, config: dict, source: str) -> dict:
             continue
         conf = selector.rsplit(".", 1)[-1]
         if scope:
-            raise ConfigError(f"{source}: scoped binding {scope}/{conf}: experiment configs have no "
-                              f"scopes; bind {conf}.<field> directly")
+            raise ConfigError(
+                f"{source}: scoped binding {scope}/{conf}: experiment configs have no "
+                f"scopes; bind {conf}.<field> directly"
+            )
         if conf not in CONFIGURABLES or selector not in (conf, f"{_MODULE}.{conf}"):
-            raise ConfigError(f"{source}: {selector} is not part of the experiment config; known: "
-                              f"{', '.join(CONFIGURABLES)}")
+            raise ConfigError(
+                f"{source}: {selector} is not part of the experiment config; known: {', '.join(CONFIGURABLES)}"
+            )
         section = CONFIGURABLES[conf]
         target = layer if section is None else layer.setdefault(section, {})
         for param, value in params.items():
@@ -135,8 +139,7 @@ def _to_layer(entries: dict, config: dict, source: str) -> dict:
     return normalize_layer(source, layer)
 
 
-def gin_layers(gin_files: Sequence[str], gin_params: Sequence[str], *,
-               name_from_file: bool = True) -> list[Layer]:
+def gin_layers(gin_files: Sequence[str], gin_params: Sequence[str], *, name_from_file: bool = True) -> list[Layer]:
     """Parses gin files then params; returns [(files layer), (params layer)] (empty ones left out).
 
     Macros take their final values (gin evaluates them lazily, so a --gin_param redefining one
@@ -170,4 +173,3 @@ def gin_layers(gin_files: Sequence[str], gin_params: Sequence[str], *,
     if changed:
         layers.append(("--gin_param", _to_layer(changed, after_params, "--gin_param")))
     return layers
-

@@ -53,21 +53,28 @@ class HardwareSpec:
     tpu_type_counts: str | None = None
     tpu_runtime_version: str | None = None
     gke_accelerator: str | None = None
-    peak_bf16_flops: float | None = None   # dense, per chip; None on cpu = measured (peak_flops)
+    peak_bf16_flops: float | None = None  # dense, per chip; None on cpu = measured (peak_flops)
     peak_f32_flops: float | None = None
     hbm_bandwidth_bytes_per_s: float | None = None
     interconnect: str | None = None
-    default_mfu: float | None = None       # what `meshtrain cost` assumes without --mfu
+    default_mfu: float | None = None  # what `meshtrain cost` assumes without --mfu
     default_mfu_reason: str | None = None
     prices: Mapping[str, Price] = dataclasses.field(default_factory=dict)  # tier -> Price
-
 
 
 _REQUIRED = ("platform", "chips_per_host", "hbm_bytes", "tpu_topology_prefix", "source")
 _FIELDS = {f.name for f in dataclasses.fields(HardwareSpec)} - {"kind"}
 _POSITIVE_NUMBERS = ("peak_bf16_flops", "peak_f32_flops", "hbm_bandwidth_bytes_per_s")
-_TEXT = ("source", "tpu_accelerator_type", "tpu_type_counts", "tpu_runtime_version", "gke_accelerator",
-         "interconnect", "default_mfu_reason", "tpu_topology_prefix")
+_TEXT = (
+    "source",
+    "tpu_accelerator_type",
+    "tpu_type_counts",
+    "tpu_runtime_version",
+    "gke_accelerator",
+    "interconnect",
+    "default_mfu_reason",
+    "tpu_topology_prefix",
+)
 
 
 def is_number(value: object) -> bool:
@@ -79,16 +86,21 @@ def _parse_price(value: object, where: str) -> Price:
     if is_number(value):
         value = {"usd_per_chip_hour": value}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}={value!r}: expected a number of USD per chip-hour or a mapping "
-                          f"{{usd_per_chip_hour, date, source}}")
+        raise ConfigError(
+            f"{where}={value!r}: expected a number of USD per chip-hour or a mapping "
+            f"{{usd_per_chip_hour, date, source}}"
+        )
     unknown = sorted(set(value) - {"usd_per_chip_hour", "date", "source"})
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r} (fields: usd_per_chip_hour, date, source)")
     usd = value.get("usd_per_chip_hour")
     if not is_number(usd) or usd < 0:
         raise ConfigError(f"{where}.usd_per_chip_hour={usd!r}: expected a non-negative number of USD")
-    return Price(float(usd), None if value.get("date") is None else str(value["date"]),
-                 None if value.get("source") is None else str(value["source"]))
+    return Price(
+        float(usd),
+        None if value.get("date") is None else str(value["date"]),
+        None if value.get("source") is None else str(value["source"]),
+    )
 
 
 def _build(kind: str, fields: Mapping[str, Any], where: str) -> HardwareSpec:
@@ -100,8 +112,10 @@ def _build(kind: str, fields: Mapping[str, Any], where: str) -> HardwareSpec:
     prices = {}
     for tier, value in raw_prices.items():
         if tier not in PRICE_TIERS:
-            raise ConfigError(f"{where}: prices.{tier}: unknown price tier (tiers: {', '.join(PRICE_TIERS)})"
-                              f"{did_you_mean(tier, PRICE_TIERS)}")
+            raise ConfigError(
+                f"{where}: prices.{tier}: unknown price tier (tiers: {', '.join(PRICE_TIERS)})"
+                f"{did_you_mean(tier, PRICE_TIERS)}"
+            )
         prices[tier] = value if isinstance(value, Price) else _parse_price(value, f"{where}: prices.{tier}")
     spec = HardwareSpec(kind=str(kind), prices=prices, **fields)
     if spec.platform not in PLATFORMS:
@@ -115,8 +129,9 @@ def _build(kind: str, fields: Mapping[str, Any], where: str) -> HardwareSpec:
     for name in _POSITIVE_NUMBERS:
         value = getattr(spec, name)
         if value is not None and (not is_number(value) or value <= 0):
-            raise ConfigError(f"{where}: {name}={value!r}, expected a positive number (FLOP/s or bytes/s, "
-                              f"e.g. 2.75e14) or null")
+            raise ConfigError(
+                f"{where}: {name}={value!r}, expected a positive number (FLOP/s or bytes/s, e.g. 2.75e14) or null"
+            )
     mfu = spec.default_mfu
     if mfu is not None and (not is_number(mfu) or not 0 < mfu <= 1):
         raise ConfigError(f"{where}: default_mfu={mfu!r}, expected a fraction in (0, 1], e.g. 0.4")
@@ -155,8 +170,9 @@ def hardware_spec(kind: str, overrides: Mapping[str, Any] | None = None) -> Hard
     ConfigError listing the known ones."""
     table = _table()
     if kind not in table:
-        raise ConfigError(f"hardware.kind={kind!r}: unknown hardware kind (known: "
-                          f"{', '.join(table)}){did_you_mean(kind, table)}")
+        raise ConfigError(
+            f"hardware.kind={kind!r}: unknown hardware kind (known: {', '.join(table)}){did_you_mean(kind, table)}"
+        )
     return with_overrides(table[kind], overrides)
 
 
@@ -184,14 +200,15 @@ def with_overrides(spec: HardwareSpec, overrides: Mapping[str, Any] | None) -> H
             fields[key] = value
         else:
             known = sorted([*fields, *(f"prices.{tier}" for tier in PRICE_TIERS)])
-            raise ConfigError(f"{where}: unknown field {key!r} (fields: {', '.join(known)})"
-                              f"{did_you_mean(key, known)}")
+            raise ConfigError(f"{where}: unknown field {key!r} (fields: {', '.join(known)}){did_you_mean(key, known)}")
     fields["prices"] = prices
     return _build(spec.kind, fields, where)
 
 
-TOPOLOGY_WANT = ("a TPU topology name such as 'v4:12x16x16', 'v5e:16x16' or 'v5:2x2x1' (generation, "
-                 "a colon, 1 to 3 positive chip counts joined by 'x')")
+TOPOLOGY_WANT = (
+    "a TPU topology name such as 'v4:12x16x16', 'v5e:16x16' or 'v5:2x2x1' (generation, "
+    "a colon, 1 to 3 positive chip counts joined by 'x')"
+)
 _TOPOLOGY = re.compile(r"^(?:(?P<prefix>[a-z][a-z0-9]*):)?(?P<dims>[0-9]+(?:x[0-9]+)*)$")
 
 

@@ -29,8 +29,7 @@ def experiment_names() -> list[str]:
 
 def experiment_path(experiment: str | None) -> Path:
     """A YAML path, or a bare name resolved in configs/experiment/ (None = default)."""
-    return shipped_or_path("default" if experiment is None else experiment, EXPERIMENT_DIR, ".yaml",
-                           "experiment")
+    return shipped_or_path("default" if experiment is None else experiment, EXPERIMENT_DIR, ".yaml", "experiment")
 
 
 def experiment_layer(experiment: str | None) -> Layer:
@@ -41,9 +40,13 @@ def experiment_layer(experiment: str | None) -> Layer:
     return str(path), layer
 
 
-def load_experiment(experiment: str | None, overrides: Sequence[str] | None = (), *,
-                    gin_files: Sequence[str] | None = (),
-                    gin_params: Sequence[str] | None = ()) -> ExperimentConfig:
+def load_experiment(
+    experiment: str | None,
+    overrides: Sequence[str] | None = (),
+    *,
+    gin_files: Sequence[str] | None = (),
+    gin_params: Sequence[str] | None = (),
+) -> ExperimentConfig:
     """Resolves base.yaml -> model preset -> experiment (YAML, then gin files, gin params) ->
     `key=value` overrides into a checked ExperimentConfig.
 

@@ -12,8 +12,9 @@ from meshtrain.trainer.errors import ConfigError
 def mesh_shape(cfg: ExperimentConfig) -> MeshShape:
     """cfg.mesh's ICI and DCN sizes per axis (-1: fill with the devices left)."""
     m = cfg.mesh
-    return MeshShape(ici={a: getattr(m, f"ici_{a}") for a in MESH_AXES},
-                     dcn={a: getattr(m, f"dcn_{a}") for a in MESH_AXES})
+    return MeshShape(
+        ici={a: getattr(m, f"ici_{a}") for a in MESH_AXES}, dcn={a: getattr(m, f"dcn_{a}") for a in MESH_AXES}
+    )
 
 
 def mesh_sizes(cfg: ExperimentConfig, chips: int) -> dict[str, int]:
@@ -22,6 +23,8 @@ def mesh_sizes(cfg: ExperimentConfig, chips: int) -> dict[str, int]:
     try:
         ici, dcn = mesh_shape(cfg).resolved(num_devices=chips, num_slices=cfg.hardware.num_slices)
     except MeshError as error:
-        raise ConfigError(f"{chips} {cfg.hardware.kind} chips in {cfg.hardware.num_slices} slice(s): {error} "
-                          f"(mesh.* overrides lay the experiment out on other hardware)") from None
+        raise ConfigError(
+            f"{chips} {cfg.hardware.kind} chips in {cfg.hardware.num_slices} slice(s): {error} "
+            f"(mesh.* overrides lay the experiment out on other hardware)"
+        ) from None
     return {axis: i * d for axis, i, d in zip(MESH_AXES, ici, dcn)}

@@ -29,6 +29,8 @@ def shipped_or_path(name: str, directory: Path, suffix: str, what: str) -> Path:
         path = directory / f"{name}{suffix}"
     if not path.is_file():
         known = shipped_names(directory, suffix)
-        raise ConfigError(f"{what} {name!r}: no such file {path} (shipped in {directory}: "
-                          f"{', '.join(known)}){did_you_mean(Path(name).stem, known)}")
+        raise ConfigError(
+            f"{what} {name!r}: no such file {path} (shipped in {directory}: "
+            f"{', '.join(known)}){did_you_mean(Path(name).stem, known)}"
+        )
     return path

@@ -20,8 +20,9 @@ def preset_fields(name: str, source: str = "model=") -> dict:
     path = MODEL_PRESET_DIR / f"{name}.yaml"
     if "/" in name or not path.is_file():
         known = preset_names()
-        raise ConfigError(f"model={name!r} (from {source}): no such preset (known: "
-                          f"{', '.join(known)}){did_you_mean(name, known)}")
+        raise ConfigError(
+            f"model={name!r} (from {source}): no such preset (known: {', '.join(known)}){did_you_mean(name, known)}"
+        )
     return read_yaml_mapping(path)
 
 

@@ -43,16 +43,14 @@ def _nearest_key(path: str) -> str | None:
     the same field name in some section (`steps` -> train.steps)."""
     section, _, leaf = path.rpartition(".")
     if section in tree.sections():
-        names = list(tree.field_types(tree.sections()[section])) + (
-            ["preset"] if section == "model" else [])
+        names = list(tree.field_types(tree.sections()[section])) + (["preset"] if section == "model" else [])
         for name in names:
             if leaf and ("".join(w[:1] for w in name.split("_")) == leaf or name.startswith(leaf)):
                 return f"{section}.{name}"
         best = nearest(leaf, names, cutoff=0.6)
         if best:
             return f"{section}.{best}"
-    best = nearest(path, list(tree.field_types(ExperimentConfig)) + list(tree.leaf_types()),
-                   cutoff=0.75)
+    best = nearest(path, list(tree.field_types(ExperimentConfig)) + list(tree.leaf_types()), cutoff=0.75)
     if best:
         return best
     owners = [k for k in tree.leaf_types() if k.rsplit(".", 1)[-1] == leaf]
@@ -74,8 +72,7 @@ def normalize_layer(source: str, data: object) -> dict:
             value = {"preset": value}
         if key in tree.sections():
             if not isinstance(value, Mapping):
-                want = "a preset name or a mapping of model fields" if key == "model" else \
-                    f"a mapping of {key} fields"
+                want = "a preset name or a mapping of model fields" if key == "model" else f"a mapping of {key} fields"
                 raise ConfigError(f"{key}={show(value)} (from {source}): expected {want}")
             fields = tree.field_types(tree.sections()[key])
             allowed = list(fields) + (["preset"] if key == "model" else [])
@@ -91,8 +88,7 @@ def override_layer(text: str) -> Layer:
     """`a.b=value` -> a one-key layer; the value is read as YAML (`null`, `10`, `[[10, 32]]`)."""
     source = f"override {text!r}"
     if "=" not in text:
-        raise ConfigError(f"override {text!r} has no '=': write key=value with a dotted key, "
-                          f"e.g. train.steps=100")
+        raise ConfigError(f"override {text!r} has no '=': write key=value with a dotted key, e.g. train.steps=100")
     key, raw = (s.strip() for s in text.split("=", 1))
     parts = key.split(".")
     if not key or not all(p.isidentifier() for p in parts):
@@ -113,8 +109,10 @@ def read_base() -> tuple[dict, dict[str, str]]:
     have = set(flatten(base))
     missing = [k for k in tree.leaf_types() if k not in have]
     if missing:
-        raise ConfigError(f"{BASE_SOURCE} has no default for {', '.join(missing)}: every field of "
-                          f"the config needs one there (with a line of doc)")
+        raise ConfigError(
+            f"{BASE_SOURCE} has no default for {', '.join(missing)}: every field of "
+            f"the config needs one there (with a line of doc)"
+        )
     return base, {k: BASE_SOURCE for k in have}
 
 
@@ -139,8 +137,7 @@ def resolve_layers(layers: Sequence[Layer]) -> ExperimentConfig:
             preset, preset_source = layer["model"]["preset"], source
     if preset is not None:
         if not isinstance(preset, str):
-            raise ConfigError(f"model.preset={show(preset)} (from {preset_source}): expected a "
-                              f"preset name string")
+            raise ConfigError(f"model.preset={show(preset)} (from {preset_source}): expected a preset name string")
         where = f"configs/model/{preset}.yaml"
         fields = normalize_layer(where, {"model": preset_fields(preset, preset_source)})
         fields["model"].pop("preset", None)
@@ -168,13 +165,11 @@ def build(data: Mapping, sources: Mapping[str, str] | None = None, source: str =
     sources = dict(sources or {})
     data = normalize_layer(source, data)
     if "preset" in data.get("model", {}):
-        raise ConfigError(f"model.preset (from {source}): a resolved config lists model fields, "
-                          f"not a preset")
+        raise ConfigError(f"model.preset (from {source}): a resolved config lists model fields, not a preset")
     flat = flatten(data)
     missing = [k for k in tree.leaf_types() if k not in flat]
     if missing:
-        raise ConfigError(f"{source} is missing {', '.join(missing)}: a resolved config must set "
-                          f"every field")
+        raise ConfigError(f"{source} is missing {', '.join(missing)}: a resolved config must set every field")
     values, problems = {}, []
     for key, tp in tree.leaf_types().items():
         try:
@@ -195,10 +190,12 @@ def build(data: Mapping, sources: Mapping[str, str] | None = None, source: str =
 
 def as_dict(cfg: ExperimentConfig) -> dict:
     """Plain nested dict with tuples as lists (what YAML can hold)."""
+
     def plain(v):
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(dataclasses.asdict(cfg))

@@ -21,8 +21,10 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.config.yamlio import read_yaml_mapping
 from meshtrain.trainer.errors import ConfigError
 
-_HEADER = ("# The fully resolved meshtrain config of this run (every field, no preset).\n"
-           "# Given as the experiment (a YAML path) it repeats the run exactly.\n")
+_HEADER = (
+    "# The fully resolved meshtrain config of this run (every field, no preset).\n"
+    "# Given as the experiment (a YAML path) it repeats the run exactly.\n"
+)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -63,13 +65,13 @@ def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Writes cfg as YAML atomically (temporary file, fsync, os.replace): a crash leaves either
     the old file or the new one, never half of one."""
     path = Path(path)
-    text = _HEADER + yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False,
-                               default_flow_style=False)
+    text = _HEADER + yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     write_atomic(path, text)
 
 
-def config_differences(a: ExperimentConfig, b: ExperimentConfig,
-                       sections: Sequence[str] | None = None) -> list[tuple[str, object, object]]:
+def config_differences(
+    a: ExperimentConfig, b: ExperimentConfig, sections: Sequence[str] | None = None
+) -> list[tuple[str, object, object]]:
     """(dotted key, a's value, b's value) for every leaf that differs, in field order; `sections`
     limits the comparison to keys equal to or under those names (e.g. RUN_IDENTITY_SECTIONS)."""
     if isinstance(sections, str):

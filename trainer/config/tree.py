@@ -117,5 +117,4 @@ def mismatch_message(key: str, value: object, tp: object, source: str) -> str:
     if typing.get_args(tp) and str in typing.get_args(tp) or tp is str:
         if isinstance(value, (int, float, bool)):
             hint = f" (quote it to mean text: {key}='{value}')"
-    return (f"{key}={show(value)} ({type(value).__name__}, from {source}): expected "
-            f"{describe(key, tp)}{hint}")
+    return f"{key}={show(value)} ({type(value).__name__}, from {source}): expected {describe(key, tp)}{hint}"

@@ -22,8 +22,7 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 mark = key_node.start_mark
-                raise ConfigError(f"{mark.name}:{mark.line + 1}: key {key!r} appears twice in one "
-                                  f"mapping; keep one")
+                raise ConfigError(f"{mark.name}:{mark.line + 1}: key {key!r} appears twice in one mapping; keep one")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -41,10 +40,12 @@ def parse_yaml(text: str, name: str) -> object:
 
 def _make_loader(name: str):
     """A loader whose marks carry `name`, so duplicate-key errors name the file."""
+
     def make(stream):
         loader = _StrictLoader(stream)
         loader.name = name
         return loader
+
     return make
 
 
@@ -59,6 +60,5 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got "
-                          f"{type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data

@@ -22,12 +22,8 @@ from tqdm import tqdm
 from meshtrain.model.config import model_config_errors
 from meshtrain.trainer.config import dump_config, load_experiment
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.convert.families import (
-    Family,
-    TensorGroup,
-    family_for_architectures,
-    hf_tensor_shapes,
-)
+from meshtrain.trainer.convert.families import family_for_architectures
+from meshtrain.trainer.convert.family_base import Family, TensorGroup, hf_tensor_shapes
 from meshtrain.trainer.convert.meshtrain_format import (
     StreamingCheckpointWriter,
     param_shapes,
@@ -42,8 +38,10 @@ TOKENIZER_FILE = "tokenizer.model"  # a sentencepiece model, as Llama checkpoint
 def read_hf_config(source: Path) -> dict:
     path = source / "config.json"
     if not path.is_file():
-        raise UserError(f"{source}: no config.json; a Hugging Face model directory holds config.json "
-                        f"beside its weights (model.safetensors or a sharded index)")
+        raise UserError(
+            f"{source}: no config.json; a Hugging Face model directory holds config.json "
+            f"beside its weights (model.safetensors or a sharded index)"
+        )
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -53,19 +51,21 @@ def read_hf_config(source: Path) -> dict:
     return config
 
 
-def check_tensors(reader, expected: dict[str, tuple], family: Family, cfg: ExperimentConfig,
-                  source: Path) -> None:
+def check_tensors(reader, expected: dict[str, tuple], family: Family, cfg: ExperimentConfig, source: Path) -> None:
     """One error listing every missing, unexpected and mis-shaped tensor, by name and shape."""
     found = {name for name in reader.names() if not family.ignored(name, cfg.model)}
-    problems = [f"missing {name} (expected shape {list(expected[name])})"
-                for name in sorted(set(expected) - found)]
+    problems = [f"missing {name} (expected shape {list(expected[name])})" for name in sorted(set(expected) - found)]
     problems += [f"unexpected {name} (shape {list(reader.shape(name))})" for name in sorted(found - set(expected))]
-    problems += [f"{name}: expected shape {list(expected[name])}, found {list(reader.shape(name))}"
-                 for name in sorted(found & set(expected)) if tuple(reader.shape(name)) != tuple(expected[name])]
+    problems += [
+        f"{name}: expected shape {list(expected[name])}, found {list(reader.shape(name))}"
+        for name in sorted(found & set(expected))
+        if tuple(reader.shape(name)) != tuple(expected[name])
+    ]
     if problems:
         shown = problems[:40] + ([f"... and {len(problems) - 40} more"] if len(problems) > 40 else [])
-        raise UserError(f"{source}: the weights do not match config.json ({family.architecture}):\n  "
-                        + "\n  ".join(shown))
+        raise UserError(
+            f"{source}: the weights do not match config.json ({family.architecture}):\n  " + "\n  ".join(shown)
+        )
 
 
 def stored_dtype(reader, names) -> str:
@@ -76,23 +76,27 @@ def stored_dtype(reader, names) -> str:
     return max(floats, key=lambda d: d.itemsize).name if floats else "float32"
 
 
-def converted_config(family: Family, hf_config: dict, destination: Path, dtype: str,
-                     has_tokenizer: bool) -> ExperimentConfig:
+def converted_config(
+    family: Family, hf_config: dict, destination: Path, dtype: str, has_tokenizer: bool
+) -> ExperimentConfig:
     """The default experiment with the Hugging Face model in it, starting from `destination`."""
     base = dataclasses.replace(load_experiment(None), name=destination.name)
     model = dataclasses.replace(family.model_config(hf_config, base.model), param_dtype=dtype)
     errors = model_config_errors(model)
     if errors:
-        raise UserError("config.json gives a model meshtrain cannot build: " + "; ".join(
-            f"{key}={value!r} must be {valid}" for key, value, valid in errors))
-    data = (dataclasses.replace(base.data, tokenizer=str(destination / TOKENIZER_FILE)) if has_tokenizer
-            else base.data)
-    return dataclasses.replace(base, model=model, data=data,
-                               checkpoint=dataclasses.replace(base.checkpoint, init_from=str(destination)))
+        raise UserError(
+            "config.json gives a model meshtrain cannot build: "
+            + "; ".join(f"{key}={value!r} must be {valid}" for key, value, valid in errors)
+        )
+    data = dataclasses.replace(base.data, tokenizer=str(destination / TOKENIZER_FILE)) if has_tokenizer else base.data
+    return dataclasses.replace(
+        base, model=model, data=data, checkpoint=dataclasses.replace(base.checkpoint, init_from=str(destination))
+    )
 
 
-def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: str | None,
-                    allow_pickle: bool, progress: tqdm) -> tuple[ExperimentConfig, str]:
+def convert_from_hf(
+    source: Path, staging: Path, destination: Path, *, dtype: str | None, allow_pickle: bool, progress: tqdm
+) -> tuple[ExperimentConfig, str]:
     """Writes the meshtrain checkpoint of `source` into `staging` (renamed to `destination` later);
     returns its config and the dtype the source stored. `progress` counts the source tensors read."""
     hf_config = read_hf_config(source)
@@ -103,8 +107,9 @@ def convert_from_hf(source: Path, staging: Path, destination: Path, *, dtype: st
         source_dtype = stored_dtype(reader, [n for n in reader.names() if not family.ignored(n, cfg.model)])
         if dtype is None:
             if source_dtype not in ("float32", "bfloat16", "float16"):
-                raise UserError(f"{source}: the weights are stored in {source_dtype}; pass --dtype "
-                                f"float32, bfloat16 or float16")
+                raise UserError(
+                    f"{source}: the weights are stored in {source_dtype}; pass --dtype float32, bfloat16 or float16"
+                )
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype=source_dtype))
         groups = family.groups(cfg.model)
         shapes = param_shapes(cfg)

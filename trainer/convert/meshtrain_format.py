@@ -21,7 +21,7 @@ from orbax.checkpoint.experimental import v1 as ocp_v1
 
 from meshtrain.model.params import abstract_decoder
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.convert.families import ParamPath
+from meshtrain.trainer.convert.family_base import ParamPath
 from meshtrain.trainer.run.saved_weights import CHECKPOINTS_DIR, SavedCheckpoint
 
 
@@ -54,8 +54,10 @@ def _libc():
 def param_shapes(cfg: ExperimentConfig) -> dict[ParamPath, tuple[tuple[int, ...], np.dtype]]:
     """Every parameter of cfg's model: path -> (shape, param dtype), without allocating any."""
     params = nnx.to_pure_dict(nnx.state(abstract_decoder(cfg.model), nnx.Param))
-    return {tuple(k.key for k in path): (tuple(leaf.shape), np.dtype(leaf.dtype))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {
+        tuple(k.key for k in path): (tuple(leaf.shape), np.dtype(leaf.dtype))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
 
 
 def nested(flat: dict[ParamPath, object]) -> dict:
@@ -74,8 +76,9 @@ def read_param(saved: SavedCheckpoint, path: ParamPath, shape: tuple[int, ...], 
     item = {"params": nested({path: jax.ShapeDtypeStruct(shape, dtype)})}
     restore_args = {"params": nested({path: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)})}
     with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(saved.state_dir, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
+        restored = checkpointer.restore(
+            saved.state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        )
     node = restored["params"]
     for key in path:
         node = node[key]

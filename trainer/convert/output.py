@@ -19,11 +19,12 @@ def check_destination(destination: Path, *, overwrite: bool, source: Path) -> No
     """Refuses, before any work, destinations that would lose data or cannot be written."""
     dst, src = destination.resolve(), source.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
-        raise UserError(f"{destination}: the destination must not be the source, inside it, or contain it "
-                        f"(--overwrite would delete the source)")
+        raise UserError(
+            f"{destination}: the destination must not be the source, inside it, or contain it "
+            f"(--overwrite would delete the source)"
+        )
     if destination.exists() and not overwrite:
-        raise UserError(f"{destination} exists; pass --overwrite to replace it once the new "
-                        f"conversion is complete")
+        raise UserError(f"{destination} exists; pass --overwrite to replace it once the new conversion is complete")
     if not destination.parent.is_dir():
         raise UserError(f"{destination.parent}: no such directory to write {destination.name} in")
 

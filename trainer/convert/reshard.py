@@ -32,8 +32,9 @@ from meshtrain.trainer.step.partition import abstract_sharded_state, make_mesh, 
 from meshtrain.trainer.step.state import model_def, optimizer_for
 
 
-def target_config(saved: SavedCheckpoint, destination: Path, *, dtype: str | None, params_only: bool,
-                  overrides: list[str]) -> ExperimentConfig:
+def target_config(
+    saved: SavedCheckpoint, destination: Path, *, dtype: str | None, params_only: bool, overrides: list[str]
+) -> ExperimentConfig:
     """The source's config with the user's overrides (e.g. mesh.ici_tensor=2) and the new dtype;
     it points at `destination` as its run directory, or as the weights new runs start from."""
     extra = [f"model.param_dtype={dtype}"] if dtype else []
@@ -42,11 +43,17 @@ def target_config(saved: SavedCheckpoint, destination: Path, *, dtype: str | Non
     changed = config_differences(saved.config, cfg, ("seed", "data", "optimizer"))
     if changed and not params_only:
         shown = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
-        raise UserError(f"overrides change what the saved optimizer state and data position belong to "
-                        f"({shown}); with --params-only they are dropped and the weights start new runs")
+        raise UserError(
+            f"overrides change what the saved optimizer state and data position belong to "
+            f"({shown}); with --params-only they are dropped and the weights start new runs"
+        )
     if params_only:
-        return dataclasses.replace(cfg, name=destination.name, run_dir=None, checkpoint=dataclasses.replace(
-            cfg.checkpoint, init_from=str(destination)))
+        return dataclasses.replace(
+            cfg,
+            name=destination.name,
+            run_dir=None,
+            checkpoint=dataclasses.replace(cfg.checkpoint, init_from=str(destination)),
+        )
     return dataclasses.replace(cfg, run_dir=str(destination))
 
 
@@ -60,10 +67,16 @@ def convert_meshtrain(saved: SavedCheckpoint, staging: Path, cfg: ExperimentConf
         items = {STATE_ITEM: ocp.args.StandardSave({"params": restore_params(saved, abstract["params"])})}
     else:
         with ocp.CheckpointManager(saved.directory / CHECKPOINTS_DIR) as source:
-            restored = source.restore(saved.step, args=ocp.args.Composite(**{
-                STATE_ITEM: ocp.args.StandardRestore(abstract), DATA_ITEM: ocp.args.JsonRestore()}))
-        items = {STATE_ITEM: ocp.args.StandardSave(restored[STATE_ITEM]),
-                 DATA_ITEM: ocp.args.JsonSave(restored[DATA_ITEM])}
+            restored = source.restore(
+                saved.step,
+                args=ocp.args.Composite(
+                    **{STATE_ITEM: ocp.args.StandardRestore(abstract), DATA_ITEM: ocp.args.JsonRestore()}
+                ),
+            )
+        items = {
+            STATE_ITEM: ocp.args.StandardSave(restored[STATE_ITEM]),
+            DATA_ITEM: ocp.args.JsonSave(restored[DATA_ITEM]),
+        }
     with ocp.CheckpointManager(staging / CHECKPOINTS_DIR, options=ocp.CheckpointManagerOptions(create=True)) as out:
         out.save(saved.step, args=ocp.args.Composite(**items))
         out.wait_until_finished()

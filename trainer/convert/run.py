@@ -39,9 +39,21 @@ class Conversion:
     """SRC -> DST in one format or the other; every check on the arguments runs on construction,
     before anything is read or written, and `run` stages, converts, verifies and renames."""
 
-    def __init__(self, source: Path, destination: Path, *, to: str | None, dtype: str | None,
-                 params_only: bool, architecture: str | None, step: int | None, overrides: list[str],
-                 allow_pickle: bool, overwrite: bool, progress: bool):
+    def __init__(
+        self,
+        source: Path,
+        destination: Path,
+        *,
+        to: str | None,
+        dtype: str | None,
+        params_only: bool,
+        architecture: str | None,
+        step: int | None,
+        overrides: list[str],
+        allow_pickle: bool,
+        overwrite: bool,
+        progress: bool,
+    ):
         self.source, self.destination = source, destination
         self.source_format = source_format(source)
         self.to = to or (MESHTRAIN if self.source_format == HF else HF)
@@ -53,11 +65,14 @@ class Conversion:
         if step is not None and self.saved is None:
             raise UserError("--step selects a step of a meshtrain source; a Hugging Face source has one")
         if overrides and not (self.saved and self.to == MESHTRAIN):
-            raise UserError(f"key=value overrides ({' '.join(overrides)}) apply to meshtrain -> meshtrain "
-                            f"conversions only (e.g. mesh.ici_tensor=2 to reshard)")
+            raise UserError(
+                f"key=value overrides ({' '.join(overrides)}) apply to meshtrain -> meshtrain "
+                f"conversions only (e.g. mesh.ici_tensor=2 to reshard)"
+            )
         if params_only and not (self.saved and self.to == MESHTRAIN):
-            raise UserError("--params-only applies to meshtrain -> meshtrain; the other directions "
-                            "convert parameters only anyway")
+            raise UserError(
+                "--params-only applies to meshtrain -> meshtrain; the other directions convert parameters only anyway"
+            )
         if architecture and self.to != HF:
             raise UserError("--architecture picks the Hugging Face class of a meshtrain -> Hugging Face conversion")
         check_destination(destination, overwrite=overwrite, source=source)
@@ -67,13 +82,18 @@ class Conversion:
             jax.config.update("jax_platforms", "cpu")
 
     def run(self, *, verify: bool, tolerance: float | None) -> dict:
-        summary = {"source": str(self.source), "destination": str(self.destination),
-                   "source_format": _FORMAT_NAMES[self.source_format], "destination_format": _FORMAT_NAMES[self.to]}
+        summary = {
+            "source": str(self.source),
+            "destination": str(self.destination),
+            "source_format": _FORMAT_NAMES[self.source_format],
+            "destination_format": _FORMAT_NAMES[self.to],
+        }
         with staged_directory(self.destination) as staging:
             summary.update(self._convert(staging))
             if verify:
-                summary.update(self._verify(staging, tolerance, lossless=_lossless(
-                    summary["source_dtype"], summary["dtype"])))
+                summary.update(
+                    self._verify(staging, tolerance, lossless=_lossless(summary["source_dtype"], summary["dtype"]))
+                )
             summary["bytes_written"] = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         return summary
 
@@ -83,30 +103,52 @@ class Conversion:
     def _convert(self, staging: Path) -> dict:
         if self.source_format == HF:
             with self._bar() as bar:
-                cfg, source_dtype = from_hf.convert_from_hf(self.source, staging, self.destination, dtype=self.dtype,
-                                                            allow_pickle=self.allow_pickle, progress=bar)
-            return {**self._describe(cfg), "source_dtype": source_dtype, "source_format": f"Hugging Face {cfg.model.name}",
-                    "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
+                cfg, source_dtype = from_hf.convert_from_hf(
+                    self.source,
+                    staging,
+                    self.destination,
+                    dtype=self.dtype,
+                    allow_pickle=self.allow_pickle,
+                    progress=bar,
+                )
+            return {
+                **self._describe(cfg),
+                "source_dtype": source_dtype,
+                "source_format": f"Hugging Face {cfg.model.name}",
+                "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]",
+            }
         if self.to == HF:
             with self._bar() as bar:
-                architecture = to_hf.convert_to_hf(self.saved, staging, dtype=self.dtype,
-                                                   architecture=self.architecture, progress=bar)
-            return {**self._describe(self.saved.config, self.dtype), "step": self.saved.step,
-                    "source_dtype": self.saved.config.model.param_dtype,
-                    "destination_format": f"Hugging Face {architecture}"}
-        cfg = reshard.target_config(self.saved, self.destination, dtype=self.dtype,
-                                    params_only=self.params_only, overrides=self.overrides)
-        reshard.convert_meshtrain(self.saved, staging, cfg, params_only=self.params_only)
-        return {**self._describe(cfg), "step": self.saved.step, "params_only": self.params_only,
+                architecture = to_hf.convert_to_hf(
+                    self.saved, staging, dtype=self.dtype, architecture=self.architecture, progress=bar
+                )
+            return {
+                **self._describe(self.saved.config, self.dtype),
+                "step": self.saved.step,
                 "source_dtype": self.saved.config.model.param_dtype,
-                "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]"}
+                "destination_format": f"Hugging Face {architecture}",
+            }
+        cfg = reshard.target_config(
+            self.saved, self.destination, dtype=self.dtype, params_only=self.params_only, overrides=self.overrides
+        )
+        reshard.convert_meshtrain(self.saved, staging, cfg, params_only=self.params_only)
+        return {
+            **self._describe(cfg),
+            "step": self.saved.step,
+            "params_only": self.params_only,
+            "source_dtype": self.saved.config.model.param_dtype,
+            "next": f"meshtrain train {self.destination / CONFIG_FILE} [key=value ...]",
+        }
 
     @staticmethod
     def _describe(cfg, dtype: str | None = None) -> dict:
         """meshtrain's side of the conversion: its parameter arrays (stacked over layers), their
         total size and dtype."""
-        return {"tensors": len(param_shapes(cfg)), "parameters": count_params(cfg.model).total,
-                "dtype": dtype or cfg.model.param_dtype}
+        return {
+            "tensors": len(param_shapes(cfg)),
+            "parameters": count_params(cfg.model).total,
+            "dtype": dtype or cfg.model.param_dtype,
+        }
 
     def _verify(self, staging: Path, tolerance: float | None, *, lossless: bool) -> dict:
         """Compares logits; without --tolerance, a conversion that loses no precision must match to
@@ -118,13 +160,17 @@ class Conversion:
             reference = verify.hf_logits(self.source, tokens)
         else:
             reference = verify.meshtrain_logits(self.saved, tokens)
-        result = verify.compare_logits(reference, verify.hf_logits(staging, tokens) if converted is None
-                                       else verify.meshtrain_logits(converted, tokens))
+        result = verify.compare_logits(
+            reference,
+            verify.hf_logits(staging, tokens) if converted is None else verify.meshtrain_logits(converted, tokens),
+        )
         if tolerance is None and lossless:
             tolerance = 1e-4 * max(1.0, result["max_abs_logit"])
         result["tolerance"] = tolerance
         if tolerance is not None and not result["max_abs_logit_diff"] <= tolerance:
-            raise UserError(f"--verify failed: the converted model's logits differ from the source's by up "
-                            f"to {result['max_abs_logit_diff']:.3e} (tolerance {tolerance:.3e}, KL divergence "
-                            f"{result['kl_divergence']:.3e}); nothing was written to {self.destination}")
+            raise UserError(
+                f"--verify failed: the converted model's logits differ from the source's by up "
+                f"to {result['max_abs_logit_diff']:.3e} (tolerance {tolerance:.3e}, KL divergence "
+                f"{result['kl_divergence']:.3e}); nothing was written to {self.destination}"
+            )
         return result

@@ -54,17 +54,28 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
 # safetensors dtype code -> numpy dtype (the data is little-endian, as is every host jax runs on).
 DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
     "BOOL": np.dtype(np.bool_),
 }
 DTYPE_CODES: dict[np.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
 
 if sys.byteorder != "little":  # pragma: no cover - no such host runs jax
-    raise ImportError("meshtrain.trainer.convert.safetensors reads and writes little-endian data on little-endian hosts only")
+    raise ImportError(
+        "meshtrain.trainer.convert.safetensors reads and writes little-endian data on little-endian hosts only"
+    )
 
 
 def nbytes(shape: Sequence[int], dtype: np.dtype) -> int:
@@ -94,8 +105,11 @@ def pickle_files(directory: Path) -> list[Path]:
         return [index]
     if (directory / PICKLE_FILE).is_file():
         return [directory / PICKLE_FILE]
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and p.suffix in PICKLE_SUFFIXES and not NOT_WEIGHTS.fullmatch(p.name))
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.suffix in PICKLE_SUFFIXES and not NOT_WEIGHTS.fullmatch(p.name)
+    )
 
 
 def pickle_refused(path: Path, files: Sequence[Path]) -> UserError:
@@ -104,7 +118,8 @@ def pickle_refused(path: Path, files: Sequence[Path]) -> UserError:
         f"{path} holds PyTorch pickle weights ({names}) and no .safetensors files. Loading a pickle can "
         f"run arbitrary code, so they are not loaded by default; if you trust their source, pass "
         f"--allow-pickle to load them with torch (torch.load(weights_only=True)), or convert them to "
-        f"safetensors first.")
+        f"safetensors first."
+    )
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -119,14 +134,16 @@ def weight_map(index: Path) -> dict[str, Path]:
     body = _read_json(index, "checkpoint index")
     weight_map = body.get("weight_map") if isinstance(body, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
-        raise UserError(f"{index}: not a checkpoint index: no \"weight_map\" object of tensor name -> file")
+        raise UserError(f'{index}: not a checkpoint index: no "weight_map" object of tensor name -> file')
     files = {}
     for file in sorted(set(weight_map.values())):
         path = index.parent / file
         if not path.is_file():
             users = [n for n, f in weight_map.items() if f == file]
-            raise UserError(f"{index} names {file!r} (for {len(users)} tensors, e.g. {users[0]!r}) but "
-                            f"{path} does not exist; the checkpoint is incomplete")
+            raise UserError(
+                f"{index} names {file!r} (for {len(users)} tensors, e.g. {users[0]!r}) but "
+                f"{path} does not exist; the checkpoint is incomplete"
+            )
         files[file] = path
     return {name: files[file] for name, file in weight_map.items()}
 
@@ -141,12 +158,15 @@ class Header:
             with open(path, "rb") as f:
                 head = f.read(8)
                 if len(head) < 8:
-                    raise UserError(f"{path}: not a safetensors file: {size} bytes, too short to hold the "
-                                    f"8-byte header length")
+                    raise UserError(
+                        f"{path}: not a safetensors file: {size} bytes, too short to hold the 8-byte header length"
+                    )
                 (length,) = struct.unpack("<Q", head)
                 if length > min(size - 8, MAX_HEADER_BYTES):
-                    raise UserError(f"{path}: truncated or not a safetensors file: the header length reads "
-                                    f"{length} bytes but the file has {size - 8} after it")
+                    raise UserError(
+                        f"{path}: truncated or not a safetensors file: the header length reads "
+                        f"{length} bytes but the file has {size - 8} after it"
+                    )
                 raw = f.read(length)
         except OSError as e:
             raise UserError(f"{path}: cannot read: {e}") from None
@@ -160,7 +180,7 @@ class Header:
         buffer_size = size - self.data_start
         metadata = header.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict):
-            raise UserError(f"{path}: corrupt safetensors header: \"__metadata__\" is not an object")
+            raise UserError(f'{path}: corrupt safetensors header: "__metadata__" is not an object')
         self.metadata: dict[str, str] = metadata
         # name -> (dtype, shape, begin, end), begin/end relative to the data buffer.
         self.tensors: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
@@ -176,16 +196,24 @@ class Header:
             raise UserError(f"{where}: unknown dtype {code!r}; known: {', '.join(DTYPES)}")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise UserError(f"{where}: corrupt shape {shape!r}")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
             raise UserError(f"{where}: corrupt data_offsets {offsets!r}")
         dtype, (begin, end) = DTYPES[code], offsets
         if end > buffer_size:
-            raise UserError(f"{where}: data_offsets [{begin}, {end}] reach past the end of the data "
-                            f"({buffer_size} bytes); the file is truncated or corrupt")
+            raise UserError(
+                f"{where}: data_offsets [{begin}, {end}] reach past the end of the data "
+                f"({buffer_size} bytes); the file is truncated or corrupt"
+            )
         if end - begin != nbytes(shape, dtype):
-            raise UserError(f"{where}: data_offsets [{begin}, {end}] hold {end - begin} bytes but shape "
-                            f"{shape} of {code} needs {nbytes(shape, dtype)}")
+            raise UserError(
+                f"{where}: data_offsets [{begin}, {end}] hold {end - begin} bytes but shape "
+                f"{shape} of {code} needs {nbytes(shape, dtype)}"
+            )
         return dtype, tuple(shape), begin, end
 
 

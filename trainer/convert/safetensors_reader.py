@@ -48,11 +48,15 @@ class SafetensorsReader(TensorIndex):
             header = self._headers[file] = Header(file)
             for name in header.tensors if names is None else names:
                 if name not in header.tensors:
-                    raise UserError(f"{self._index} says {file.name} holds {name!r} but its header "
-                                    f"does not list it; the checkpoint is inconsistent")
+                    raise UserError(
+                        f"{self._index} says {file.name} holds {name!r} but its header "
+                        f"does not list it; the checkpoint is inconsistent"
+                    )
                 if name in self._where:
-                    raise UserError(f"{self.path}: tensor {name!r} is in both {self._where[name].name} "
-                                    f"and {file.name}; keep one checkpoint per directory")
+                    raise UserError(
+                        f"{self.path}: tensor {name!r} is in both {self._where[name].name} "
+                        f"and {file.name}; keep one checkpoint per directory"
+                    )
                 self._where[name] = file
 
     def _files(self) -> dict[Path, list[str] | None]:
@@ -128,8 +132,10 @@ class SafetensorsReader(TensorIndex):
         while done < end - begin:  # one read returns at most ~2 GiB on Linux
             got = f.readinto(view[done:])
             if not got:
-                raise UserError(f"{path}: tensor {name!r} ends at byte {end} of the data but the file ends "
-                                f"first; it was truncated after it was opened")
+                raise UserError(
+                    f"{path}: tensor {name!r} ends at byte {end} of the data but the file ends "
+                    f"first; it was truncated after it was opened"
+                )
             done += got
         return out
 
@@ -167,8 +173,10 @@ class PickleReader(TensorIndex):
                 if name not in tensors:
                     raise UserError(f"{files[0]} says {file.name} holds {name!r} but it does not")
                 if name in self._where:
-                    raise UserError(f"{self.path}: tensor {name!r} is in both {self._where[name].name} "
-                                    f"and {file.name}; keep one checkpoint per directory")
+                    raise UserError(
+                        f"{self.path}: tensor {name!r} is in both {self._where[name].name} "
+                        f"and {file.name}; keep one checkpoint per directory"
+                    )
                 self._where[name] = file
                 self._specs[name] = (_numpy_dtype(tensors[name], file, name), tuple(tensors[name].shape))
 
@@ -178,8 +186,10 @@ class PickleReader(TensorIndex):
         try:
             import torch
         except ImportError:
-            raise UserError(f"reading PyTorch pickle weights ({file}) needs torch, which is not installed "
-                            f"(pip install torch), or convert them to safetensors elsewhere") from None
+            raise UserError(
+                f"reading PyTorch pickle weights ({file}) needs torch, which is not installed "
+                f"(pip install torch), or convert them to safetensors elsewhere"
+            ) from None
         self._loaded = None  # drop the previous file before loading the next
         try:
             try:
@@ -227,16 +237,29 @@ class PickleReader(TensorIndex):
 
 
 # torch dtype name -> safetensors code, for the dtypes numpy can hold.
-TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-                "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int64": "I64", "int32": "I32",
-                "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+TORCH_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 
 
 def _numpy_dtype(tensor, file: Path, name: str) -> np.dtype:
     torch_name = str(tensor.dtype).removeprefix("torch.")
     if torch_name not in TORCH_DTYPES:
-        raise UserError(f"{file}: tensor {name!r} has dtype {torch_name}, which cannot be converted; "
-                        f"known: {', '.join(TORCH_DTYPES)}")
+        raise UserError(
+            f"{file}: tensor {name!r} has dtype {torch_name}, which cannot be converted; "
+            f"known: {', '.join(TORCH_DTYPES)}"
+        )
     return DTYPES[TORCH_DTYPES[torch_name]]
 
 

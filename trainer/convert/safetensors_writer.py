@@ -49,8 +49,14 @@ class SafetensorsWriter:
     safetensors without a "format").
     """
 
-    def __init__(self, directory: str | os.PathLike, tensors: Iterable[tuple[str, Sequence[int], Any]], *,
-                 metadata: dict[str, str] | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        tensors: Iterable[tuple[str, Sequence[int], Any]],
+        *,
+        metadata: dict[str, str] | None = None,
+        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    ):
         self.directory = Path(directory)
         if max_shard_bytes <= 0:
             raise UserError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
@@ -68,8 +74,10 @@ class SafetensorsWriter:
                 raise UserError(f"tensor {name!r} is listed twice")
             shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
             if dtype not in DTYPE_CODES:
-                raise UserError(f"tensor {name!r}: safetensors cannot hold dtype {dtype}; "
-                                f"supported: {', '.join(str(d) for d in DTYPE_CODES)}")
+                raise UserError(
+                    f"tensor {name!r}: safetensors cannot hold dtype {dtype}; "
+                    f"supported: {', '.join(str(d) for d in DTYPE_CODES)}"
+                )
             if any(d < 0 for d in shape):
                 raise UserError(f"tensor {name!r}: bad shape {shape}")
             size = nbytes(shape, dtype)
@@ -80,8 +88,11 @@ class SafetensorsWriter:
             used += size
             self._plan[name] = (dtype, shape, len(shards) - 1)
         count = len(shards)
-        self.files = [SAFETENSORS_FILE] if count == 1 else \
-            [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        self.files = (
+            [SAFETENSORS_FILE]
+            if count == 1
+            else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        )
         self._offsets: dict[str, tuple[int, int]] = {}  # name -> [begin, end) in its shard's data
         self._headers: list[bytes] = []
         for names in shards:
@@ -96,8 +107,10 @@ class SafetensorsWriter:
             raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
             raw += b" " * (-len(raw) % 8)
             self._headers.append(struct.pack("<Q", len(raw)) + raw)
-        self._sizes = [len(h) + sum(self._offsets[n][1] - self._offsets[n][0] for n in names)
-                       for h, names in zip(self._headers, shards)]
+        self._sizes = [
+            len(h) + sum(self._offsets[n][1] - self._offsets[n][0] for n in names)
+            for h, names in zip(self._headers, shards)
+        ]
         self._written: set[str] = set()
         self._created: set[int] = set()
         self._file: tuple[int, Any] | None = None  # the one shard file kept open between writes
@@ -136,8 +149,9 @@ class SafetensorsWriter:
         dtype, shape, shard = self._plan[name]
         array = np.asarray(array)
         if array.shape != shape or array.dtype != dtype:
-            raise UserError(f"tensor {name!r}: expected shape {shape} dtype {dtype}, found shape "
-                            f"{array.shape} dtype {array.dtype}")
+            raise UserError(
+                f"tensor {name!r}: expected shape {shape} dtype {dtype}, found shape {array.shape} dtype {array.dtype}"
+            )
         begin, end = self._offsets[name]
         f = self._open(shard)
         if end > begin:
@@ -171,9 +185,12 @@ class SafetensorsWriter:
         missing = [name for name in self._plan if name not in self._written]
         if missing:
             self.abort()
-            shown = ", ".join(map(repr, missing[:10])) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
-            raise UserError(f"{len(missing)} of {len(self._plan)} planned tensors were never written to "
-                            f"{self.directory}: {shown}")
+            shown = ", ".join(map(repr, missing[:10])) + (
+                f", ... ({len(missing) - 10} more)" if len(missing) > 10 else ""
+            )
+            raise UserError(
+                f"{len(missing)} of {len(self._plan)} planned tensors were never written to {self.directory}: {shown}"
+            )
         try:
             self._close_file()
             for shard in range(len(self.files)):
@@ -188,9 +205,11 @@ class SafetensorsWriter:
             if len(self.files) > 1:
                 weight_map = {name: self.files[self._plan[name][2]] for name in sorted(self._plan)}
                 total = sum(end - begin for begin, end in self._offsets.values())
-                write_atomic(self.directory / SAFETENSORS_INDEX,
-                             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                        indent=2, sort_keys=True) + "\n")
+                write_atomic(
+                    self.directory / SAFETENSORS_INDEX,
+                    json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+                    + "\n",
+                )
             self._remove_stale()
         except BaseException:
             self.abort()

@@ -16,11 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from meshtrain.trainer.convert.families import (
-    TensorGroup,
-    family_for_model,
-    hf_tensor_shapes,
-)
+from meshtrain.trainer.convert.families import family_for_model
+from meshtrain.trainer.convert.family_base import TensorGroup, hf_tensor_shapes
 from meshtrain.trainer.convert.from_hf import TOKENIZER_FILE
 from meshtrain.trainer.convert.meshtrain_format import (
     param_shapes,
@@ -32,8 +29,9 @@ from meshtrain.trainer.data.tokenizer import existing_tokenizer, load_tokenizer
 from meshtrain.trainer.run.saved_weights import SavedCheckpoint
 
 
-def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, architecture: str | None,
-                  progress: tqdm) -> str:
+def convert_to_hf(
+    saved: SavedCheckpoint, staging: Path, *, dtype: str | None, architecture: str | None, progress: tqdm
+) -> str:
     """Writes the Hugging Face model of `saved` into `staging`; returns the architecture.
     `progress` counts the tensors written."""
     model = saved.config.model
@@ -41,8 +39,7 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
     out_dtype = np.dtype(jnp.dtype(dtype or model.param_dtype))
     shapes = {path: (shape, out_dtype) for path, (shape, _) in param_shapes(saved.config).items()}
     groups = family.groups(model)
-    specs = [(name, shape, out_dtype)
-             for name, shape in hf_tensor_shapes(groups, shapes, model.num_layers).items()]
+    specs = [(name, shape, out_dtype) for name, shape in hf_tensor_shapes(groups, shapes, model.num_layers).items()]
     progress.reset(total=len(specs))
     with SafetensorsWriter(staging, specs) as writer:
         for group in groups:
@@ -57,8 +54,9 @@ def convert_to_hf(saved: SavedCheckpoint, staging: Path, *, dtype: str | None, a
     return family.architecture
 
 
-def _write_group(writer: SafetensorsWriter, group: TensorGroup, saved: SavedCheckpoint, shapes,
-                 num_layers: int, progress: tqdm) -> None:
+def _write_group(
+    writer: SafetensorsWriter, group: TensorGroup, saved: SavedCheckpoint, shapes, num_layers: int, progress: tqdm
+) -> None:
     """Writes one group's Hugging Face tensors; its parameters are freed when this returns (a slice
     of a stacked parameter kept alive past it would keep the whole stack in memory)."""
     params = [read_param(saved, path, *shapes[path]) for path in group.params]
@@ -73,6 +71,5 @@ def _write_group(writer: SafetensorsWriter, group: TensorGroup, saved: SavedChec
 def _special_tokens(tokenizer_file: str) -> dict:
     """bos/eos/pad ids of the run's sentencepiece tokenizer, for config.json."""
     tokenizer = load_tokenizer(tokenizer_file)
-    ids = {"bos_token_id": tokenizer.bos_id(), "eos_token_id": tokenizer.eos_id(),
-           "pad_token_id": tokenizer.pad_id()}
+    ids = {"bos_token_id": tokenizer.bos_id(), "eos_token_id": tokenizer.eos_id(), "pad_token_id": tokenizer.pad_id()}
     return {key: value for key, value in ids.items() if value >= 0}

@@ -42,8 +42,9 @@ def hf_logits(directory: Path, tokens: np.ndarray) -> np.ndarray:
         import torch
         from transformers import AutoModelForCausalLM
     except ImportError as error:
-        raise UserError(f"--verify with a Hugging Face side needs torch and transformers ({error}); "
-                        f"pip install torch transformers") from None
+        raise UserError(
+            f"--verify with a Hugging Face side needs torch and transformers ({error}); pip install torch transformers"
+        ) from None
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     with torch.no_grad():
@@ -56,10 +57,12 @@ def compare_logits(reference: np.ndarray, converted: np.ndarray) -> dict:
     log_p = reference - _logsumexp(reference)
     log_q = converted - _logsumexp(converted)
     kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
-    return {"max_abs_logit_diff": float(np.max(np.abs(reference - converted))),
-            "kl_divergence": float(np.mean(kl)),
-            "max_abs_logit": float(np.max(np.abs(reference))),
-            "tokens_compared": int(np.prod(reference.shape[:-1]))}
+    return {
+        "max_abs_logit_diff": float(np.max(np.abs(reference - converted))),
+        "kl_divergence": float(np.mean(kl)),
+        "max_abs_logit": float(np.max(np.abs(reference))),
+        "tokens_compared": int(np.prod(reference.shape[:-1])),
+    }
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

@@ -56,8 +56,9 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     code_path = None
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(_FEATURES),
-                                     description=self.__doc__)
+        return tfds.core.DatasetInfo(
+            builder=self, features=tfds.features.FeaturesDict(_FEATURES), description=self.__doc__
+        )
 
     def _generate_examples(self):  # Unused: _split_generators returns the generators.
         raise NotImplementedError
@@ -69,8 +70,7 @@ class PythonDocs(_TextBuilder):
     @classmethod
     def make_config(cls, eval_fraction: float) -> TextConfig:
         name = _config_name(documents.python_docs_fingerprint(), eval_fraction)
-        return TextConfig(name=name, eval_fraction=eval_fraction,
-                          description="CPython pydoc topics, paragraph chunks")
+        return TextConfig(name=name, eval_fraction=eval_fraction, description="CPython pydoc topics, paragraph chunks")
 
     def _split_generators(self, dl_manager):
         return _split_generators(self, documents.python_docs_documents, "python_docs")
@@ -83,11 +83,18 @@ class LocalText(_TextBuilder):
     def make_config(cls, text_dir: str, text_key: str, eval_fraction: float) -> TextConfig:
         fingerprint = documents.local_text_fingerprint(text_dir)
         name = _config_name(text_dir, fingerprint, text_key, eval_fraction)
-        return TextConfig(name=name, text_dir=text_dir, text_key=text_key,
-                          eval_fraction=eval_fraction, description=f"text files in {text_dir}")
+        return TextConfig(
+            name=name,
+            text_dir=text_dir,
+            text_key=text_key,
+            eval_fraction=eval_fraction,
+            description=f"text files in {text_dir}",
+        )
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
         return _split_generators(
-            self, lambda: documents.local_text_documents(config.text_dir, config.text_key),
-            f"data.text_dir {config.text_dir!r}")
+            self,
+            lambda: documents.local_text_documents(config.text_dir, config.text_key),
+            f"data.text_dir {config.text_dir!r}",
+        )

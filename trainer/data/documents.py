@@ -115,11 +115,15 @@ def _jsonl_document(path, rel, line_no, line, text_key) -> Iterator[Document]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg}); each line must be one "
-                        f"JSON object with the text under {text_key!r}") from e
+        raise DataError(
+            f"{path}:{line_no}: not valid JSON ({e.msg}); each line must be one "
+            f"JSON object with the text under {text_key!r}"
+        ) from e
     if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-        raise DataError(f"{path}:{line_no}: no string under key {text_key!r}; each line must be "
-                        f"a JSON object like {{\"{text_key}\": \"...\"}} (or set data.text_key)")
+        raise DataError(
+            f"{path}:{line_no}: no string under key {text_key!r}; each line must be "
+            f'a JSON object like {{"{text_key}": "..."}} (or set data.text_key)'
+        )
     if record[text_key].strip():
         yield Document(f"{rel}:{line_no}", record[text_key])
 

@@ -46,16 +46,20 @@ class _ChunkDocument(grain.experimental.FlatMapTransform):
 
     def flat_map(self, ids: np.ndarray) -> list[dict[str, np.ndarray]]:
         inputs, targets = ids[:-1], ids[1:]
-        return [{"inputs": inputs[i:i + self.seq_len], "targets": targets[i:i + self.seq_len]}
-                for i in range(0, len(inputs), self.seq_len)]
+        return [
+            {"inputs": inputs[i : i + self.seq_len], "targets": targets[i : i + self.seq_len]}
+            for i in range(0, len(inputs), self.seq_len)
+        ]
 
 
 def _tokenize(sp: spm.SentencePieceProcessor):
     """text -> int32 ids of the document followed by eos."""
     eos = sp.eos_id()
     if eos < 0:
-        raise DataError("the tokenizer has no eos piece: documents must end in one; retrain it "
-                        "with trainer.data.tokenizer.train_tokenizer (eos id 1)")
+        raise DataError(
+            "the tokenizer has no eos piece: documents must end in one; retrain it "
+            "with trainer.data.tokenizer.train_tokenizer (eos id 1)"
+        )
 
     def tokenize(text: str) -> np.ndarray:
         return np.asarray(tok.encode(sp, text) + [eos], dtype=np.int32)
@@ -83,8 +87,10 @@ def process_shards(num_shards: int, process_index: int, process_count: int) -> t
     """
     num_shards = process_count if num_shards == -1 else num_shards
     if num_shards % process_count:
-        raise DataError(f"data.shards={num_shards} does not split over {process_count} processes: "
-                        f"use a multiple of {process_count}, or -1 for one shard per process")
+        raise DataError(
+            f"data.shards={num_shards} does not split over {process_count} processes: "
+            f"use a multiple of {process_count}, or -1 for one shard per process"
+        )
     per_process = num_shards // process_count
     return tuple(range(process_index * per_process, (process_index + 1) * per_process))
 
@@ -98,12 +104,14 @@ class _ShardReader:
                 docs = docs.shuffle(seed)  # Reseeded per epoch by grain (seed + epoch).
             docs = docs.repeat()
         docs = docs.map(_tokenize(tokenizer))
-        rows = docs.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS,
-                                                      prefetch_buffer_size=_READ_AHEAD))
+        rows = docs.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_AHEAD))
         rows = grain.experimental.FlatMapIterDataset(rows, _ChunkDocument(cfg.seq_len))
         rows = grain.experimental.FirstFitPackIterDataset(
-            rows, length_struct={"inputs": cfg.seq_len, "targets": cfg.seq_len},
-            num_packing_bins=_PACKING_BINS, shuffle_bins=False)
+            rows,
+            length_struct={"inputs": cfg.seq_len, "targets": cfg.seq_len},
+            num_packing_bins=_PACKING_BINS,
+            shuffle_bins=False,
+        )
         self._iterator = iter(rows.map(_finish_row))
         self.exhausted = False
 
@@ -139,9 +147,16 @@ class BatchStream:
     process count, and hosts never read the same document.
     """
 
-    def __init__(self, cfg: DataConfig, tokenizer: spm.SentencePieceProcessor, seed: int,
-                 split: str = "train", process_index: int | None = None,
-                 process_count: int | None = None, repeat: bool | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer: spm.SentencePieceProcessor,
+        seed: int,
+        split: str = "train",
+        process_index: int | None = None,
+        process_count: int | None = None,
+        repeat: bool | None = None,
+    ):
         self.seq_len = cfg.seq_len
         self.split = split
         process_index = jax.process_index() if process_index is None else process_index
@@ -151,22 +166,31 @@ class BatchStream:
         source = open_split(cfg, split)
         everything = grain.MapDataset.source(source)
         if len(everything) < num_shards:
-            raise DataError(f"{source!r} has {len(everything)} documents, too few for {num_shards} "
-                            "shards: each shard needs at least one; use more documents or fewer "
-                            "shards (data.shards, or processes)")
+            raise DataError(
+                f"{source!r} has {len(everything)} documents, too few for {num_shards} "
+                "shards: each shard needs at least one; use more documents or fewer "
+                "shards (data.shards, or processes)"
+            )
         repeat = (split == cfg.train_split) if repeat is None else repeat
-        self._readers = [_ShardReader(everything[shard::num_shards], cfg, tokenizer, seed, repeat)
-                         for shard in self.shards]
-        self._identity = {"split": split, "documents": len(everything), "seq_len": cfg.seq_len,
-                          "num_shards": num_shards}
+        self._readers = [
+            _ShardReader(everything[shard::num_shards], cfg, tokenizer, seed, repeat) for shard in self.shards
+        ]
+        self._identity = {
+            "split": split,
+            "documents": len(everything),
+            "seq_len": cfg.seq_len,
+            "num_shards": num_shards,
+        }
 
     def next_batch(self, num_rows: int) -> dict[str, np.ndarray]:
         """The next num_rows rows stacked: {feature: [num_rows, seq_len]}."""
         per_shard, rest = divmod(num_rows, len(self._readers))
         if rest:
-            raise DataError(f"a batch of {num_rows} rows does not split over this process's "
-                            f"{len(self._readers)} data shards: make every batch size a multiple of "
-                            "data.shards")
+            raise DataError(
+                f"a batch of {num_rows} rows does not split over this process's "
+                f"{len(self._readers)} data shards: make every batch size a multiple of "
+                "data.shards"
+            )
         parts = [reader.rows(per_shard) for reader in self._readers]
         if not any(parts):
             raise StopIteration(f"split {self.split!r} is exhausted")
@@ -187,10 +211,12 @@ class BatchStream:
         """Continues exactly where the stream(s) that produced `state` were."""
         saved = {k: state.get(k) for k in self._identity}
         if saved != self._identity:
-            raise DataError(f"data state was saved for {saved} but this stream is "
-                            f"{self._identity}: resume with the same dataset, split, seq_len and "
-                            "number of data shards (data.shards=-1 ties it to the process count; "
-                            "a fixed data.shards resumes on any process count that divides it)")
+            raise DataError(
+                f"data state was saved for {saved} but this stream is "
+                f"{self._identity}: resume with the same dataset, split, seq_len and "
+                "number of data shards (data.shards=-1 ties it to the process count; "
+                "a fixed data.shards resumes on any process count that divides it)"
+            )
         for shard, reader in zip(self.shards, self._readers):
             reader.set_state(state["shards"][str(shard)])
 

@@ -28,8 +28,9 @@ def _built_in_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
         config = PythonDocs.make_config(cfg.eval_fraction)
         return PythonDocs(config=config, data_dir=data_dir(cfg), file_format="array_record")
     if not cfg.text_dir:
-        raise DataError("data.dataset is local_text but data.text_dir is not set: set it to a "
-                        "directory of .txt and/or .jsonl files")
+        raise DataError(
+            "data.dataset is local_text but data.text_dir is not set: set it to a directory of .txt and/or .jsonl files"
+        )
     text_dir = os.path.abspath(os.path.expanduser(cfg.text_dir))
     config = LocalText.make_config(text_dir, cfg.text_key, cfg.eval_fraction)
     return LocalText(config=config, data_dir=data_dir(cfg), file_format="array_record")
@@ -91,8 +92,10 @@ class TextSource:
         try:
             text = record[self._text_key]
         except KeyError:
-            raise DataError(f"{self._where} has no feature {self._text_key!r} (it has "
-                            f"{sorted(record)}): set data.text_key to the text feature") from None
+            raise DataError(
+                f"{self._where} has no feature {self._text_key!r} (it has "
+                f"{sorted(record)}): set data.text_key to the text feature"
+            ) from None
         return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
     def __repr__(self) -> str:
@@ -104,7 +107,9 @@ def open_split(cfg: DataConfig, split: str) -> TextSource:
     builder = _ready_builder(cfg)
     key = "text" if cfg.dataset in BUILT_IN else cfg.text_key
     if split not in builder.info.splits:
-        raise DataError(f"dataset {cfg.dataset!r} in {data_dir(cfg)!r} has no split {split!r}; "
-                        f"it has {sorted(builder.info.splits)}: fix data.train_split/eval_split")
+        raise DataError(
+            f"dataset {cfg.dataset!r} in {data_dir(cfg)!r} has no split {split!r}; "
+            f"it has {sorted(builder.info.splits)}: fix data.train_split/eval_split"
+        )
     where = f"dataset {cfg.dataset!r} split {split!r} in {data_dir(cfg)!r}"
     return TextSource(builder.as_data_source(split=split), key, where)

@@ -39,7 +39,7 @@ def _training_slices(texts: Iterable[str]) -> Iterator[str]:
     total = 0
     for text in texts:
         for start in range(0, len(text), _TRAINING_SLICE_CHARS):
-            piece = text[start:start + _TRAINING_SLICE_CHARS]
+            piece = text[start : start + _TRAINING_SLICE_CHARS]
             yield piece
             total += len(piece)
             if total >= MAX_TRAINING_CHARS:
@@ -53,19 +53,35 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_path: str) -> 
     never leaves a half-written .model that a later run would take as a cache hit.
     """
     if vocab_size < 300:
-        raise DataError(f"tokenizer vocab_size {vocab_size} is too small: byte fallback alone "
-                        "needs 259 pieces; use at least 300 (e.g. 1024)")
+        raise DataError(
+            f"tokenizer vocab_size {vocab_size} is too small: byte fallback alone "
+            "needs 259 pieces; use at least 300 (e.g. 1024)"
+        )
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_slices(texts), model_writer=model,
-            vocab_size=vocab_size, model_type="unigram", character_coverage=0.9995,
-            normalization_rule_name="identity", add_dummy_prefix=False,
-            remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-            split_digits=True, byte_fallback=True, hard_vocab_limit=False,
-            max_sentence_length=4 * _TRAINING_SLICE_CHARS, input_sentence_size=1_000_000,
-            shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-            num_threads=2, minloglevel=2)
+            sentence_iterator=_training_slices(texts),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type="unigram",
+            character_coverage=0.9995,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            byte_fallback=True,
+            hard_vocab_limit=False,
+            max_sentence_length=4 * _TRAINING_SLICE_CHARS,
+            input_sentence_size=1_000_000,
+            shuffle_input_sentence=True,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            unk_id=UNK_ID,
+            bos_id=-1,
+            num_threads=2,
+            minloglevel=2,
+        )
     except RuntimeError as e:
         raise DataError(f"could not train a tokenizer for {output_path}: {e}") from e
     output_path = os.path.abspath(os.path.expanduser(output_path))
@@ -78,8 +94,10 @@ def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
     """Loads a .model file; a missing or unreadable one is a DataError naming it."""
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
-        raise DataError(f"tokenizer {path!r} does not exist: set data.tokenizer to a sentencepiece "
-                        ".model file, or to null to train one on the dataset")
+        raise DataError(
+            f"tokenizer {path!r} does not exist: set data.tokenizer to a sentencepiece "
+            ".model file, or to null to train one on the dataset"
+        )
     try:
         return spm.SentencePieceProcessor(model_file=path)
     except (RuntimeError, OSError) as e:

@@ -106,7 +106,9 @@ class CompileReport:
         return self.flops_per_step_per_chip * self.num_chips / (self.batch_size * self.seq_len)
 
 
-def resolve_target(cfg: ExperimentConfig, topology: str | None, num_slices: int | None) -> tuple[str, int, HardwareSpec]:
+def resolve_target(
+    cfg: ExperimentConfig, topology: str | None, num_slices: int | None
+) -> tuple[str, int, HardwareSpec]:
     """(topology name with its generation prefix, number of slices, HardwareSpec of its chips).
 
     The chip kind comes from the topology's prefix ('v4' -> tpu-v4 in configs/hardware.yaml); a
@@ -131,16 +133,22 @@ def resolve_target(cfg: ExperimentConfig, topology: str | None, num_slices: int 
     tpus = {spec.tpu_topology_prefix: spec for spec in map(hardware_spec, hardware_kinds()) if spec.platform == "tpu"}
     if prefix is None:
         if configured.platform != "tpu":
-            raise UserError(f"topology {topology!r} has no TPU generation and hardware.kind="
-                            f"{cfg.hardware.kind!r} is not a TPU: write it as e.g. v4:{topology}")
+            raise UserError(
+                f"topology {topology!r} has no TPU generation and hardware.kind="
+                f"{cfg.hardware.kind!r} is not a TPU: write it as e.g. v4:{topology}"
+            )
         prefix = configured.tpu_topology_prefix
     if prefix not in tpus:
-        raise UserError(f"topology {topology!r}: unknown TPU generation {prefix!r}; configs/hardware.yaml "
-                        f"knows {', '.join(sorted(tpus))}")
+        raise UserError(
+            f"topology {topology!r}: unknown TPU generation {prefix!r}; configs/hardware.yaml "
+            f"knows {', '.join(sorted(tpus))}"
+        )
     spec = tpus[prefix]
     if configured.platform == "tpu" and configured.kind != spec.kind:
-        raise UserError(f"topology {topology!r} is {spec.kind} but the experiment says hardware.kind="
-                        f"{cfg.hardware.kind!r}: make them agree")
+        raise UserError(
+            f"topology {topology!r} is {spec.kind} but the experiment says hardware.kind="
+            f"{cfg.hardware.kind!r}: make them agree"
+        )
     return f"{prefix}:{'x'.join(map(str, dims))}", num_slices, spec
 
 
@@ -153,8 +161,9 @@ def libtpu_available() -> bool:
 def topology_devices(topology: str, num_slices: int, spec: HardwareSpec | None = None) -> list:
     """Compile-only jax devices of `num_slices` slices of `topology` (slice_index set when > 1)."""
     if not libtpu_available():
-        raise UserError('meshtrain compile needs libtpu, the TPU compiler, which is not installed: '
-                        'pip install -e ".[tpu]"')
+        raise UserError(
+            'meshtrain compile needs libtpu, the TPU compiler, which is not installed: pip install -e ".[tpu]"'
+        )
     for name, value in _COMPILE_ONLY_ENV.items():
         os.environ.setdefault(name, value)
     if spec is not None and spec.tpu_accelerator_type:  # e.g. v4:12x16x16 -> v4-6144 (counted in cores)
@@ -190,27 +199,51 @@ def compile_report(cfg: ExperimentConfig, topology: str | None = None, num_slice
     lowered = traced.lower()
     lower_seconds = round(time.perf_counter() - start, 2)
     flops = jaxpr_flops(traced.jaxpr.jaxpr) / chips
-    report = dict(experiment=cfg.name, topology=topology, num_slices=num_slices, hardware_kind=spec.kind,
-                  device_kind=devices[0].device_kind, num_devices=len(devices), num_chips=chips,
-                  devices_per_chip=per_chip, mesh=dict(mesh.shape), batch_size=max(batch_sizes(cfg.train)),
-                  seq_len=cfg.data.seq_len, microbatches=cfg.train.microbatches, compute_dtype=dtype,
-                  hbm_bytes_per_chip=spec.hbm_bytes, lower_seconds=lower_seconds, flops_per_step_per_chip=flops)
+    report = dict(
+        experiment=cfg.name,
+        topology=topology,
+        num_slices=num_slices,
+        hardware_kind=spec.kind,
+        device_kind=devices[0].device_kind,
+        num_devices=len(devices),
+        num_chips=chips,
+        devices_per_chip=per_chip,
+        mesh=dict(mesh.shape),
+        batch_size=max(batch_sizes(cfg.train)),
+        seq_len=cfg.data.seq_len,
+        microbatches=cfg.train.microbatches,
+        compute_dtype=dtype,
+        hbm_bytes_per_chip=spec.hbm_bytes,
+        lower_seconds=lower_seconds,
+        flops_per_step_per_chip=flops,
+    )
     start = time.perf_counter()
     try:
         compiled = lowered.compile()
     except Exception as error:
         if not _is_out_of_memory(error):
             raise
-        return CompileReport(**report, compile_seconds=round(time.perf_counter() - start, 2), fits=False,
-                             error=_xla_message(error), xla_flops_per_chip=None, memory=CompiledMemory())
+        return CompileReport(
+            **report,
+            compile_seconds=round(time.perf_counter() - start, 2),
+            fits=False,
+            error=_xla_message(error),
+            xla_flops_per_chip=None,
+            memory=CompiledMemory(),
+        )
     compile_seconds = round(time.perf_counter() - start, 2)
     memory = compiled_memory(compiled, per_chip)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in older jax
     xla_flops = (cost or {}).get("flops")
-    return CompileReport(**report, compile_seconds=compile_seconds,
-                         fits=spec.hbm_bytes is None or memory.peak_bytes_per_chip <= spec.hbm_bytes, error=None,
-                         xla_flops_per_chip=None if xla_flops is None else xla_flops * per_chip, memory=memory)
+    return CompileReport(
+        **report,
+        compile_seconds=compile_seconds,
+        fits=spec.hbm_bytes is None or memory.peak_bytes_per_chip <= spec.hbm_bytes,
+        error=None,
+        xla_flops_per_chip=None if xla_flops is None else xla_flops * per_chip,
+        memory=memory,
+    )
 
 
 def compiled_memory(compiled, devices_per_chip: int = 1) -> CompiledMemory:
@@ -219,16 +252,23 @@ def compiled_memory(compiled, devices_per_chip: int = 1) -> CompiledMemory:
     peak = getattr(stats, "peak_memory_in_bytes", 0) or 0
     source = "xla peak_memory_in_bytes"
     if peak <= 0:
-        peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-                + stats.temp_size_in_bytes)
+        peak = (
+            stats.argument_size_in_bytes
+            + stats.output_size_in_bytes
+            - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes
+        )
         source = "argument + output - alias + temp"
     n = devices_per_chip
-    return CompiledMemory(argument_bytes_per_chip=stats.argument_size_in_bytes * n,
-                          output_bytes_per_chip=stats.output_size_in_bytes * n,
-                          alias_bytes_per_chip=stats.alias_size_in_bytes * n,
-                          temp_bytes_per_chip=stats.temp_size_in_bytes * n,
-                          generated_code_bytes_per_chip=stats.generated_code_size_in_bytes * n,
-                          peak_bytes_per_chip=peak * n, peak_source=source)
+    return CompiledMemory(
+        argument_bytes_per_chip=stats.argument_size_in_bytes * n,
+        output_bytes_per_chip=stats.output_size_in_bytes * n,
+        alias_bytes_per_chip=stats.alias_size_in_bytes * n,
+        temp_bytes_per_chip=stats.temp_size_in_bytes * n,
+        generated_code_bytes_per_chip=stats.generated_code_size_in_bytes * n,
+        peak_bytes_per_chip=peak * n,
+        peak_source=source,
+    )
 
 
 def _is_out_of_memory(error: Exception) -> bool:

@@ -39,6 +39,7 @@ from meshtrain.trainer.config.mesh_shape import mesh_sizes
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.planning.aot_compile import CompileReport
+from meshtrain.trainer.planning.cost_result import AotFigures, CostEstimate
 from meshtrain.trainer.planning.fit_search import Suggestion, suggestions
 from meshtrain.trainer.planning.flops import (
     FLOPS_CONVENTIONS,
@@ -48,116 +49,6 @@ from meshtrain.trainer.planning.flops import (
 )
 from meshtrain.trainer.planning.memory import memory_on_chips
 from meshtrain.trainer.planning.peaks import host_memory_bytes, peak_flops, peak_source
-
-CONVENTION_DESCRIPTIONS = {
-    "palm": "PaLM Appendix B: 6N + 12·L·H·Q·T (attention counted in full)",
-    "causal": "6N + 6·L·H·Q·T (attention halved for the causal mask)",
-    "6nd": "6N: Kaplan et al., GPT-3, Chinchilla (no attention term)",
-}
-SECONDS_PER_DAY = 86400.0
-_AOT_FIELDS = ("topology", "num_slices", "device_kind", "batch_size", "microbatches", "compute_dtype",
-               "argument_bytes_per_chip", "output_bytes_per_chip", "alias_bytes_per_chip", "temp_bytes_per_chip",
-               "peak_bytes_per_chip", "peak_source", "flops_per_step_per_chip", "xla_flops_per_chip",
-               "lower_seconds", "compile_seconds", "error")
-
-
-@dataclasses.dataclass(frozen=True)
-class AotFigures:
-    """What an AOT compile replaced in the estimate, beside the analytic figures it replaced."""
-
-    hardware_flops_per_token_analytic: float
-    hardware_flops_per_token_aot: float
-    memory_per_chip_bytes_analytic: dict[str, int]
-    compile: CompileReport
-
-    @property
-    def hardware_flops_aot_over_analytic(self) -> float:
-        return self.hardware_flops_per_token_aot / self.hardware_flops_per_token_analytic
-
-
-@dataclasses.dataclass(frozen=True)
-class CostEstimate:
-    """The cost report of training one experiment (`meshtrain cost`; `as_dict()` is its --json)."""
-
-    experiment: str
-    flops_convention: str
-    params_total: int
-    params_non_embedding: int
-    seq_len: int
-    model_flops_per_token: float
-    hardware_flops_per_token: float
-    remat: str
-    tokens_total: int
-    train_flops_6nd: float
-    hardware: str
-    chips: int
-    compute_dtype: str
-    peak_flops_per_chip: float
-    peak_flops_source: str
-    tokens_per_sec_per_chip: float
-    mfu: float
-    mfu_source: str
-    cost_usd_by_tier: dict[str, float]
-    prices: dict[str, Price]
-    mesh: dict[str, int]
-    memory_per_chip_bytes: dict[str, int | None]  # params, grads, optimizer, activations, total
-    memory_source: str  # analytic | xla
-    hbm_bytes_per_chip: int | None  # the limit: HBM, or host memory on cpu
-    memory_limit: str  # hbm | host
-    fits: bool
-    suggestions: list[Suggestion] | None  # what would make it fit; None when it fits
-    aot: AotFigures | None = None
-
-    @property
-    def flops_convention_description(self) -> str:
-        return CONVENTION_DESCRIPTIONS[self.flops_convention]
-
-    @property
-    def train_flops_total(self) -> float:
-        return self.model_flops_per_token * self.tokens_total
-
-    @property
-    def hardware_flops_total(self) -> float:
-        return self.hardware_flops_per_token * self.tokens_total
-
-    @property
-    def tokens_per_sec(self) -> float:
-        return self.tokens_per_sec_per_chip * self.chips
-
-    @property
-    def hfu(self) -> float:
-        return self.mfu * self.hardware_flops_per_token / self.model_flops_per_token
-
-    @property
-    def wall_clock_days(self) -> float:
-        return self.tokens_total / self.tokens_per_sec / SECONDS_PER_DAY
-
-    @property
-    def chip_hours(self) -> float:
-        return self.chips * self.wall_clock_days * 24.0
-
-    @property
-    def cost_usd(self) -> float | None:
-        return self.cost_usd_by_tier.get("on_demand")
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON object of `meshtrain cost --json`: every field and derived figure."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("suggestions", "aot")}
-        for name in ("flops_convention_description", "train_flops_total", "hardware_flops_total", "tokens_per_sec",
-                     "hfu", "wall_clock_days", "chip_hours", "cost_usd"):
-            out[name] = getattr(self, name)
-        out["prices"] = {tier: dataclasses.asdict(p) for tier, p in self.prices.items()}
-        out["hardware_flops_per_token_source"] = "analytic" if self.aot is None else "aot"
-        if self.suggestions is not None:
-            out["suggestions"] = [s.as_dict() for s in self.suggestions]
-        if self.aot is not None:
-            compiled = self.aot.compile.as_dict()
-            out.update(hardware_flops_per_token_analytic=self.aot.hardware_flops_per_token_analytic,
-                       hardware_flops_per_token_aot=self.aot.hardware_flops_per_token_aot,
-                       hardware_flops_aot_over_analytic=self.aot.hardware_flops_aot_over_analytic,
-                       memory_per_chip_bytes_analytic=self.aot.memory_per_chip_bytes_analytic,
-                       aot={key: compiled[key] for key in _AOT_FIELDS})
-        return out
 
 
 def _positive_number(value: Any) -> bool:
@@ -180,25 +71,37 @@ def resolve_chips(cfg: ExperimentConfig, spec: HardwareSpec, chips: int | None =
             return chips_in_topology(hw.topology) * hw.num_slices
     if spec.platform == "cpu":
         return 1
-    raise UserError(f"how many {spec.kind} chips? hardware.chips is null"
-                    + (f" and hardware.topology={hw.topology} is not a {spec.kind} topology" if hw.topology else "")
-                    + ": set hardware.chips=N (on the meshtrain cost command line: pass --chips N)")
+    raise UserError(
+        f"how many {spec.kind} chips? hardware.chips is null"
+        + (f" and hardware.topology={hw.topology} is not a {spec.kind} topology" if hw.topology else "")
+        + ": set hardware.chips=N (on the meshtrain cost command line: pass --chips N)"
+    )
 
 
-def on_hardware(cfg: ExperimentConfig, hardware: str | None = None,
-                hardware_overrides: Mapping[str, Any] | None = None) -> tuple[ExperimentConfig, HardwareSpec]:
+def on_hardware(
+    cfg: ExperimentConfig, hardware: str | None = None, hardware_overrides: Mapping[str, Any] | None = None
+) -> tuple[ExperimentConfig, HardwareSpec]:
     """(cfg on hardware kind `hardware`, default hardware.kind; its HardwareSpec). On another kind the
     experiment's chip count is dropped, and its topology too unless both kinds are TPUs."""
     kind = hardware if hardware is not None else cfg.hardware.kind
     if kind not in hardware_kinds():
-        raise UserError(f"hardware={kind!r}: unknown hardware kind (known: {', '.join(hardware_kinds())})"
-                        f"{did_you_mean(kind, hardware_kinds())}")
+        raise UserError(
+            f"hardware={kind!r}: unknown hardware kind (known: {', '.join(hardware_kinds())})"
+            f"{did_you_mean(kind, hardware_kinds())}"
+        )
     spec = hardware_spec(kind, hardware_overrides)
     if kind != cfg.hardware.kind:  # the experiment's topology and chip count describe other hardware
         same_tpu = spec.platform == "tpu" and hardware_spec(cfg.hardware.kind).platform == "tpu"
-        cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(
-            cfg.hardware, kind=kind, chips=None, topology=cfg.hardware.topology if same_tpu else None,
-            num_slices=cfg.hardware.num_slices if same_tpu else 1))
+        cfg = dataclasses.replace(
+            cfg,
+            hardware=dataclasses.replace(
+                cfg.hardware,
+                kind=kind,
+                chips=None,
+                topology=cfg.hardware.topology if same_tpu else None,
+                num_slices=cfg.hardware.num_slices if same_tpu else 1,
+            ),
+        )
     return cfg, spec
 
 
@@ -206,8 +109,10 @@ def _check_arguments(mfu, tokens_per_sec_per_chip, peak_tflops, price, tokens, c
     if convention not in FLOPS_CONVENTIONS:
         raise UserError(f"convention={convention!r}: expected one of {', '.join(FLOPS_CONVENTIONS)}")
     if mfu is not None and tokens_per_sec_per_chip is not None:
-        raise UserError("mfu and tokens_per_sec_per_chip both given: give one (MFU follows from a "
-                        "throughput, and a throughput from an MFU)")
+        raise UserError(
+            "mfu and tokens_per_sec_per_chip both given: give one (MFU follows from a "
+            "throughput, and a throughput from an MFU)"
+        )
     if mfu is not None and not (_positive_number(mfu) and mfu <= 1):
         raise UserError(f"mfu={mfu}: expected a fraction in (0, 1], e.g. 0.4 for 40%")
     if tokens_per_sec_per_chip is not None and not _positive_number(tokens_per_sec_per_chip):
@@ -220,32 +125,51 @@ def _check_arguments(mfu, tokens_per_sec_per_chip, peak_tflops, price, tokens, c
         raise UserError(f"tokens={tokens}: expected a positive number of training tokens")
 
 
-def _throughput(spec: HardwareSpec, peak: float, model_fpt: float, convention: str, mfu: float | None,
-                tokens_per_sec_per_chip: float | None) -> tuple[float, float, str]:
+def _throughput(
+    spec: HardwareSpec,
+    peak: float,
+    model_fpt: float,
+    convention: str,
+    mfu: float | None,
+    tokens_per_sec_per_chip: float | None,
+) -> tuple[float, float, str]:
     """(tokens/s per chip, MFU, where the MFU came from)."""
     if tokens_per_sec_per_chip is not None:
         per_chip = float(tokens_per_sec_per_chip)
         mfu = per_chip * model_fpt / peak
         if mfu > 1:
-            raise UserError(f"{tokens_per_sec_per_chip:g} tokens/s per chip means MFU {mfu:.2f} > 1 at "
-                            f"{peak / 1e12:g} TFLOP/s per chip and {model_fpt:.4g} FLOPs per token "
-                            f"({convention}): faster than the chip's peak")
+            raise UserError(
+                f"{tokens_per_sec_per_chip:g} tokens/s per chip means MFU {mfu:.2f} > 1 at "
+                f"{peak / 1e12:g} TFLOP/s per chip and {model_fpt:.4g} FLOPs per token "
+                f"({convention}): faster than the chip's peak"
+            )
         return per_chip, mfu, "--tokens-per-sec-per-chip"
     if mfu is not None:
         source = "--mfu"
     elif spec.default_mfu is not None:
         mfu, source = spec.default_mfu, f"default for {spec.kind}: {spec.default_mfu_reason}"
     else:
-        raise UserError(f"{spec.kind} has no default MFU in configs/hardware.yaml: give an MFU (--mfu) or a "
-                        f"measured throughput (--tokens-per-sec-per-chip)")
+        raise UserError(
+            f"{spec.kind} has no default MFU in configs/hardware.yaml: give an MFU (--mfu) or a "
+            f"measured throughput (--tokens-per-sec-per-chip)"
+        )
     return mfu * peak / model_fpt, mfu, source
 
 
-def estimate_cost(cfg: ExperimentConfig, *, hardware: str | None = None, chips: int | None = None,
-                  mfu: float | None = None, tokens_per_sec_per_chip: float | None = None,
-                  peak_tflops: float | None = None, price: float | None = None, tokens: float | None = None,
-                  convention: str = "palm", hardware_overrides: Mapping[str, Any] | None = None,
-                  aot: CompileReport | None = None) -> CostEstimate:
+def estimate_cost(
+    cfg: ExperimentConfig,
+    *,
+    hardware: str | None = None,
+    chips: int | None = None,
+    mfu: float | None = None,
+    tokens_per_sec_per_chip: float | None = None,
+    peak_tflops: float | None = None,
+    price: float | None = None,
+    tokens: float | None = None,
+    convention: str = "palm",
+    hardware_overrides: Mapping[str, Any] | None = None,
+    aot: CompileReport | None = None,
+) -> CostEstimate:
     """The cost of training `cfg`.
 
     hardware: a kind of configs/hardware.yaml (default hardware.kind); chips: default from the
@@ -271,8 +195,10 @@ def estimate_cost(cfg: ExperimentConfig, *, hardware: str | None = None, chips: 
     hardware_fpt = analytic_hardware_fpt = hardware_flops_per_token(model, seq_len, convention=convention)
     if aot is not None:
         if aot.num_chips != chips:
-            raise UserError(f"the AOT compile is for {aot.num_chips} chips ({aot.topology} x {aot.num_slices} "
-                            f"slice(s)), not {chips}: make the chip counts agree")
+            raise UserError(
+                f"the AOT compile is for {aot.num_chips} chips ({aot.topology} x {aot.num_slices} "
+                f"slice(s)), not {chips}: make the chip counts agree"
+            )
         hardware_fpt = aot.flops_per_token
     per_chip, mfu, mfu_source = _throughput(spec, peak, model_fpt, convention, mfu, tokens_per_sec_per_chip)
     tokens_total = int(tokens) if tokens is not None else tokens_through(cfg.train, seq_len, cfg.train.steps)
@@ -293,27 +219,62 @@ def estimate_cost(cfg: ExperimentConfig, *, hardware: str | None = None, chips: 
         fits = aot.error is None and peak_bytes is not None and (limit is None or peak_bytes <= limit)
         mesh = dict(aot.mesh)
     return CostEstimate(
-        experiment=cfg.name, flops_convention=convention, params_total=counts.params_total,
-        params_non_embedding=counts.params_non_embedding, seq_len=seq_len, model_flops_per_token=model_fpt,
-        hardware_flops_per_token=hardware_fpt, remat=model.remat, tokens_total=tokens_total,
-        train_flops_6nd=model_flops_per_token(model, seq_len, "6nd") * tokens_total, hardware=spec.kind,
-        chips=chips, compute_dtype=dtype, peak_flops_per_chip=peak,
+        experiment=cfg.name,
+        flops_convention=convention,
+        params_total=counts.params_total,
+        params_non_embedding=counts.params_non_embedding,
+        seq_len=seq_len,
+        model_flops_per_token=model_fpt,
+        hardware_flops_per_token=hardware_fpt,
+        remat=model.remat,
+        tokens_total=tokens_total,
+        train_flops_6nd=model_flops_per_token(model, seq_len, "6nd") * tokens_total,
+        hardware=spec.kind,
+        chips=chips,
+        compute_dtype=dtype,
+        peak_flops_per_chip=peak,
         peak_flops_source="--peak-tflops" if peak_tflops is not None else peak_source(spec, dtype),
-        tokens_per_sec_per_chip=per_chip, mfu=mfu, mfu_source=mfu_source, cost_usd_by_tier=cost_by_tier,
-        prices=prices, mesh=mesh, memory_per_chip_bytes=memory_per_chip,
-        memory_source="analytic" if aot is None else "xla", hbm_bytes_per_chip=limit, memory_limit=memory_kind,
-        fits=fits, suggestions=None if fits else _suggestions(cfg, spec, chips, limit, memory.total, analytic_fits, aot),
-        aot=None if aot is None else AotFigures(analytic_hardware_fpt, hardware_fpt, memory.as_dict(), aot))
+        tokens_per_sec_per_chip=per_chip,
+        mfu=mfu,
+        mfu_source=mfu_source,
+        cost_usd_by_tier=cost_by_tier,
+        prices=prices,
+        mesh=mesh,
+        memory_per_chip_bytes=memory_per_chip,
+        memory_source="analytic" if aot is None else "xla",
+        hbm_bytes_per_chip=limit,
+        memory_limit=memory_kind,
+        fits=fits,
+        suggestions=None if fits else _suggestions(cfg, spec, chips, limit, memory.total, analytic_fits, aot),
+        aot=None if aot is None else AotFigures(analytic_hardware_fpt, hardware_fpt, memory.as_dict(), aot),
+    )
 
 
 def _suggestions(cfg, spec, chips, limit, analytic_total, analytic_fits, aot) -> list[Suggestion]:
     if analytic_fits:  # only XLA says it does not: the analytic search would suggest nothing real
-        return [Suggestion("more chips, model.remat=full or more train.microbatches", False, None,
-                           note=f"the analytic estimate ({analytic_total / 2**30:.2f} GiB per chip) fits but "
-                                f"XLA's compile does not: try each with meshtrain cost --aot")]
+        return [
+            Suggestion(
+                "more chips, model.remat=full or more train.microbatches",
+                False,
+                None,
+                note=f"the analytic estimate ({analytic_total / 2**30:.2f} GiB per chip) fits but "
+                f"XLA's compile does not: try each with meshtrain cost --aot",
+            )
+        ]
     found = suggestions(cfg, spec, chips, limit)
     if aot is None:
         return found
-    return [dataclasses.replace(s, note="; ".join(x for x in (s.note, "analytic estimate; with --aot, a topology of "
-                                                              "that many chips" if s.chips else "analytic estimate") if x))
-            for s in found]
+    return [
+        dataclasses.replace(
+            s,
+            note="; ".join(
+                x
+                for x in (
+                    s.note,
+                    "analytic estimate; with --aot, a topology of that many chips" if s.chips else "analytic estimate",
+                )
+                if x
+            ),
+        )
+        for s in found
+    ]

@@ -36,7 +36,11 @@ class Suggestion:
     note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k in ("memory_per_chip_bytes", "chips")}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if v is not None or k in ("memory_per_chip_bytes", "chips")
+        }
 
 
 def _fits(cfg: ExperimentConfig, chips: int, limit: int) -> tuple[bool, int] | None:
@@ -109,17 +113,37 @@ def suggestions(cfg: ExperimentConfig, spec: HardwareSpec, chips: int, limit: in
     if grown is not None:
         out = [grown]
     elif chip_step(cfg, spec, chips) is None:
-        out = [Suggestion("more chips", False, None, note=f"the mesh fixes the chip count at {chips} (no "
-                          f"mesh.ici_* axis is -1): set one to -1 (e.g. mesh.ici_fsdp=-1) to let it grow with the chips")]
+        out = [
+            Suggestion(
+                "more chips",
+                False,
+                None,
+                note=f"the mesh fixes the chip count at {chips} (no "
+                f"mesh.ici_* axis is -1): set one to -1 (e.g. mesh.ici_fsdp=-1) to let it grow with the chips",
+            )
+        ]
     else:
-        out = [Suggestion("more chips", False, None, note="more chips do not make it fit: the memory per chip "
-                          "stops shrinking (what is not split over the mesh, e.g. one row's activations, is "
-                          "already too large)")]
+        out = [
+            Suggestion(
+                "more chips",
+                False,
+                None,
+                note="more chips do not make it fit: the memory per chip "
+                "stops shrinking (what is not split over the mesh, e.g. one row's activations, is "
+                "already too large)",
+            )
+        ]
     if cfg.model.remat != "full":
         remat = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat="full"))
         total = memory_on_chips(remat, chips).total
-        out.append(Suggestion("model.remat=full", total <= limit, total,
-                              note="recomputes each block's forward pass in the backward pass (more hardware FLOPs)"))
+        out.append(
+            Suggestion(
+                "model.remat=full",
+                total <= limit,
+                total,
+                note="recomputes each block's forward pass in the backward pass (more hardware FLOPs)",
+            )
+        )
     micro = fewest_microbatches(cfg, chips, limit)
     if micro is not None:
         out.append(micro)

@@ -111,8 +111,9 @@ class FlopsBreakdown:
     hardware: float
 
 
-def recompute_flops_per_token(model: ModelConfig, seq_len: int, remat: str | None = None,
-                              convention: str = "palm") -> float:
+def recompute_flops_per_token(
+    model: ModelConfig, seq_len: int, remat: str | None = None, convention: str = "palm"
+) -> float:
     """FLOPs per token that the remat policy adds to model FLOPs (hardware_flops_per_token's docstring)."""
     _check_convention(convention)
     remat = model.remat if remat is None else remat
@@ -127,8 +128,9 @@ def recompute_flops_per_token(model: ModelConfig, seq_len: int, remat: str | Non
     return dense_forward + attention_forward
 
 
-def hardware_flops_per_token(model: ModelConfig, seq_len: int, remat: str | None = None,
-                             convention: str = "palm") -> float:
+def hardware_flops_per_token(
+    model: ModelConfig, seq_len: int, remat: str | None = None, convention: str = "palm"
+) -> float:
     """Training FLOPs per token the hardware executes under `remat` (default: model.remat).
 
     hardware = model FLOPs (the convention's) + the forward work the backward pass redoes:
@@ -149,26 +151,35 @@ def hardware_flops_per_token(model: ModelConfig, seq_len: int, remat: str | None
     The `6nd` convention has no attention term, so under it no attention recomputation is counted
     either; HFU is only meaningful next to MFU of the same convention.
     """
-    return (model_flops_per_token(model, seq_len, convention)
-            + recompute_flops_per_token(model, seq_len, remat, convention))
+    return model_flops_per_token(model, seq_len, convention) + recompute_flops_per_token(
+        model, seq_len, remat, convention
+    )
 
 
-def flops_breakdown(model: ModelConfig, seq_len: int, remat: str | None = None,
-                    convention: str = "palm") -> FlopsBreakdown:
+def flops_breakdown(
+    model: ModelConfig, seq_len: int, remat: str | None = None, convention: str = "palm"
+) -> FlopsBreakdown:
     """Every term of model and hardware FLOPs per token, for reports and tests."""
     remat = model.remat if remat is None else remat
     count = _param_count(model)
     dense = 6.0 * count.total
     attention = attention_flops_per_token(model, seq_len, convention)
     recompute = recompute_flops_per_token(model, seq_len, remat, convention)
-    return FlopsBreakdown(convention=convention, remat=remat, seq_len=seq_len, params_total=count.total,
-                          params_non_embedding=count.non_embedding, dense=dense, attention=attention,
-                          model=dense + attention, recompute=recompute,
-                          hardware=dense + attention + recompute)
+    return FlopsBreakdown(
+        convention=convention,
+        remat=remat,
+        seq_len=seq_len,
+        params_total=count.total,
+        params_non_embedding=count.non_embedding,
+        dense=dense,
+        attention=attention,
+        model=dense + attention,
+        recompute=recompute,
+        hardware=dense + attention + recompute,
+    )
 
 
-def utilization(flops_per_token: float, tokens_per_sec: float, chips: int,
-                peak_flops_per_chip: float) -> float:
+def utilization(flops_per_token: float, tokens_per_sec: float, chips: int, peak_flops_per_chip: float) -> float:
     """Achieved FLOP/s over the chips' peak: MFU with model FLOPs per token, HFU with hardware FLOPs.
 
     utilization(model_flops_per_token(cfg, 2048), 238.3e3, 6144, 275e12) is PaLM 540B's 46.2%.

@@ -68,8 +68,9 @@ class MemoryEstimate:
         return dataclasses.asdict(self)
 
 
-def local_shape(shape: Sequence[int], names: Sequence[str | None], rules,
-                mesh_sizes: Mapping[str, int]) -> tuple[int, ...]:
+def local_shape(
+    shape: Sequence[int], names: Sequence[str | None], rules, mesh_sizes: Mapping[str, int]
+) -> tuple[int, ...]:
     """The shape of one chip's shard of an array whose dimensions carry logical `names` (None: never
     split), under `rules` and mesh axis sizes `mesh_sizes` (absent axes have size 1)."""
     spec = partition_spec(tuple(names), rules)
@@ -115,8 +116,10 @@ def _param_leaves(model: ModelConfig) -> list[_Leaf]:
     """Every parameter with its path, shape, logical axis names and dtype."""
     params, names = _abstract_model(model)
     flat_names = dict(jax.tree_util.tree_flatten_with_path(names, is_leaf=lambda x: isinstance(x, tuple))[0])
-    return [_Leaf(tuple(str(getattr(k, "key", k)) for k in path), leaf.shape, flat_names[path], leaf.dtype)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return [
+        _Leaf(tuple(str(getattr(k, "key", k)) for k in path), leaf.shape, flat_names[path], leaf.dtype)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
 
 
 def state_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int]) -> tuple[int, int, int]:
@@ -135,12 +138,18 @@ def state_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int]) -> tuple[i
     opt_state = jax.eval_shape(optimizer.init, params)
     names = jax.tree.map(lambda _, n: _Names(n), params, axis_names)
     opt_names = optax.tree_map_params(
-        optimizer, lambda leaf, n, param: n if leaf.shape == param.shape else _Names(None), opt_state,
-        names, params, transform_non_params=lambda _: _Names(None), is_leaf=lambda x: isinstance(x, _Names))
+        optimizer,
+        lambda leaf, n, param: n if leaf.shape == param.shape else _Names(None),
+        opt_state,
+        names,
+        params,
+        transform_non_params=lambda _: _Names(None),
+        is_leaf=lambda x: isinstance(x, _Names),
+    )
     opt_bytes = 0
-    for leaf, leaf_names in zip(jax.tree.leaves(opt_state),
-                                jax.tree.leaves(opt_names, is_leaf=lambda x: isinstance(x, _Names)),
-                                strict=True):
+    for leaf, leaf_names in zip(
+        jax.tree.leaves(opt_state), jax.tree.leaves(opt_names, is_leaf=lambda x: isinstance(x, _Names)), strict=True
+    ):
         names_ = leaf_names.names if leaf_names.names is not None else (None,) * leaf.ndim
         opt_bytes += _local_bytes(leaf.shape, names_, leaf.dtype, rules, mesh_sizes)
     return param_bytes, grad_bytes, opt_bytes
@@ -158,7 +167,6 @@ def _gathered_bytes(leaves: list[_Leaf], cfg: ExperimentConfig, mesh_sizes: Mapp
     resident = sum(_local_bytes(p.shape, p.names, dtype, rules, mesh_sizes) for p in leaves)
     gathered = sum(_local_bytes(p.shape, p.names, dtype, rules, unsplit) for p in leaves)
     return gathered if gathered > resident else 0
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,8 +256,9 @@ def _loss_working_set(a: ActivationSizes) -> int:
     return 2 * a.logits + a.x
 
 
-def activation_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], microbatch_rows: int | None = None,
-                     remat: str | None = None) -> int:
+def activation_bytes(
+    cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], microbatch_rows: int | None = None, remat: str | None = None
+) -> int:
     """Peak bytes per chip of one microbatch's forward and backward pass beyond the train state.
 
     saved x L + embedding output + max(loss working set, one layer's backward working set), where,
@@ -286,16 +295,23 @@ def activation_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], micro
     leaves = _param_leaves(model)
     layer_weights = _gathered_bytes([p for p in leaves if p.path[0] == "layers"], cfg, mesh_sizes)
     output_weights = _gathered_bytes(
-        [p for p in leaves if p.path[:2] == (("embed", "embedding") if model.tie_embeddings else
-                                             ("unembed", "kernel"))], cfg, mesh_sizes)
+        [
+            p
+            for p in leaves
+            if p.path[:2] == (("embed", "embedding") if model.tie_embeddings else ("unembed", "kernel"))
+        ],
+        cfg,
+        mesh_sizes,
+    )
     layer = _layer_backward_working_set(model, a, remat) + layer_weights // model.num_layers
     loss = _loss_working_set(a) + output_weights
     saved = model.num_layers * _layer_saved(model, a, remat) + a.x
     return saved + max(loss, layer)
 
 
-def memory_per_chip(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int],
-                    microbatch_rows: int | None = None) -> MemoryEstimate:
+def memory_per_chip(
+    cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], microbatch_rows: int | None = None
+) -> MemoryEstimate:
     """Bytes per chip of a training step of `cfg` on a mesh with axis sizes `mesh_sizes` ({"data":
     2, "fsdp": 256, "tensor": 12}; absent axes are 1), under `cfg.mesh.rules` and `cfg.model.remat`.
 
@@ -304,8 +320,13 @@ def memory_per_chip(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int],
     """
     params, grads, optimizer = state_bytes(cfg, mesh_sizes)
     activations = activation_bytes(cfg, mesh_sizes, microbatch_rows)
-    return MemoryEstimate(params=params, grads=grads, optimizer=optimizer, activations=activations,
-                          total=params + grads + optimizer + activations)
+    return MemoryEstimate(
+        params=params,
+        grads=grads,
+        optimizer=optimizer,
+        activations=activations,
+        total=params + grads + optimizer + activations,
+    )
 
 
 @functools.lru_cache(maxsize=256)

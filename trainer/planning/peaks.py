@@ -27,9 +27,15 @@ from meshtrain.trainer.config.hardware import (
 )
 from meshtrain.trainer.errors import ConfigError
 
-_DTYPE_FIELDS = {"bfloat16": "peak_bf16_flops", "bf16": "peak_bf16_flops", "float16": "peak_bf16_flops",
-                 "fp16": "peak_bf16_flops", "float32": "peak_f32_flops", "f32": "peak_f32_flops",
-                 "fp32": "peak_f32_flops"}
+_DTYPE_FIELDS = {
+    "bfloat16": "peak_bf16_flops",
+    "bf16": "peak_bf16_flops",
+    "float16": "peak_bf16_flops",
+    "fp16": "peak_bf16_flops",
+    "float32": "peak_f32_flops",
+    "f32": "peak_f32_flops",
+    "fp32": "peak_f32_flops",
+}
 
 
 def _canonical_dtype(dtype: object) -> str:
@@ -51,8 +57,11 @@ def peak_is_measured(spec: HardwareSpec, dtype: object) -> bool:
 
 def peak_source(spec: HardwareSpec, dtype: object) -> str:
     """Where peak_flops(spec, dtype) comes from, as reports say it."""
-    return ("measured on this machine by a matmul benchmark, cached" if peak_is_measured(spec, dtype)
-            else "configs/hardware.yaml")
+    return (
+        "measured on this machine by a matmul benchmark, cached"
+        if peak_is_measured(spec, dtype)
+        else "configs/hardware.yaml"
+    )
 
 
 def peak_flops(spec: HardwareSpec, dtype: object = "bfloat16") -> float:
@@ -66,15 +75,18 @@ def peak_flops(spec: HardwareSpec, dtype: object = "bfloat16") -> float:
         return float(value)
     if spec.platform == "cpu":
         return measured_cpu_peak_flops(_canonical_dtype(dtype))
-    raise ConfigError(f"{spec.kind} has no published {_canonical_dtype(dtype)} peak in {HARDWARE_YAML.name} "
-                      f"({field} is null): give one with --peak-tflops, or compute in bfloat16")
+    raise ConfigError(
+        f"{spec.kind} has no published {_canonical_dtype(dtype)} peak in {HARDWARE_YAML.name} "
+        f"({field} is null): give one with --peak-tflops, or compute in bfloat16"
+    )
 
 
 def price_per_chip_hour(spec: HardwareSpec, tier: str = "on_demand") -> float | None:
     """USD per chip-hour of `tier` (on_demand, spot, committed_1y, committed_3y), None when unknown."""
     if tier not in PRICE_TIERS:
-        raise ConfigError(f"price tier {tier!r}: expected one of {', '.join(PRICE_TIERS)}"
-                          f"{did_you_mean(tier, PRICE_TIERS)}")
+        raise ConfigError(
+            f"price tier {tier!r}: expected one of {', '.join(PRICE_TIERS)}{did_you_mean(tier, PRICE_TIERS)}"
+        )
     price = spec.prices.get(tier)
     return None if price is None else price.usd_per_chip_hour
 
@@ -154,9 +166,12 @@ def measured_cpu_peak_flops(dtype: str = "float32", *, refresh: bool = False) ->
     start = time.perf_counter()
     flops, size = measure_cpu_matmul_flops(dtype)
     cache.setdefault(key, {})[dtype] = {
-        "flops": flops, "matrix": size, "seconds": round(time.perf_counter() - start, 2),
+        "flops": flops,
+        "matrix": size,
+        "seconds": round(time.perf_counter() - start, 2),
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "jax": jax.__version__}
+        "jax": jax.__version__,
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(cache, indent=2, sort_keys=True) + "\n")

@@ -37,7 +37,7 @@ def jaxpr_flops(jaxpr) -> int:
             total += shards * jaxpr_flops(eqn.params["jaxpr"])
         else:  # pjit, remat, custom_jvp/vjp calls, while (trip count unknown: once) ...
             for value in eqn.params.values():
-                for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
                     if isinstance(sub, jcore.ClosedJaxpr):
                         total += jaxpr_flops(sub.jaxpr)
                     elif isinstance(sub, jcore.Jaxpr):

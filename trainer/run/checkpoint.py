@@ -28,8 +28,8 @@ class Checkpoints:
 
     def __init__(self, directory: Path, cfg: CheckpointConfig):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=cfg.keep, keep_period=cfg.keep_every, create=True,
-            enable_async_checkpointing=cfg.async_save)
+            max_to_keep=cfg.keep, keep_period=cfg.keep_every, create=True, enable_async_checkpointing=cfg.async_save
+        )
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -40,8 +40,11 @@ class Checkpoints:
         holds all of them, so it restores onto any process count the data shards divide.
         """
         data_state = merge_states(_gather_json(local_data_state))
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+            force=True,
+        )
 
     def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
         """(step, state, data_state) of the newest checkpoint that reads back; None if there is none.
@@ -54,11 +57,19 @@ class Checkpoints:
         failures = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    ),
+                )
             except Exception as error:  # A damaged checkpoint must not end the run: fall back.
-                log.warning("checkpoint at step %d could not be read (%s: %s); trying an older one",
-                            step, type(error).__name__, error)
+                log.warning(
+                    "checkpoint at step %d could not be read (%s: %s); trying an older one",
+                    step,
+                    type(error).__name__,
+                    error,
+                )
                 failures.append(f"step {step}: {type(error).__name__}: {error}")
                 continue
             return step, restored["state"], restored["data"]
@@ -82,6 +93,6 @@ def _gather_json(value) -> list:
     payload = np.frombuffer(json.dumps(value).encode(), np.uint8)
     sizes = multihost_utils.process_allgather(np.asarray([payload.size], np.int64)).reshape(-1)
     padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:payload.size] = payload
+    padded[: payload.size] = payload
     rows = multihost_utils.process_allgather(padded)
     return [json.loads(bytes(row[:size])) for row, size in zip(rows, sizes)]

@@ -40,8 +40,7 @@ logger = logging.getLogger(__name__)
 
 # The generic variables (JAX itself reads JAX_COORDINATOR_ADDRESS; the other two are meshtrain's,
 # following the same naming) and Kubernetes' index of a pod in an indexed Job.
-ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-                                                      "JAX_PROCESS_ID")
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 ENV_K8S_INDEX = "JOB_COMPLETION_INDEX"
 _SLURM_STEP = ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
 _CONFIG_KEYS = ("coordinator_address", "num_processes", "process_id")
@@ -71,13 +70,16 @@ def _from_config(cfg: DistributedConfig) -> JoinPlan | None:
     missing = [f"distributed.{k}" for k, v in given.items() if v is None]
     if missing and not (given["num_processes"] == 1 and given["coordinator_address"] is None):
         have = ", ".join(f"distributed.{k}={v!r}" for k, v in given.items() if v is not None)
-        raise ConfigError(f"{have} is set but {', '.join(missing)} is not: set all three of "
-                          f"distributed.coordinator_address, num_processes and process_id, or none "
-                          f"(to take them from the launcher's environment)")
+        raise ConfigError(
+            f"{have} is set but {', '.join(missing)} is not: set all three of "
+            f"distributed.coordinator_address, num_processes and process_id, or none "
+            f"(to take them from the launcher's environment)"
+        )
     if given["num_processes"] == 1:
         return JoinPlan("config", None, "distributed.num_processes=1")
-    return JoinPlan("config", dict(given, cluster_detection_method="deactivate"),
-                f"coordinator {given['coordinator_address']}")
+    return JoinPlan(
+        "config", dict(given, cluster_detection_method="deactivate"), f"coordinator {given['coordinator_address']}"
+    )
 
 
 def _from_env(env: Mapping[str, str]) -> JoinPlan | None:
@@ -88,20 +90,27 @@ def _from_env(env: Mapping[str, str]) -> JoinPlan | None:
         return None  # JAX_COORDINATOR_ADDRESS alone may pair with a cluster's own count and id.
     if count is not None and _int(count, ENV_NUM_PROCESSES) == 1:
         return JoinPlan("env", None, f"{ENV_NUM_PROCESSES}=1")
-    missing = [name for name, value in ((ENV_COORDINATOR, address), (ENV_NUM_PROCESSES, count),
-                                        (ENV_PROCESS_ID, pid)) if value is None]
+    missing = [
+        name
+        for name, value in ((ENV_COORDINATOR, address), (ENV_NUM_PROCESSES, count), (ENV_PROCESS_ID, pid))
+        if value is None
+    ]
     if missing:
-        have = ", ".join(f"{n}={env[n]}" for n in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
-                         if n in env)
-        raise ConfigError(f"environment has {have} but not {', '.join(missing)}: a multi-process run "
-                          f"needs {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} (or "
-                          f"{ENV_K8S_INDEX} in an indexed Kubernetes Job) in every process")
+        have = ", ".join(f"{n}={env[n]}" for n in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID) if n in env)
+        raise ConfigError(
+            f"environment has {have} but not {', '.join(missing)}: a multi-process run "
+            f"needs {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} (or "
+            f"{ENV_K8S_INDEX} in an indexed Kubernetes Job) in every process"
+        )
     source = "kubernetes" if pid_name == ENV_K8S_INDEX else "env"
-    kwargs = dict(coordinator_address=address, num_processes=_int(count, ENV_NUM_PROCESSES),
-                  process_id=_int(pid, pid_name), cluster_detection_method="deactivate")
+    kwargs = dict(
+        coordinator_address=address,
+        num_processes=_int(count, ENV_NUM_PROCESSES),
+        process_id=_int(pid, pid_name),
+        cluster_detection_method="deactivate",
+    )
     if not 0 <= kwargs["process_id"] < kwargs["num_processes"]:
-        raise ConfigError(f"{pid_name}={pid} is outside 0..{kwargs['num_processes'] - 1} "
-                          f"({ENV_NUM_PROCESSES}={count})")
+        raise ConfigError(f"{pid_name}={pid} is outside 0..{kwargs['num_processes'] - 1} ({ENV_NUM_PROCESSES}={count})")
     return JoinPlan(source, kwargs, f"coordinator {address}, process id from {pid_name}")
 
 
@@ -112,13 +121,16 @@ def _slurm_local_device_ids(env: Mapping[str, str]) -> list[int] | None:
         return None  # jax reads it itself
     nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES")
     gpus = env.get("SLURM_GPUS_ON_NODE")
-    if nodes is None or gpus is None or _int(env["SLURM_NTASKS"], "SLURM_NTASKS") != _int(nodes, "SLURM_STEP_NUM_NODES"):
+    if (
+        nodes is None
+        or gpus is None
+        or _int(env["SLURM_NTASKS"], "SLURM_NTASKS") != _int(nodes, "SLURM_STEP_NUM_NODES")
+    ):
         return None
     return list(range(_int(gpus, "SLURM_GPUS_ON_NODE"))) or None
 
 
-def plan(cfg: DistributedConfig, env: Mapping[str, str] | None = None, *,
-         on_tpu_vm: bool | None = None) -> JoinPlan:
+def plan(cfg: DistributedConfig, env: Mapping[str, str] | None = None, *, on_tpu_vm: bool | None = None) -> JoinPlan:
     """Where this process's coordinator, process count and id come from (see the module doc).
 
     Pure: reads `env` (default os.environ) and whether this is a Cloud TPU VM (default: what jax
@@ -130,26 +142,34 @@ def plan(cfg: DistributedConfig, env: Mapping[str, str] | None = None, *,
     timeout = {"initialization_timeout": cfg.initialization_timeout_s}
     if "SLURM_JOB_ID" in env and _int(env.get("SLURM_NTASKS", "1"), "SLURM_NTASKS") > 1:
         if not all(name in env for name in _SLURM_STEP):
-            logger.warning("SLURM job %s has SLURM_NTASKS=%s but this process was not started by srun "
-                           "(no %s): running as a single process", env["SLURM_JOB_ID"],
-                           env["SLURM_NTASKS"], "/".join(n for n in _SLURM_STEP if n not in env))
+            logger.warning(
+                "SLURM job %s has SLURM_NTASKS=%s but this process was not started by srun "
+                "(no %s): running as a single process",
+                env["SLURM_JOB_ID"],
+                env["SLURM_NTASKS"],
+                "/".join(n for n in _SLURM_STEP if n not in env),
+            )
             return JoinPlan("none", None, "SLURM allocation without an srun step")
         local = _slurm_local_device_ids(env)
-        kwargs = dict(timeout, cluster_detection_method="slurm",
-                      **({"local_device_ids": local} if local else {}))
-        return JoinPlan("slurm", kwargs, f"job {env['SLURM_JOB_ID']}, {env['SLURM_NTASKS']} tasks on "
-                                     f"{env.get('SLURM_STEP_NODELIST')}"
-                                     + (", one process per node" if local else ""))
+        kwargs = dict(timeout, cluster_detection_method="slurm", **({"local_device_ids": local} if local else {}))
+        return JoinPlan(
+            "slurm",
+            kwargs,
+            f"job {env['SLURM_JOB_ID']}, {env['SLURM_NTASKS']} tasks on "
+            f"{env.get('SLURM_STEP_NODELIST')}" + (", one process per node" if local else ""),
+        )
     if "OMPI_MCA_orte_hnp_uri" in env and _int(env.get("OMPI_COMM_WORLD_SIZE", "1"), "OMPI_COMM_WORLD_SIZE") > 1:
-        return JoinPlan("openmpi", dict(timeout, cluster_detection_method="ompi"),
-                    f"{env['OMPI_COMM_WORLD_SIZE']} ranks")
+        return JoinPlan(
+            "openmpi", dict(timeout, cluster_detection_method="ompi"), f"{env['OMPI_COMM_WORLD_SIZE']} ranks"
+        )
     if on_tpu_vm is None:
         on_tpu_vm = _running_on_cloud_tpu_vm()
     if on_tpu_vm:
         gke = "TPU_WORKER_HOSTNAMES" in env or "TPU_PROCESS_ADDRESSES" in env
         slices = env.get("MEGASCALE_NUM_SLICES")
-        return JoinPlan("tpu", dict(timeout), ("GKE" if gke else "TPU VM metadata")
-                    + (f", {slices} slices" if slices else ""))
+        return JoinPlan(
+            "tpu", dict(timeout), ("GKE" if gke else "TPU VM metadata") + (f", {slices} slices" if slices else "")
+        )
     if "KUBERNETES_SERVICE_HOST" in env and ENV_K8S_INDEX in env:
         return JoinPlan("kubernetes", dict(timeout), "jax K8sCluster (Kubernetes API)")
     return JoinPlan("none", None, "no launcher found")
@@ -181,15 +201,20 @@ def initialize(cfg: DistributedConfig) -> None:
                 f"this is an indexed Kubernetes Job ({ENV_K8S_INDEX} is set) but neither "
                 f"{ENV_COORDINATOR}/{ENV_NUM_PROCESSES} nor the `kubernetes` package is there to find "
                 f"the other pods: set {ENV_COORDINATOR} (pod 0's host:port) and {ENV_NUM_PROCESSES} "
-                f"({ENV_NUM_PROCESSES}=1 for a single pod), or `pip install jax[k8s]`")
+                f"({ENV_NUM_PROCESSES}=1 for a single pod), or `pip install jax[k8s]`"
+            )
     try:
         jax.distributed.initialize(**how.kwargs)
     except ValueError as error:  # jax's auto-detection found no coordinator, count or id
         raise UserError(f"distributed: could not start from {how.source} ({how.detail}): {error}") from None
     state = _jax_distributed_state()
-    print(f"meshtrain: distributed via {how.source} ({how.detail}): process "
-          f"{getattr(state, 'process_id', '?')} of {getattr(state, 'num_processes', '?')}, "
-          f"coordinator {getattr(state, 'coordinator_address', '?')}", file=sys.stderr, flush=True)
+    print(
+        f"meshtrain: distributed via {how.source} ({how.detail}): process "
+        f"{getattr(state, 'process_id', '?')} of {getattr(state, 'num_processes', '?')}, "
+        f"coordinator {getattr(state, 'coordinator_address', '?')}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _jax_distributed_state():

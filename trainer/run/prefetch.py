@@ -14,12 +14,12 @@ from collections.abc import Callable
 class Prefetcher:
     """Yields (batch on device, iterator state) for steps start..end-1, `depth` batches ahead."""
 
-    def __init__(self, stream, rows_at: Callable[[int], int], start: int, end: int, depth: int,
-                 put: Callable):
+    def __init__(self, stream, rows_at: Callable[[int], int], start: int, end: int, depth: int, put: Callable):
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._fill, args=(stream, rows_at, start, end, put), daemon=True, name="prefetch")
+            target=self._fill, args=(stream, rows_at, start, end, put), daemon=True, name="prefetch"
+        )
         self._thread.start()
 
     def _fill(self, stream, rows_at, start, end, put):

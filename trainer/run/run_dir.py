@@ -27,8 +27,9 @@ def check_same_run(cfg: ExperimentConfig, path: Path) -> None:
     differences = config_differences(saved, cfg, RUN_IDENTITY_SECTIONS)
     if differences:
         shown = ", ".join(f"{key}: {old!r} in the run, {new!r} now" for key, old, new in differences)
-        raise ConfigError(f"run directory {path} holds a different run ({shown}); "
-                          f"use another run_dir=PATH or the run's own settings")
+        raise ConfigError(
+            f"run directory {path} holds a different run ({shown}); use another run_dir=PATH or the run's own settings"
+        )
 
 
 def open_run_dir(cfg: ExperimentConfig) -> Path:

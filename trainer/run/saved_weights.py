@@ -25,7 +25,7 @@ from meshtrain.trainer.step.state import model_def
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_ITEM = "state"  # the Orbax item holding {step, params, opt_state, rng} (or {params})
-DATA_ITEM = "data"    # the Orbax item holding the data iterators' positions
+DATA_ITEM = "data"  # the Orbax item holding the data iterators' positions
 
 # Model fields that change how a run trains or computes, not what its parameters mean.
 _NOT_ARCHITECTURE = {"name", "z_loss", "init_std", "dtype", "param_dtype", "remat", "scan_layers"}
@@ -50,8 +50,10 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> SavedCheckpoin
     `step`), its checkpoints/ directory, or one step directory inside it."""
     path = Path(path).expanduser().absolute()
     if not path.exists():
-        raise UserError(f"{path}: no such checkpoint (expected a run directory, a `meshtrain convert` "
-                        f"output, or a step directory under checkpoints/)")
+        raise UserError(
+            f"{path}: no such checkpoint (expected a run directory, a `meshtrain convert` "
+            f"output, or a step directory under checkpoints/)"
+        )
     if path.name.isdigit() and path.parent.name == CHECKPOINTS_DIR:
         directory, step = path.parent.parent, int(path.name) if step is None else step
     elif path.name == CHECKPOINTS_DIR:
@@ -60,38 +62,40 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> SavedCheckpoin
         directory = path
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise UserError(f"{directory}: no {CONFIG_FILE}; a meshtrain checkpoint directory holds the "
-                        f"config.yaml that describes its model beside {CHECKPOINTS_DIR}/")
+        raise UserError(
+            f"{directory}: no {CONFIG_FILE}; a meshtrain checkpoint directory holds the "
+            f"config.yaml that describes its model beside {CHECKPOINTS_DIR}/"
+        )
     steps = complete_steps(directory / CHECKPOINTS_DIR)
     if not steps:
         raise UserError(f"{directory / CHECKPOINTS_DIR}: no complete checkpoint")
     if step is None:
         step = steps[-1]
     elif step not in steps:
-        raise UserError(f"{directory}: no checkpoint at step {step}; it has steps "
-                        f"{', '.join(map(str, steps))}")
-    return SavedCheckpoint(directory, step, directory / CHECKPOINTS_DIR / str(step),
-                           load_config_file(config_path))
+        raise UserError(f"{directory}: no checkpoint at step {step}; it has steps {', '.join(map(str, steps))}")
+    return SavedCheckpoint(directory, step, directory / CHECKPOINTS_DIR / str(step), load_config_file(config_path))
 
 
 def complete_steps(checkpoints: Path) -> list[int]:
     """Steps whose write finished (Orbax renames a step directory into place only when complete)."""
     if not checkpoints.is_dir():
         return []
-    return sorted(int(p.name) for p in checkpoints.iterdir()
-                  if p.name.isdigit() and (p / STATE_ITEM).is_dir())
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and (p / STATE_ITEM).is_dir())
 
 
 def restore_params(saved: SavedCheckpoint, abstract_params) -> dict:
     """The checkpoint's parameters alone, placed and cast as `abstract_params` (ShapeDtypeStructs,
     with shardings) say; optimizer state and anything else in the checkpoint is never read."""
     restore_args = jax.tree.map(
-        lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype),
-        abstract_params)
+        lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype), abstract_params
+    )
     with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(saved.state_dir, args=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, restore_args={"params": restore_args},
-            partial_restore=True))
+        restored = checkpointer.restore(
+            saved.state_dir,
+            args=ocp.args.PyTreeRestore(
+                item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
+            ),
+        )
     return restored["params"]
 
 
@@ -107,8 +111,9 @@ def check_same_architecture(saved: ModelConfig, wanted: ModelConfig, source: str
         if old != new:
             differences.append(f"model.{name}: {old!r} in the checkpoint, {new!r} here")
     if differences:
-        raise ConfigError(f"{source} holds another model ({'; '.join(differences)}); use the model "
-                          f"settings from its config.yaml")
+        raise ConfigError(
+            f"{source} holds another model ({'; '.join(differences)}); use the model settings from its config.yaml"
+        )
 
 
 def initial_weights_for(cfg: ExperimentConfig, run_dir: Path) -> SavedCheckpoint | None:
@@ -130,6 +135,7 @@ def load_decoder(saved: SavedCheckpoint, compute_dtype: str | None = None):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=compute_dtype))
     mdef = model_def(cfg)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    targets = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                           nnx.to_pure_dict(mdef.abstract_params))
+    targets = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), nnx.to_pure_dict(mdef.abstract_params)
+    )
     return mdef.bind(restore_params(saved, targets))

@@ -82,8 +82,10 @@ class _StopRequest:
 def _load_tokenizer(cfg: ExperimentConfig):
     tokenizer = tokenizer_for(cfg.data, cfg.model.vocab_size)
     if tokenizer.get_piece_size() > cfg.model.vocab_size:
-        raise DataError(f"tokenizer has {tokenizer.get_piece_size()} pieces but model.vocab_size="
-                        f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
+        raise DataError(
+            f"tokenizer has {tokenizer.get_piece_size()} pieces but model.vocab_size="
+            f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
+        )
     return tokenizer
 
 
@@ -117,8 +119,9 @@ def _any_process(flag: bool) -> bool:
     return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
 
 
-def _initial_state(cfg: ExperimentConfig, mdef, optimizer, plan, abstract, initial_weights,
-                   tracker: Tracker, primary: bool):
+def _initial_state(
+    cfg: ExperimentConfig, mdef, optimizer, plan, abstract, initial_weights, tracker: Tracker, primary: bool
+):
     """Step 0 of a new run: around the weights `checkpoint.init_from` names, or freshly initialized."""
     if initial_weights is None:
         return init_sharded_state(cfg, mdef, optimizer, plan)
@@ -151,12 +154,13 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
         start, state, data_state = restored
         stream.set_state(data_state)
     else:
-        start, state = 0, _initial_state(cfg, mdef, optimizer, plan, abstract, initial_weights,
-                                         tracker, primary)
+        start, state = 0, _initial_state(cfg, mdef, optimizer, plan, abstract, initial_weights, tracker, primary)
     summary = RunSummary(str(run_dir), start, start)
     if start >= cfg.train.steps:  # nothing to do, and nothing of the run is rewritten
-        print(f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps}); "
-              f"raise train.steps to continue")
+        print(
+            f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps}); "
+            f"raise train.steps to continue"
+        )
         checkpoints.close()
         return summary
     if primary:
@@ -169,8 +173,14 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     rows_at = lambda step: batch_size_at(cfg.train, step) // jax.process_count()
     prefetcher = Prefetcher(stream, rows_at, start, cfg.train.steps, cfg.data.prefetch, put)
     log = MetricsLog(run_dir) if primary else None
-    bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.name, unit="step",
-               disable=not (progress and primary), dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=start,
+        desc=cfg.name,
+        unit="step",
+        disable=not (progress and primary),
+        dynamic_ncols=True,
+    )
     tracker.begin(start)
 
     try:
@@ -189,9 +199,14 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
                 stopping = _any_process(stop.requested) if (log_now or jax.process_count() == 1) else False
                 if log_now or stopping:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    record = {"loss": metrics["loss"], "ce": metrics["ce"],
-                              "grad_norm": metrics["grad_norm"], "learning_rate": float(schedule(step)),
-                              "batch_size": batch_size_at(cfg.train, step), **tracker.log(step)}
+                    record = {
+                        "loss": metrics["loss"],
+                        "ce": metrics["ce"],
+                        "grad_norm": metrics["grad_norm"],
+                        "learning_rate": float(schedule(step)),
+                        "batch_size": batch_size_at(cfg.train, step),
+                        **tracker.log(step),
+                    }
                     if log:
                         log.write(step, record)
                     bar.set_postfix(tracker.postfix(record))

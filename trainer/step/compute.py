@@ -34,12 +34,17 @@ def _split_microbatches(batch, microbatches: int):
     spread over all the devices that share the batch, so accumulation moves no data.
     """
     return jax.tree.map(
-        lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1),
-        batch)
+        lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1), batch
+    )
 
 
-def make_train_step(mdef: ModelDef, optimizer: optax.GradientTransformation, z_loss: float,
-                    microbatches: int, loss_fn: LossFn = cross_entropy_loss):
+def make_train_step(
+    mdef: ModelDef,
+    optimizer: optax.GradientTransformation,
+    z_loss: float,
+    microbatches: int,
+    loss_fn: LossFn = cross_entropy_loss,
+):
     """A function (state, batch) -> (state, metrics); the caller jits it and donates the state."""
 
     def token_weighted_loss(params, micro):
@@ -54,20 +59,31 @@ def make_train_step(mdef: ModelDef, optimizer: optax.GradientTransformation, z_l
         def accumulate(carry, micro):
             grads_sum, loss_sum, ce_sum, tokens = carry
             (weighted_loss, aux), grads = grad_fn(params, micro)
-            return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + weighted_loss,
-                    ce_sum + aux["ce"] * aux["tokens"], tokens + aux["tokens"]), None
+            return (
+                jax.tree.map(jnp.add, grads_sum, grads),
+                loss_sum + weighted_loss,
+                ce_sum + aux["ce"] * aux["tokens"],
+                tokens + aux["tokens"],
+            ), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
-        (grads, loss_sum, ce_sum, tokens), _ = jax.lax.scan(
-            accumulate, init, _split_microbatches(batch, microbatches))
+        (grads, loss_sum, ce_sum, tokens), _ = jax.lax.scan(accumulate, init, _split_microbatches(batch, microbatches))
         denominator = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denominator).astype(p.dtype), grads, params)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                     "opt_state": opt_state, "rng": state["rng"]}
-        metrics = {"loss": loss_sum / denominator, "ce": ce_sum / denominator, "tokens": tokens,
-                   "grad_norm": optax.tree.norm(grads)}
+        new_state = {
+            "step": state["step"] + 1,
+            "params": optax.apply_updates(params, updates),
+            "opt_state": opt_state,
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss": loss_sum / denominator,
+            "ce": ce_sum / denominator,
+            "tokens": tokens,
+            "grad_norm": optax.tree.norm(grads),
+        }
         return new_state, metrics
 
     return train_step

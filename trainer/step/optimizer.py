@@ -22,8 +22,12 @@ def learning_rate_schedule(cfg: OptimizerConfig, train_steps: int) -> optax.Sche
     if cfg.schedule == "cosine":
         decay_steps = cfg.decay_steps or train_steps
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=peak, warmup_steps=warmup,
-            decay_steps=max(decay_steps, warmup + 1), end_value=peak * cfg.min_lr_ratio)
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup,
+            decay_steps=max(decay_steps, warmup + 1),
+            end_value=peak * cfg.min_lr_ratio,
+        )
     if cfg.schedule == "rsqrt":
         hold = max(warmup, 1)
         return lambda step: peak * jnp.sqrt(hold / jnp.maximum(step, hold).astype(jnp.float32))
@@ -39,8 +43,9 @@ def decay_mask(logical_axes):
 
     A parameter is a matrix when it has at least two axes besides the stacked `layers` axis.
     """
-    return jax.tree.map(lambda names: sum(name != "layers" for name in names) >= 2, logical_axes,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(
+        lambda names: sum(name != "layers" for name in names) >= 2, logical_axes, is_leaf=lambda x: isinstance(x, tuple)
+    )
 
 
 def make_optimizer(cfg: OptimizerConfig, train_steps: int, logical_axes) -> optax.GradientTransformation:
@@ -53,13 +58,18 @@ def make_optimizer(cfg: OptimizerConfig, train_steps: int, logical_axes) -> opta
     schedule = learning_rate_schedule(cfg, train_steps)
     mask = decay_mask(logical_axes)
     if cfg.name == "adamw":
-        update = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=mask)
+        update = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
     elif cfg.name == "adafactor":
-        update = optax.adafactor(schedule, decay_rate=cfg.adafactor_decay_rate, factored=False,
-                                 multiply_by_parameter_scale=True, clipping_threshold=None,
-                                 momentum=cfg.b1, weight_decay_rate=cfg.weight_decay or None,
-                                 weight_decay_mask=mask)
+        update = optax.adafactor(
+            schedule,
+            decay_rate=cfg.adafactor_decay_rate,
+            factored=False,
+            multiply_by_parameter_scale=True,
+            clipping_threshold=None,
+            momentum=cfg.b1,
+            weight_decay_rate=cfg.weight_decay or None,
+            weight_decay_mask=mask,
+        )
     else:
         raise ValueError(f"unknown optimizer {cfg.name!r}")
     if cfg.grad_clip > 0:

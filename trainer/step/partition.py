@@ -45,8 +45,7 @@ from meshtrain.trainer.step.state import (
 BATCH_NAMES = (axes.BATCH, axes.LENGTH)
 
 
-def make_mesh(cfg: ExperimentConfig, devices: Sequence | None = None,
-              num_slices: int | None = None) -> Mesh:
+def make_mesh(cfg: ExperimentConfig, devices: Sequence | None = None, num_slices: int | None = None) -> Mesh:
     """The mesh of `cfg.mesh` over `devices` (default: every device of every process)."""
     _check_rules(cfg.mesh.rules)
     try:
@@ -58,8 +57,10 @@ def make_mesh(cfg: ExperimentConfig, devices: Sequence | None = None,
 def _check_rules(rules) -> None:
     unknown = [logical for logical, _ in rules if logical not in axes.ALL]
     if unknown:
-        raise ConfigError(f"mesh.rules names logical axis {unknown[0]!r}, which the model does not "
-                          f"use; the model's axes are {', '.join(axes.ALL)}")
+        raise ConfigError(
+            f"mesh.rules names logical axis {unknown[0]!r}, which the model does not "
+            f"use; the model's axes are {', '.join(axes.ALL)}"
+        )
     try:
         check_rules(rules)
     except MeshError as error:
@@ -78,8 +79,9 @@ class ShardingPlan:
     loss_fn: Callable
 
 
-def plan_run(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientTransformation,
-             mesh: Mesh) -> ShardingPlan:
+def plan_run(
+    cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> ShardingPlan:
     """Shardings of the state (the optimizer's moments like their parameters) and the batch.
 
     Raises ConfigError naming the tensor, dimension and axis of any split that is not even, and
@@ -92,23 +94,33 @@ def plan_run(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientTra
     try:
         params = jax.tree_util.tree_map_with_path(
             lambda path, leaf, names: named_sharding(
-                "params/" + "/".join(str(getattr(k, "key", k)) for k in path), leaf.shape, names,
-                mesh, cfg.mesh.rules),
-            abstract_params, mdef.axes, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-        batch = named_sharding("batch", (_largest_batch(cfg), cfg.data.seq_len), BATCH_NAMES, mesh,
-                               cfg.mesh.rules)
+                "params/" + "/".join(str(getattr(k, "key", k)) for k in path), leaf.shape, names, mesh, cfg.mesh.rules
+            ),
+            abstract_params,
+            mdef.axes,
+            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+        )
+        batch = named_sharding("batch", (_largest_batch(cfg), cfg.data.seq_len), BATCH_NAMES, mesh, cfg.mesh.rules)
     except MeshError as error:
         raise ConfigError(f"{error} (mesh {_describe(mesh)}; change mesh.* or mesh.rules)") from None
     # A moment shaped like its parameter is split like it; anything else (counts, Adafactor's
     # (1,)-shaped placeholders for unfactored rows/columns) is small and replicated.
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt_state = optax.tree_map_params(
-        optimizer, lambda leaf, sharding, param: sharding if leaf.shape == param.shape else replicated,
-        abstract_opt, params, abstract_params, transform_non_params=lambda _: replicated)
+        optimizer,
+        lambda leaf, sharding, param: sharding if leaf.shape == param.shape else replicated,
+        abstract_opt,
+        params,
+        abstract_params,
+        transform_non_params=lambda _: replicated,
+    )
     state = {"step": replicated, "params": params, "opt_state": opt_state, "rng": replicated}
     tensor_parallel = mesh.shape["tensor"] > 1 and cfg.mesh.vocab_parallel_loss
-    loss_fn = (functools.partial(vocab_parallel_cross_entropy, mesh=mesh, rules=cfg.mesh.rules)
-               if tensor_parallel else cross_entropy_loss)
+    loss_fn = (
+        functools.partial(vocab_parallel_cross_entropy, mesh=mesh, rules=cfg.mesh.rules)
+        if tensor_parallel
+        else cross_entropy_loss
+    )
     return ShardingPlan(mesh, layout, state, batch, replicated, loss_fn)
 
 
@@ -132,18 +144,19 @@ def _check_batches(cfg: ExperimentConfig, mesh: Mesh) -> None:
                 f"train.batch_size={size} with train.microbatches={cfg.train.microbatches} gives "
                 f"microbatches of {size / cfg.train.microbatches:g} rows, which the batch axes "
                 f"{' x '.join(batch_axes) or '(none)'} = {ways} of mesh {_describe(mesh)} do not "
-                f"divide: use a batch size that is a multiple of {ways * cfg.train.microbatches}")
+                f"divide: use a batch size that is a multiple of {ways * cfg.train.microbatches}"
+            )
         if size % jax.process_count():
-            raise ConfigError(f"train.batch_size={size} does not split evenly over "
-                              f"{jax.process_count()} processes")
+            raise ConfigError(f"train.batch_size={size} does not split evenly over {jax.process_count()} processes")
 
 
 def abstract_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan):
     """ShapeDtypeStructs of the state carrying the plan's shardings: the restore target, and
     what ahead-of-time compilation lowers against."""
     shapes = abstract_state(cfg, mdef, optimizer)
-    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                        shapes, plan.state)
+    return jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes, plan.state
+    )
 
 
 def init_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan, params=None):
@@ -151,8 +164,12 @@ def init_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: S
     already in the plan's shardings (restored weights), replace the random initialization."""
     if params is None:
         return jax.jit(lambda: init_state(cfg, mdef, optimizer), out_shardings=plan.state)()
-    return jax.jit(lambda p: init_state(cfg, mdef, optimizer, p), in_shardings=(plan.state["params"],),
-                   out_shardings=plan.state, donate_argnums=0)(params)
+    return jax.jit(
+        lambda p: init_state(cfg, mdef, optimizer, p),
+        in_shardings=(plan.state["params"],),
+        out_shardings=plan.state,
+        donate_argnums=0,
+    )(params)
 
 
 def _traced_with_layout(fn: Callable, layout: MeshLayout) -> Callable:
@@ -166,20 +183,28 @@ def _traced_with_layout(fn: Callable, layout: MeshLayout) -> Callable:
 def jit_train_step(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan):
     """(state, batch) -> (state, metrics), jitted with explicit shardings; the state is donated."""
     step = make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, plan.loss_fn)
-    return jax.jit(_traced_with_layout(step, plan.layout), in_shardings=(plan.state, plan.batch),
-                   out_shardings=(plan.state, plan.replicated), donate_argnums=0)
+    return jax.jit(
+        _traced_with_layout(step, plan.layout),
+        in_shardings=(plan.state, plan.batch),
+        out_shardings=(plan.state, plan.replicated),
+        donate_argnums=0,
+    )
 
 
 def jit_eval_step(cfg: ExperimentConfig, mdef: ModelDef, plan: ShardingPlan):
     """(params, batch) -> (summed cross-entropy, tokens), jitted with explicit shardings."""
     step = make_eval_step(mdef, cfg.model.z_loss, plan.loss_fn)
-    return jax.jit(_traced_with_layout(step, plan.layout),
-                   in_shardings=(plan.state["params"], plan.batch), out_shardings=plan.replicated)
+    return jax.jit(
+        _traced_with_layout(step, plan.layout),
+        in_shardings=(plan.state["params"], plan.batch),
+        out_shardings=plan.replicated,
+    )
 
 
 def global_batch(plan: ShardingPlan, local_batch: dict) -> dict:
     """This process's rows -> the global batch as sharded arrays (each process feeds only its own
     rows; `jax.make_array_from_process_local_data` places them on its devices)."""
+
     def to_global(x):
         shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
         return jax.make_array_from_process_local_data(plan.batch, x, shape)
@@ -196,7 +221,6 @@ def trace_train_step(cfg: ExperimentConfig, mesh: Mesh) -> jax.stages.Traced:
     plan = plan_run(cfg, mdef, optimizer, mesh)
     state = abstract_sharded_state(cfg, mdef, optimizer, plan)
     rows, length = _largest_batch(cfg), cfg.data.seq_len
-    dtypes = {"inputs": "int32", "targets": "int32", "segment_ids": "int32", "positions": "int32",
-              "weights": "float32"}
+    dtypes = {"inputs": "int32", "targets": "int32", "segment_ids": "int32", "positions": "int32", "weights": "float32"}
     batch = {k: jax.ShapeDtypeStruct((rows, length), d, sharding=plan.batch) for k, d in dtypes.items()}
     return jit_train_step(cfg, mdef, optimizer, plan).trace(state, batch)

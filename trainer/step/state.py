@@ -44,16 +44,19 @@ def optimizer_for(cfg: ExperimentConfig, mdef: ModelDef) -> optax.GradientTransf
     return make_optimizer(cfg.optimizer, cfg.train.steps, mdef.axes)
 
 
-def init_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientTransformation,
-               params=None):
+def init_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientTransformation, params=None):
     """A fresh state at step 0 with zeroed optimizer moments: around `params` (weights to start
     from, e.g. `checkpoint.init_from`) or parameters initialized from the experiment seed."""
     init_key, rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     if params is None:
         model = Decoder(cfg.model, rngs=nnx.Rngs(params=init_key))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
-            "opt_state": optimizer.init(params), "rng": rng}
+    return {
+        "step": jax.numpy.zeros((), jax.numpy.int32),
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "rng": rng,
+    }
 
 
 def abstract_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientTransformation):

@@ -41,8 +41,7 @@ from pathlib import Path
 from meshtrain.trainer.atomic import write_atomic
 from meshtrain.trainer.tracking.metrics_log import latest_by_step
 
-PARTS = ("productive", "compilation", "data_wait", "evaluation", "checkpointing", "restart_loss",
-         "startup", "other")
+PARTS = ("productive", "compilation", "data_wait", "evaluation", "checkpointing", "restart_loss", "startup", "other")
 GOODPUT_FILE = "goodput.json"
 _VERSION = 1
 
@@ -97,8 +96,14 @@ class Goodput:
         self.hardware = hardware
         self.persist = persist
         previous = load_record(run_dir) if persist else None
-        self.previous = previous or {"wall_s": 0.0, "chip_seconds": 0.0, "parts_s": dict.fromkeys(PARTS, 0.0),
-                                     "steps_done": 0, "steps_redone": 0, "segments": []}
+        self.previous = previous or {
+            "wall_s": 0.0,
+            "chip_seconds": 0.0,
+            "parts_s": dict.fromkeys(PARTS, 0.0),
+            "steps_done": 0,
+            "steps_redone": 0,
+            "segments": [],
+        }
         self.had_record = previous is not None
         self.parts = dict.fromkeys(PARTS, 0.0)  # this process's; "other" is what the rest leaves
         self.start_step = 0
@@ -143,14 +148,27 @@ class Goodput:
         parts = {part: previous["parts_s"].get(part, 0.0) + self.parts[part] for part in PARTS}
         parts["other"] += elapsed - sum(self.parts.values())
         wall = previous["wall_s"] + elapsed
-        segment = {"start_step": self.start_step, "end_step": steps_done, "wall_s": elapsed,
-                   "chips": self.chips, "hardware": self.hardware, "started_at": self.started_iso}
+        segment = {
+            "start_step": self.start_step,
+            "end_step": steps_done,
+            "wall_s": elapsed,
+            "chips": self.chips,
+            "hardware": self.hardware,
+            "started_at": self.started_iso,
+        }
         percent = lambda seconds: 100.0 * seconds / wall if wall > 0 else 0.0
-        return {"version": _VERSION, "wall_s": wall, "chip_seconds": previous["chip_seconds"] + elapsed * self.chips,
-                "parts_s": parts, "parts_pct": {part: percent(seconds) for part, seconds in parts.items()},
-                "goodput_pct": percent(parts["productive"]),
-                "steps_done": steps_done, "steps_redone": previous.get("steps_redone", 0),
-                "segments": [*previous["segments"], segment], "updated_at": _now_iso()}
+        return {
+            "version": _VERSION,
+            "wall_s": wall,
+            "chip_seconds": previous["chip_seconds"] + elapsed * self.chips,
+            "parts_s": parts,
+            "parts_pct": {part: percent(seconds) for part, seconds in parts.items()},
+            "goodput_pct": percent(parts["productive"]),
+            "steps_done": steps_done,
+            "steps_redone": previous.get("steps_redone", 0),
+            "segments": [*previous["segments"], segment],
+            "updated_at": _now_iso(),
+        }
 
     def save(self, steps_done: int) -> dict:
         record = self.snapshot(steps_done)

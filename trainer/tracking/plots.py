@@ -26,8 +26,9 @@ def _save(figure, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def write_plots(run_dir: Path, train: dict[int, dict], evals: dict[int, dict], *,
-                skip_throughput: set[int], priced: bool) -> dict[str, str]:
+def write_plots(
+    run_dir: Path, train: dict[int, dict], evals: dict[int, dict], *, skip_throughput: set[int], priced: bool
+) -> dict[str, str]:
     """loss.png (loss, eval loss), throughput.png (tokens/s and MFU; steps in `skip_throughput`, a
     process's first, whose interval holds its compilation, left out) and cost.png (cumulative dollars,
     or chip-hours when `priced` is false) under run_dir/plots; returns {name: path relative to run_dir}."""
@@ -40,8 +41,13 @@ def write_plots(run_dir: Path, train: dict[int, dict], evals: dict[int, dict], *
     ax = figure.add_subplot()
     ax.plot(steps, [r["loss"] for r in train.values()], label="loss", color="tab:blue")
     if evals:
-        ax.plot([s + 1 for s in evals], [r["eval_loss"] for r in evals.values()], "o-", label="eval loss",
-                color="tab:orange")
+        ax.plot(
+            [s + 1 for s in evals],
+            [r["eval_loss"] for r in evals.values()],
+            "o-",
+            label="eval loss",
+            color="tab:orange",
+        )
     ax.set(xlabel="step", ylabel="loss", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -55,10 +61,16 @@ def write_plots(run_dir: Path, train: dict[int, dict], evals: dict[int, dict], *
     axes[0].plot([s + 1 for s in rated], [r["tokens_per_sec"] for r in rated.values()], ".-", color="tab:blue")
     axes[0].set(ylabel="tokens/s", title="Throughput")
     if with_mfu:  # MFU is tokens/s times a constant: its own panel, with HFU beside it
-        axes[1].plot([s + 1 for s in with_mfu], [100 * r["mfu"] for r in with_mfu.values()], ".-",
-                     color="tab:green", label="MFU")
-        axes[1].plot([s + 1 for s in with_mfu], [100 * r["hfu"] for r in with_mfu.values()], ".--",
-                     color="tab:olive", label="HFU")
+        axes[1].plot(
+            [s + 1 for s in with_mfu], [100 * r["mfu"] for r in with_mfu.values()], ".-", color="tab:green", label="MFU"
+        )
+        axes[1].plot(
+            [s + 1 for s in with_mfu],
+            [100 * r["hfu"] for r in with_mfu.values()],
+            ".--",
+            color="tab:olive",
+            label="HFU",
+        )
         axes[1].set(ylabel="% of peak")
         axes[1].legend()
     for ax in axes:

@@ -49,9 +49,14 @@ from meshtrain.trainer.tracking.run_arithmetic import (
 )
 
 PART_LABELS = {
-    "productive": "productive steps", "compilation": "compilation", "data_wait": "data waits",
-    "evaluation": "evaluation", "checkpointing": "checkpointing", "restart_loss": "lost to restarts (steps redone)",
-    "startup": "startup", "other": "other (logging, bookkeeping)",
+    "productive": "productive steps",
+    "compilation": "compilation",
+    "data_wait": "data waits",
+    "evaluation": "evaluation",
+    "checkpointing": "checkpointing",
+    "restart_loss": "lost to restarts (steps redone)",
+    "startup": "startup",
+    "other": "other (logging, bookkeeping)",
 }
 
 
@@ -59,8 +64,9 @@ def _mean_median(values: list[float]) -> tuple[float | None, float | None]:
     return (statistics.fmean(values), statistics.median(values)) if values else (None, None)
 
 
-def build_report(run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *,
-                 interrupted: bool) -> dict:
+def build_report(
+    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, interrupted: bool
+) -> dict:
     """report.json's object (module docstring); plots are added by write_report."""
     records = read_metrics(run_dir)
     train, evals = latest_by_step(records, "loss"), latest_by_step(records, "eval_loss")
@@ -73,26 +79,43 @@ def build_report(run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic
     model_flops = a.model_flops_per_token * tokens
     stats = {}
     for key in ("mfu", "hfu", "model_tflops_per_chip", "tokens_per_sec"):
-        stats[f"{key}_mean"], stats[f"{key}_median"] = _mean_median(
-            [r[key] for r in rated if r.get(key) is not None])
+        stats[f"{key}_mean"], stats[f"{key}_median"] = _mean_median([r[key] for r in rated if r.get(key) is not None])
     wall, peak = goodput["wall_s"], a.peak_flops_per_chip
     return {
-        "experiment": cfg.name, "run_dir": str(run_dir), "status": "interrupted" if interrupted else "finished",
+        "experiment": cfg.name,
+        "run_dir": str(run_dir),
+        "status": "interrupted" if interrupted else "finished",
         "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "steps": steps, "steps_configured": cfg.train.steps, "tokens": tokens, "seq_len": cfg.data.seq_len,
-        "flops_convention": FLOPS_CONVENTION, "flops_convention_description": CONVENTION_TEXT,
-        "params_total": a.params_total, "model_flops_per_token": a.model_flops_per_token,
-        "hardware_flops_per_token": a.hardware_flops_per_token, "remat": a.remat,
-        "model_flops_total": model_flops, "hardware_flops_total": a.hardware_flops_per_token * tokens,
-        "hardware": {"kind": a.hardware, "platform": a.platform, "chips": a.chips, "peak_flops_per_chip": peak,
-                     "compute_dtype": a.compute_dtype, "peak_source": a.peak_source,
-                     "price_per_chip_hour": a.price_per_chip_hour, "device_platform": a.device_platform},
-        "wall_s": wall, "chip_hours": chip_hours,
+        "steps": steps,
+        "steps_configured": cfg.train.steps,
+        "tokens": tokens,
+        "seq_len": cfg.data.seq_len,
+        "flops_convention": FLOPS_CONVENTION,
+        "flops_convention_description": CONVENTION_TEXT,
+        "params_total": a.params_total,
+        "model_flops_per_token": a.model_flops_per_token,
+        "hardware_flops_per_token": a.hardware_flops_per_token,
+        "remat": a.remat,
+        "model_flops_total": model_flops,
+        "hardware_flops_total": a.hardware_flops_per_token * tokens,
+        "hardware": {
+            "kind": a.hardware,
+            "platform": a.platform,
+            "chips": a.chips,
+            "peak_flops_per_chip": peak,
+            "compute_dtype": a.compute_dtype,
+            "peak_source": a.peak_source,
+            "price_per_chip_hour": a.price_per_chip_hour,
+            "device_platform": a.device_platform,
+        },
+        "wall_s": wall,
+        "chip_hours": chip_hours,
         "cost_usd": None if a.price_per_chip_hour is None else chip_hours * a.price_per_chip_hour,
         **stats,
         "mfu_over_wall": model_flops / (a.chips * peak * wall) if wall > 0 and peak is not None else None,
-        "goodput": {key: goodput[key] for key in
-                    ("wall_s", "parts_s", "parts_pct", "goodput_pct", "steps_redone", "segments")},
+        "goodput": {
+            key: goodput[key] for key in ("wall_s", "parts_s", "parts_pct", "goodput_pct", "steps_redone", "segments")
+        },
         "final_loss": train[max(train)]["loss"] if train else None,
         "final_eval_loss": evals[max(evals)]["eval_loss"] if evals else None,
     }
@@ -107,48 +130,87 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 def render_markdown(r: dict) -> str:
     hw = r["hardware"]
     peak = hw["peak_flops_per_chip"]
-    lines = [f"# Run report: {r['experiment']}", "",
-             f"`{r['run_dir']}`: {r['status']} at step {r['steps']:,} of {r['steps_configured']:,} "
-             f"({r['written_at']}).", "",
-             f"Hardware: {hw['chips']} x `{hw['kind']}`, peak {format_si(peak, 'FLOP/s')} per chip "
-             f"({hw['compute_dtype']}; {hw['peak_source']}); "
-             + ("no price for this kind: cost not computed." if hw["price_per_chip_hour"] is None
-                else f"on-demand price ${hw['price_per_chip_hour']:,.2f} per chip-hour."), "",
-             f"FLOPs convention: **{r['flops_convention_description']}**. Model FLOPs per token "
-             f"{r['model_flops_per_token']:.4g} ({r['params_total']:,} parameters, seq_len {r['seq_len']}); "
-             f"hardware FLOPs per token {r['hardware_flops_per_token']:.4g} (remat={r['remat']})."]
+    lines = [
+        f"# Run report: {r['experiment']}",
+        "",
+        f"`{r['run_dir']}`: {r['status']} at step {r['steps']:,} of {r['steps_configured']:,} ({r['written_at']}).",
+        "",
+        f"Hardware: {hw['chips']} x `{hw['kind']}`, peak {format_si(peak, 'FLOP/s')} per chip "
+        f"({hw['compute_dtype']}; {hw['peak_source']}); "
+        + (
+            "no price for this kind: cost not computed."
+            if hw["price_per_chip_hour"] is None
+            else f"on-demand price ${hw['price_per_chip_hour']:,.2f} per chip-hour."
+        ),
+        "",
+        f"FLOPs convention: **{r['flops_convention_description']}**. Model FLOPs per token "
+        f"{r['model_flops_per_token']:.4g} ({r['params_total']:,} parameters, seq_len {r['seq_len']}); "
+        f"hardware FLOPs per token {r['hardware_flops_per_token']:.4g} (remat={r['remat']}).",
+    ]
     if hw["platform"] != {"cuda": "gpu", "rocm": "gpu"}.get(hw["device_platform"], hw["device_platform"]):
-        lines += ["", f"Note: the devices were `{hw['device_platform']}`, not `{hw['kind']}`: utilization and "
-                      f"cost are computed as if they were {hw['kind']} chips."]
+        lines += [
+            "",
+            f"Note: the devices were `{hw['device_platform']}`, not `{hw['kind']}`: utilization and "
+            f"cost are computed as if they were {hw['kind']} chips.",
+        ]
     cost = f"{MISSING} (no price)" if r["cost_usd"] is None else format_dollars(r["cost_usd"])
-    lines += ["", "## Totals", ""] + _table(("", "value"), [
-        ("steps", f"{r['steps']:,}"), ("tokens", f"{r['tokens']:,}"),
-        ("model FLOPs", f"{r['model_flops_total']:.4g}"), ("hardware FLOPs", f"{r['hardware_flops_total']:.4g}"),
-        ("wall time", f"{format_duration(r['wall_s'])} ({r['wall_s']:,.1f} s)"),
-        ("chip-hours", format_number(r["chip_hours"])), ("cost (on-demand)", cost),
-        ("final loss", format_number(r["final_loss"])), ("final eval loss", format_number(r["final_eval_loss"]))])
-    lines += ["", "## Utilization", "",
-              "Over the logged intervals (each process's first, which holds its compilation, left out).", ""]
-    lines += _table(("", "mean", "median"), [
-        ("MFU", format_percent(r["mfu_mean"]), format_percent(r["mfu_median"])), ("HFU", format_percent(r["hfu_mean"]), format_percent(r["hfu_median"])),
-        ("model TFLOP/s per chip", format_number(r["model_tflops_per_chip_mean"]),
-         format_number(r["model_tflops_per_chip_median"])),
-        ("tokens/s", format_amount(r["tokens_per_sec_mean"]), format_amount(r["tokens_per_sec_median"]))])
+    lines += ["", "## Totals", ""] + _table(
+        ("", "value"),
+        [
+            ("steps", f"{r['steps']:,}"),
+            ("tokens", f"{r['tokens']:,}"),
+            ("model FLOPs", f"{r['model_flops_total']:.4g}"),
+            ("hardware FLOPs", f"{r['hardware_flops_total']:.4g}"),
+            ("wall time", f"{format_duration(r['wall_s'])} ({r['wall_s']:,.1f} s)"),
+            ("chip-hours", format_number(r["chip_hours"])),
+            ("cost (on-demand)", cost),
+            ("final loss", format_number(r["final_loss"])),
+            ("final eval loss", format_number(r["final_eval_loss"])),
+        ],
+    )
+    lines += [
+        "",
+        "## Utilization",
+        "",
+        "Over the logged intervals (each process's first, which holds its compilation, left out).",
+        "",
+    ]
+    lines += _table(
+        ("", "mean", "median"),
+        [
+            ("MFU", format_percent(r["mfu_mean"]), format_percent(r["mfu_median"])),
+            ("HFU", format_percent(r["hfu_mean"]), format_percent(r["hfu_median"])),
+            (
+                "model TFLOP/s per chip",
+                format_number(r["model_tflops_per_chip_mean"]),
+                format_number(r["model_tflops_per_chip_median"]),
+            ),
+            ("tokens/s", format_amount(r["tokens_per_sec_mean"]), format_amount(r["tokens_per_sec_median"])),
+        ],
+    )
     lines += ["", f"MFU over the whole wall time (goodput included): {format_percent(r['mfu_over_wall'])}."]
     g = r["goodput"]
     redone = f"; {g['steps_redone']} steps were computed twice after restarts" if g["steps_redone"] else ""
     lines += ["", "## Goodput", "", f"{g['goodput_pct']:.1f}% of the wall time was productive steps{redone}.", ""]
-    lines += _table(("part", "seconds", "%"), [
-        (PART_LABELS[p], f"{g['parts_s'][p]:,.2f}", f"{g['parts_pct'][p]:.1f}") for p in PARTS])
+    lines += _table(
+        ("part", "seconds", "%"),
+        [(PART_LABELS[p], f"{g['parts_s'][p]:,.2f}", f"{g['parts_pct'][p]:.1f}") for p in PARTS],
+    )
     lines += [f"| **wall time** | **{g['wall_s']:,.2f}** | **100.0** |"]
     if len(g["segments"]) > 1:
         lines += ["", "Processes (restarts):", ""] + _table(
             ("started", "steps", "wall s", "chips"),
-            [(s["started_at"], f"{s['start_step']} -> {s['end_step']}", f"{s['wall_s']:,.1f}", s["chips"])
-             for s in g["segments"]])
+            [
+                (s["started_at"], f"{s['start_step']} -> {s['end_step']}", f"{s['wall_s']:,.1f}", s["chips"])
+                for s in g["segments"]
+            ],
+        )
     plots = r.get("plots", {})
-    titles = {"loss": "Loss", "throughput": "Throughput: tokens/s and MFU",
-              "cost": "Cumulative cost" if r["cost_usd"] is not None else "Cumulative chip-hours"}
+    titles = {
+        "loss": "Loss",
+        "throughput": "Throughput: tokens/s and MFU",
+        "cost": "Cumulative cost" if r["cost_usd"] is not None else "Cumulative chip-hours",
+    }
     if plots:
         lines += ["", "## Plots", ""]
         for name, path in plots.items():
@@ -156,15 +218,20 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *,
-                 interrupted: bool) -> Path:
+def write_report(
+    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, interrupted: bool
+) -> Path:
     """Writes plots/, report.json and report.md into run_dir; returns report.md's path."""
     run_dir = Path(run_dir)
     report = build_report(run_dir, cfg, arithmetic, goodput, interrupted=interrupted)
     records = read_metrics(run_dir)
-    report["plots"] = write_plots(run_dir, latest_by_step(records, "loss"), latest_by_step(records, "eval_loss"),
-                                  skip_throughput={s["start_step"] for s in goodput["segments"]},
-                                  priced=report["cost_usd"] is not None)
+    report["plots"] = write_plots(
+        run_dir,
+        latest_by_step(records, "loss"),
+        latest_by_step(records, "eval_loss"),
+        skip_throughput={s["start_step"] for s in goodput["segments"]},
+        priced=report["cost_usd"] is not None,
+    )
     write_atomic(run_dir / "report.json", json.dumps(report, indent=1) + "\n")
     write_atomic(run_dir / "report.md", render_markdown(report))
     return run_dir / "report.md"

@@ -57,8 +57,16 @@ def run_arithmetic(cfg: ExperimentConfig) -> RunArithmetic:
     except ConfigError as error:  # e.g. float32 on a TPU, whose f32 peak Google does not publish
         peak, source = None, f"unknown: {error}"
     return RunArithmetic(
-        hardware=spec.kind, platform=spec.platform, chips=chips_of_this_run(spec.platform), compute_dtype=dtype,
-        peak_flops_per_chip=peak, peak_source=source,
+        hardware=spec.kind,
+        platform=spec.platform,
+        chips=chips_of_this_run(spec.platform),
+        compute_dtype=dtype,
+        peak_flops_per_chip=peak,
+        peak_source=source,
         price_per_chip_hour=price_per_chip_hour(spec, "on_demand"),
-        model_flops_per_token=flops.model, hardware_flops_per_token=flops.hardware,
-        params_total=flops.params_total, remat=flops.remat, device_platform=jax.default_backend())
+        model_flops_per_token=flops.model,
+        hardware_flops_per_token=flops.hardware,
+        params_total=flops.params_total,
+        remat=flops.remat,
+        device_platform=jax.default_backend(),
+    )

@@ -123,11 +123,15 @@ class Tracker:
         remaining = self.tokens_total - tokens_through(self.cfg.train, self.cfg.data.seq_len, step + 1)
         eta = max(remaining, 0) / recent
         price = a.price_per_chip_hour
-        return {"model_tflops_per_chip": a.model_flops_per_token * tokens_per_sec / a.chips / 1e12,
-                "mfu": mfu, "hfu": hfu, "chip_hours": chip_hours,
-                "cost_usd": None if price is None else chip_hours * price,
-                "projected_cost_usd": None if price is None else (chip_hours + eta * a.chips / 3600.0) * price,
-                "eta_s": eta}
+        return {
+            "model_tflops_per_chip": a.model_flops_per_token * tokens_per_sec / a.chips / 1e12,
+            "mfu": mfu,
+            "hfu": hfu,
+            "chip_hours": chip_hours,
+            "cost_usd": None if price is None else chip_hours * price,
+            "projected_cost_usd": None if price is None else (chip_hours + eta * a.chips / 3600.0) * price,
+            "eta_s": eta,
+        }
 
     @staticmethod
     def postfix(record: dict) -> dict:
@@ -150,5 +154,6 @@ class Tracker:
         """Writes report.json, report.md and the plots (process 0); returns report.md's path."""
         if not self.primary:
             return None
-        return write_report(self.run_dir, self.cfg, self.arithmetic, self.goodput.save(self._steps_done),
-                            interrupted=interrupted)
+        return write_report(
+            self.run_dir, self.cfg, self.arithmetic, self.goodput.save(self._steps_done), interrupted=interrupted
+        )
