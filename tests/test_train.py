@@ -114,3 +114,14 @@ def test_checkpoints_keep_the_last_n_and_every_kth(experiment, data_dir, tmp_pat
     train(cfg, progress=False)
     kept = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [4, 7, 8]
+
+
+def test_an_already_trained_run_is_left_as_it_was(experiment, tmp_path):
+    """Starting a finished run again (here with another mesh) trains nothing and rewrites nothing:
+    its config.yaml still describes the run that made its checkpoints."""
+    run_dir = tmp_path / "done"
+    train(experiment(run_dir, "train.steps=2"), progress=False)
+    before = (run_dir / "config.yaml").read_bytes()
+    again = train(experiment(run_dir, "train.steps=2", "mesh.ici_data=-1", "mesh.ici_fsdp=2"), progress=False)
+    assert (again.start_step, again.end_step) == (2, 2)
+    assert (run_dir / "config.yaml").read_bytes() == before
