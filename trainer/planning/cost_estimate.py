@@ -202,7 +202,7 @@ def estimate_cost(
         hardware_fpt = aot.flops_per_token
     per_chip, mfu, mfu_source = _throughput(spec, peak, model_fpt, convention, mfu, tokens_per_sec_per_chip)
     tokens_total = int(tokens) if tokens is not None else tokens_through(cfg.train, seq_len, cfg.train.steps)
-    chip_hours = chips * tokens_total / (per_chip * chips) / 3600.0
+    chip_hours = tokens_total / per_chip / 3600.0  # chips x wall clock, the chips cancelling
 
     prices = dict(spec.prices)
     if price is not None:  # the table's other tiers are deals for the table's price, not this one
@@ -264,17 +264,6 @@ def _suggestions(cfg, spec, chips, limit, analytic_total, analytic_fits, aot) ->
     found = suggestions(cfg, spec, chips, limit)
     if aot is None:
         return found
-    return [
-        dataclasses.replace(
-            s,
-            note="; ".join(
-                x
-                for x in (
-                    s.note,
-                    "analytic estimate; with --aot, a topology of that many chips" if s.chips else "analytic estimate",
-                )
-                if x
-            ),
-        )
-        for s in found
-    ]
+    # With --aot the figures beside each suggestion are still the analytic estimate's: say so.
+    aside = {True: "analytic estimate; with --aot, a topology of that many chips", False: "analytic estimate"}
+    return [dataclasses.replace(s, note="; ".join(filter(None, (s.note, aside[s.chips is not None])))) for s in found]

@@ -36,11 +36,8 @@ class Suggestion:
     note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            k: v
-            for k, v in dataclasses.asdict(self).items()
-            if v is not None or k in ("memory_per_chip_bytes", "chips")
-        }
+        """The --json object: every field, the note only when there is one."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "note" or v is not None}
 
 
 def _fits(cfg: ExperimentConfig, chips: int, limit: int) -> tuple[bool, int] | None:
