@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.step.compute import make_train_step
+from meshtrain.trainer.step.guard import SpikeRule
 from meshtrain.trainer.step.state import abstract_state, model_def, optimizer_for
 
 jax.config.update("jax_enable_compilation_cache", False)
@@ -45,7 +46,9 @@ def compile_seconds(num_layers: int, scan: bool, remat: str, repeats: int) -> fl
     for _ in range(repeats):
         mdef = model_def(cfg)
         optimizer = optimizer_for(cfg, mdef)
-        step = make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches)
+        step = make_train_step(
+            mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, SpikeRule.from_config(cfg.spike)
+        )
         state = abstract_state(cfg, mdef, optimizer)
         batch = abstract_batch(cfg.train.batch_size, cfg.data.seq_len)
         start = time.perf_counter()

@@ -25,6 +25,7 @@ from meshtrain.tools.args import quiet_libraries
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.data import BatchStream, prepare_dataset, tokenizer_for
 from meshtrain.trainer.step.compute import make_train_step
+from meshtrain.trainer.step.guard import SpikeRule
 from meshtrain.trainer.step.state import init_state, model_def, optimizer_for
 
 BASELINE = "remat=none (baseline)"
@@ -43,7 +44,10 @@ def step_seconds(overrides: list[str], batch, args) -> float:
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     state = jax.jit(lambda: init_state(cfg, mdef, optimizer))()
-    step = jax.jit(make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches), donate_argnums=0)
+    step = jax.jit(
+        make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, SpikeRule.from_config(cfg.spike)),
+        donate_argnums=0,
+    )
     for _ in range(args.warmup):  # The first call compiles.
         state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))

@@ -10,6 +10,7 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from meshtrain.trainer.convert.safetensors_reader import PickleReader, SafetensorsReader, open_weights
 from meshtrain.trainer.convert.safetensors_writer import SafetensorsWriter
@@ -251,6 +252,19 @@ def test_bad_files(tmp_path):
     bad(with_header({"a": {"dtype": "F128", "shape": [2], "data_offsets": [0, 16]}}), "unknown dtype 'F128'")
     bad(with_header({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}), "needs 12")
     bad(with_header({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 4]}}), "corrupt data_offsets")
+    two = lambda a, b, size=16: with_header(
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": a},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": b},
+        },
+        b"\0" * size,
+    )
+    bad(two([0, 8], [4, 12]), "'b'.*overlaps")
+    with pytest.raises(Exception, match="invalid offset"):  # the reference refuses the same file
+        safetensors.numpy.load(two([0, 8], [4, 12]))
+    bad(two([0, 8], [0, 8]), "overlaps")
+    bad(two([0, 8], [12, 20], 20), "gap")
+    bad(two([0, 8], [8, 16], 24), "end at byte 16 of a 24-byte")
 
     # An index naming a shard that is not there.
     (tmp_path / "sharded").mkdir()

@@ -41,6 +41,14 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "train.log_every": _positive,
     "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = never)"),
     "train.eval_batches": _positive,
+    "train.watchdog_s": (lambda v: v >= 0, "a number of seconds >= 0 (0 = derived from the step time)"),
+    "spike.window": (lambda v: v == 0 or v >= 2, "0 (no spike check) or an integer >= 2"),
+    "spike.factor": (lambda v: v > 0, "a positive number"),
+    "spike.min_jump": (lambda v: v >= 0, "a number >= 0"),
+    "spike.max_consecutive": _positive,
+    "spike.rewind_steps": _non_negative,
+    "spike.skip_batches": _non_negative,
+    "spike.max_rewinds": _non_negative,
     "optimizer.learning_rate": (lambda v: v > 0, "a positive number"),
     "optimizer.warmup_steps": _non_negative,
     "optimizer.decay_steps": _positive,
@@ -54,9 +62,11 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "checkpoint.every": _positive,
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1 (the latest checkpoint is always kept)"),
     "checkpoint.keep_every": _positive,
+    "checkpoint.every_minutes": (lambda v: v >= 0, "a number of minutes >= 0 (0 = step-based only)"),
     "distributed.num_processes": _positive,
     "distributed.process_id": _non_negative,
     "distributed.initialization_timeout_s": (lambda v: v >= 1, "a number of seconds >= 1"),
+    "distributed.heartbeat_timeout_s": (lambda v: v >= 2, "a number of seconds >= 2"),
     "hardware.num_slices": _positive,
     "hardware.chips": _positive,
     **{
@@ -130,6 +140,12 @@ def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> 
         if size < 1 or (micro >= 1 and size % micro):
             out.append(f"{entry}: expected a positive batch size divisible by train.microbatches={micro}")
         previous = max(previous, step)
+    for i, (start, end) in enumerate(train.skip_batches):
+        if not 0 <= start < end:
+            out.append(
+                f"train.skip_batches[{i}]=[{start}, {end}]: expected [start, end] with 0 <= start < end "
+                "(global batch numbers start..end-1 are skipped)"
+            )
     if cfg.model.positions == "learned" and cfg.data.seq_len > cfg.model.max_seq_len:
         out.append(
             _problem(

@@ -1,6 +1,7 @@
 """The gin front door: `--gin_file` / `--gin_param` bind the same dataclasses as the YAML files.
 
-gin only parses here; it never constructs anything. The dataclasses are registered as gin
+gin only parses here; it never constructs anything, and it never sees an import, a reference to
+code or an include from elsewhere (trainer/config/gin_text.py refuses them first). The dataclasses are registered as gin
 configurables so gin itself rejects an unknown configurable or parameter, then the parsed bindings
 are read back and turned into the layers the YAML path uses, so both doors resolve through one
 path (base -> preset -> gin files -> gin params) and one set of checks.
@@ -16,6 +17,7 @@ import gin
 
 from meshtrain.trainer.config import tree
 from meshtrain.trainer.config.errors_fmt import did_you_mean
+from meshtrain.trainer.config.gin_text import checked_text, expanded_file
 from meshtrain.trainer.config.paths import GIN_DIR, shipped_names, shipped_or_path
 from meshtrain.trainer.config.resolve import Layer, normalize_layer
 from meshtrain.trainer.errors import ConfigError
@@ -151,10 +153,10 @@ def gin_layers(gin_files: Sequence[str], gin_params: Sequence[str], *, name_from
     gin.clear_config()
     try:
         for path in paths:
-            _parse(gin.parse_config_file, str(path), str(path))
+            _parse(gin.parse_config, expanded_file(path), str(path))
         after_files = _snapshot()
         for param in gin_params:
-            _parse(gin.parse_config, param, f"--gin_param {param!r}")
+            _parse(gin.parse_config, checked_text(param, f"--gin_param {param!r}"), f"--gin_param {param!r}")
         after_params = _snapshot()
     finally:
         gin.clear_config()

@@ -44,6 +44,22 @@ class TrainConfig:
     log_every: int
     eval_every: int
     eval_batches: int
+    skip_batches: tuple[tuple[int, int], ...]
+    watchdog_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SpikeConfig:
+    """Loss spikes and non-finite steps: which steps apply no update, and when to rewind and skip data
+    (PaLM's recipe, section 5.1: restart ~100 steps before the spike, skip ~200-500 batches)."""
+
+    window: int
+    factor: float
+    min_jump: float
+    max_consecutive: int
+    rewind_steps: int
+    skip_batches: int
+    max_rewinds: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +87,9 @@ class CheckpointConfig:
     every: int
     keep: int
     keep_every: int | None
+    every_minutes: float
     async_save: bool
+    checksums: bool
     init_from: str | None
 
 
@@ -104,6 +122,7 @@ class DistributedConfig:
     num_processes: int | None
     process_id: int | None
     initialization_timeout_s: int
+    heartbeat_timeout_s: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +145,7 @@ class ExperimentConfig:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    spike: SpikeConfig
     optimizer: OptimizerConfig
     checkpoint: CheckpointConfig
     mesh: MeshConfig

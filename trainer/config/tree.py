@@ -22,7 +22,10 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 # Wording for types whose generic description would be unhelpful.
-_TYPE_HINTS = {"train.batch_ramp": "a list of [step, batch_size] integer pairs, e.g. [[1000, 64]]"}
+_TYPE_HINTS = {
+    "train.batch_ramp": "a list of [step, batch_size] integer pairs, e.g. [[1000, 64]]",
+    "train.skip_batches": "a list of [start, end] global batch numbers, e.g. [[1200, 1500]]",
+}
 
 
 @functools.cache

@@ -186,6 +186,28 @@ class Header:
         self.tensors: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
             self.tensors[name] = self._check(name, entry, buffer_size)
+        self._check_layout(buffer_size)
+
+    def _check_layout(self, buffer_size: int) -> None:
+        """The tensors tile the data buffer exactly, in offset order, as the safetensors library
+        demands (its validate(): each begins where the previous ends, the last ends at the end):
+        overlapping offsets would give one tensor another's bytes."""
+        expected = 0
+        for name, (_, _, begin, end) in sorted(self.tensors.items(), key=lambda item: item[1][2:]):
+            if begin != expected:
+                what = (
+                    "overlaps the tensor before it" if begin < expected else "leaves a gap after the tensor before it"
+                )
+                raise UserError(
+                    f"{self.path}: tensor {name!r}: data_offsets [{begin}, {end}] {what} (which ends at "
+                    f"{expected}); the file is corrupt (the safetensors library refuses it too)"
+                )
+            expected = end
+        if expected != buffer_size:
+            raise UserError(
+                f"{self.path}: the tensors end at byte {expected} of a {buffer_size}-byte data buffer; the file "
+                "is corrupt (the safetensors library refuses it too)"
+            )
 
     def _check(self, name: str, entry: Any, buffer_size: int):
         where = f"{self.path}: tensor {name!r}"

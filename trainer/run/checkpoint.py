@@ -1,26 +1,44 @@
 """Orbax checkpoints of a run: train state plus the data-iterator state, written asynchronously.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-write
-leaves the previous checkpoints intact and nothing is overwritten in place. On restore, a
-checkpoint that fails to read is reported and the next older one is tried.
+leaves the previous checkpoints intact and nothing is overwritten in place. Each checkpoint also
+stores checksums of its arrays (trainer/run/checksums.py), verified on restore.
+
+A checkpoint that fails to read or to verify is corrupt: it is moved aside to
+checkpoints/corrupt/<step>-<time> (kept for a post-mortem, out of Orbax's sight, so the run can save
+that step again) with one line naming it, and the next older one is tried. An asynchronous save that
+failed (a full disk, a directory that became unwritable) is noticed at the next step, and the run
+stops with one line naming the directory: the previous checkpoint is untouched.
 """
 
 from __future__ import annotations
 
-import json
+import datetime
 import logging
+import shutil
 from pathlib import Path
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from meshtrain.trainer.config.schema import CheckpointConfig
 from meshtrain.trainer.data import merge_states
 from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.formatting import format_bytes
+from meshtrain.trainer.run.checksums import array_checksums, mismatches
+from meshtrain.trainer.run.collective import any_process, gather_json, sync_processes
 
 log = logging.getLogger(__name__)
+
+CORRUPT_DIR = "corrupt"
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, unwritable directory)."""
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint's arrays do not match the checksums saved with them."""
 
 
 class Checkpoints:
@@ -28,10 +46,20 @@ class Checkpoints:
 
     def __init__(self, directory: Path, cfg: CheckpointConfig):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=cfg.keep, keep_period=cfg.keep_every, create=True, enable_async_checkpointing=cfg.async_save
+            max_to_keep=cfg.keep,
+            keep_period=cfg.keep_every,
+            create=True,
+            enable_async_checkpointing=cfg.async_save,
+            cleanup_tmp_directories=True,
         )
         self.directory = Path(directory).absolute()
+        self.checksums = cfg.checksums
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
+        self._failed = False  # a write error has been raised
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state, local_data_state: dict) -> None:
         """Starts writing `state` as step `step`; returns before the write finishes when async.
@@ -39,60 +67,125 @@ class Checkpoints:
         A collective: every process calls it with its own shards' data state, and the checkpoint
         holds all of them, so it restores onto any process count the data shards divide.
         """
-        data_state = merge_states(_gather_json(local_data_state))
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-            force=True,
+        self.check_errors()
+        data_state = merge_states(gather_json(local_data_state))
+        if self.checksums:
+            data_state = {**data_state, "checksums": array_checksums(state)}
+        size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=True,
+            )
+        except OSError as error:
+            raise self._write_error(step, size, error) from None
+        self._pending = (step, size)
+
+    def check_errors(self) -> None:
+        """Raises CheckpointWriteError if the last asynchronous save failed (cheap: call it every step)."""
+        if self._pending is None:
+            return
+        try:
+            self._manager.check_for_errors()
+        except Exception as error:  # the save thread's failure, re-raised here as one line
+            step, size = self._pending
+            self._pending = None
+            raise self._write_error(step, size, error) from None
+        if not self._manager.is_saving_in_progress():
+            self._pending = None
+
+    def _write_error(self, step: int, size: int, error: BaseException) -> CheckpointWriteError:
+        self._failed = True
+        free = shutil.disk_usage(self.directory).free if self.directory.exists() else None
+        older = [s for s in self.steps() if s < step]
+        kept = f"the checkpoint of step {older[-1]} is intact" if older else "no earlier checkpoint exists"
+        return CheckpointWriteError(
+            f"checkpoint of step {step} could not be written to {self.directory} ({type(error).__name__}: "
+            f"{_first_line(error)}); it needs about {format_bytes(size)}"
+            + (f", {format_bytes(free)} is free" if free is not None else "")
+            + f"; {kept}: make room (or fix the directory) and run the same command to resume"
         )
 
-    def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
-        """(step, state, data_state) of the newest checkpoint that reads back; None if there is none.
-
-        When checkpoints exist but none reads back, that is an error, not a fresh start.
+    def restore(self, step: int, abstract_state) -> tuple[object, dict]:
+        """(state, data_state) of checkpoint `step`, verified against its checksums.
 
         `abstract_state` (ShapeDtypeStructs, optionally with shardings) decides where arrays land,
         so the same files restore onto any device layout.
         """
-        failures = []
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+        )
+        state, data = restored["state"], dict(restored["data"])
+        expected = data.pop("checksums", None)
+        if expected is not None:
+            bad = mismatches(expected, state)
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                raise CorruptCheckpoint(f"checksums differ for {shown}")
+        return state, data
+
+    def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
+        """(step, state, data_state) of the newest checkpoint that reads back; None if there is none.
+
+        Each one that does not is moved aside (see the module doc) before the next older is tried.
+        """
+        for step in reversed(self.steps()):
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as error:  # A damaged checkpoint must not end the run: fall back.
-                log.warning(
-                    "checkpoint at step %d could not be read (%s: %s); trying an older one",
-                    step,
-                    type(error).__name__,
-                    error,
-                )
-                failures.append(f"step {step}: {type(error).__name__}: {error}")
-                continue
-            return step, restored["state"], restored["data"]
-        if failures:
-            raise UserError(f"no checkpoint in {self.directory} could be read: " + "; ".join(failures))
+                state, data = self.restore(step, abstract_state)
+            except Exception as error:  # A damaged checkpoint must not end the run: set it aside, fall back.
+                failed = error
+            else:
+                failed = None
+            if not any_process(failed is not None):
+                return step, state, data
+            self.set_aside(step, failed)
         return None
 
+    def set_aside(self, step: int, error: BaseException | None) -> None:
+        """Moves checkpoint `step` to checkpoints/corrupt/<step>-<time> (process 0), on every process."""
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.directory / CORRUPT_DIR / f"{step}-{when}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(target))
+            reason = f"{type(error).__name__}: {_first_line(error)}" if error is not None else "unreadable on a peer"
+            older = [s for s in self.steps() if s < step]
+            fallback = f"restoring step {older[-1]} instead" if older else "no older checkpoint: starting afresh"
+            print(f"meshtrain: checkpoint of step {step} is corrupt ({reason}); moved to {target}; {fallback}")
+        sync_processes(f"meshtrain: checkpoint {step} set aside")
+        self._manager.reload()
+
+    def delete_after(self, step: int) -> list[int]:
+        """Deletes the checkpoints newer than `step` (a rewind abandons them); returns their steps."""
+        newer = [s for s in self.steps() if s > step]
+        for s in newer:
+            self._manager.delete(s)
+        return newer
+
     def wait(self) -> None:
-        """Blocks until every pending asynchronous write is on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until every pending asynchronous write is on disk; raises CheckpointWriteError if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            if self._pending is None:
+                raise
+            step, size = self._pending
+            self._pending = None
+            raise self._write_error(step, size, error) from None
+        self.check_errors()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the last write and releases Orbax's threads. After a write error was already
+        raised, the same failure is not raised a second time from here."""
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            self._manager.close()
 
 
-def _gather_json(value) -> list:
-    """Every process's `value` (JSON-serializable), in process order, on every process."""
-    if jax.process_count() == 1:
-        return [value]
-    payload = np.frombuffer(json.dumps(value).encode(), np.uint8)
-    sizes = multihost_utils.process_allgather(np.asarray([payload.size], np.int64)).reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: payload.size] = payload
-    rows = multihost_utils.process_allgather(padded)
-    return [json.loads(bytes(row[:size])) for row, size in zip(rows, sizes)]
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

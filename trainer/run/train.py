@@ -1,13 +1,18 @@
 """The training loop: from a resolved ExperimentConfig to a trained, checkpointed run directory.
 
 Everything that can fail on bad input (dataset, tokenizer, a run directory holding another run,
-a mesh or batch that does not split) fails before the run directory is written. The loop then only
-waits on the device at logging, eval and checkpoint steps; batches are prepared ahead in a
-background thread. The same code runs on one device, a mesh of many, or many processes: each
-process feeds its own rows of the global batch, and process 0 alone writes logs and the config.
-A Tracker (trainer/tracking/tracker.py) turns each logged interval into throughput, MFU, HFU, dollars and an
-ETA, splits the wall time into goodput parts, and writes the run report when the loop ends or is
-interrupted.
+a mesh or batch that does not split, an eval split too small) fails before the run directory is
+written. The loop then only waits on the device at logging, eval and checkpoint steps; batches are
+prepared ahead in a background thread. The same code runs on one device, a mesh of many, or many
+processes: each process feeds its own rows of the global batch, and process 0 alone writes logs
+and the config. A Tracker (trainer/tracking/tracker.py) turns each logged interval into throughput,
+MFU, HFU, dollars and an ETA, splits the wall time into goodput parts, and writes the run report.
+
+What can go wrong at scale is handled here as events: a step the spike guard rejects applies no
+update; a streak of them rewinds to an earlier checkpoint and skips data (trainer/run/recovery.py);
+no checkpoint is written while the run is in a bad streak, so retention never rotates out the last
+good state; a corrupt checkpoint is set aside and an older one restored; a failed asynchronous save
+stops the run at the next step with one line; a signal checkpoints and stops at the next step.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import threading
 import time
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -27,8 +31,11 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.data import BatchStream, prepare_dataset, tokenizer_for
 from meshtrain.trainer.errors import DataError
 from meshtrain.trainer.run.checkpoint import Checkpoints
+from meshtrain.trainer.run.collective import any_process
 from meshtrain.trainer.run.distributed import initialize
+from meshtrain.trainer.run.evaluation import eval_batches_available, evaluate
 from meshtrain.trainer.run.prefetch import Prefetcher
+from meshtrain.trainer.run.recovery import DivergedError, rewind_target, skip_list
 from meshtrain.trainer.run.run_dir import check_same_run, open_run_dir, run_dir_path
 from meshtrain.trainer.run.saved_weights import initial_weights_for, restore_params
 from meshtrain.trainer.step.optimizer import learning_rate_schedule
@@ -43,6 +50,7 @@ from meshtrain.trainer.step.partition import (
 )
 from meshtrain.trainer.step.state import model_def, optimizer_for
 from meshtrain.trainer.tracking.metrics_log import MetricsLog
+from meshtrain.trainer.tracking.recoveries import describe, load_recoveries, record_recovery
 from meshtrain.trainer.tracking.tracker import Tracker
 
 
@@ -55,6 +63,8 @@ class RunSummary:
     last_loss: float | None = None
     last_eval_loss: float | None = None
     interrupted: bool = False
+    skipped_steps: int = 0  # steps the spike guard rejected, on the trajectory of the final state
+    rewinds: int = 0  # rewinds this process made
     report: str | None = None  # report.md, written by process 0 when the loop ends
 
 
@@ -89,17 +99,6 @@ def _load_tokenizer(cfg: ExperimentConfig):
     return tokenizer
 
 
-def evaluate(cfg: ExperimentConfig, tokenizer, eval_step, params, put) -> float:
-    """Mean cross-entropy over the first `eval_batches` batches of the eval split (same ones each time)."""
-    stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.eval_split)
-    rows = cfg.train.batch_size // jax.process_count()
-    ce_sum, tokens = 0.0, 0.0
-    for _ in range(cfg.train.eval_batches):
-        batch_ce, batch_tokens = eval_step(params, put(stream.next_batch(rows)))
-        ce_sum, tokens = ce_sum + float(batch_ce), tokens + float(batch_tokens)
-    return ce_sum / max(tokens, 1.0)
-
-
 def _prepare_data(cfg: ExperimentConfig):
     """Process 0 builds the dataset and tokenizer (once, into the shared data_dir); the others
     wait for it, then every process opens them."""
@@ -112,66 +111,97 @@ def _prepare_data(cfg: ExperimentConfig):
     return _load_tokenizer(cfg)
 
 
-def _any_process(flag: bool) -> bool:
-    """True on every process if `flag` is true on any (a collective: call it on all of them)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+def _finite(value: float) -> float | None:
+    return value if value == value and abs(value) != float("inf") else None
 
 
-def _initial_state(
-    cfg: ExperimentConfig, mdef, optimizer, plan, abstract, initial_weights, tracker: Tracker, primary: bool
-):
-    """Step 0 of a new run: around the weights `checkpoint.init_from` names, or freshly initialized."""
-    if initial_weights is None:
-        return init_sharded_state(cfg, mdef, optimizer, plan)
-    with tracker.timed("checkpointing"):
-        params = restore_params(initial_weights, abstract["params"])
-    if primary:
-        print(f"initialized from {initial_weights.step_dir} (parameters only; fresh optimizer state)")
-    return init_sharded_state(cfg, mdef, optimizer, plan, params)
+class _Trajectory:
+    """Where the loop is: the state, its step, and the data stream and prefetcher that feed it.
+    A rewind replaces all of them at once."""
+
+    def __init__(self, cfg: ExperimentConfig, tokenizer, put, fresh_state, checkpoints: Checkpoints, abstract):
+        self.cfg, self.tokenizer, self.put = cfg, tokenizer, put
+        self.fresh_state, self.checkpoints, self.abstract = fresh_state, checkpoints, abstract
+        self.prefetcher: Prefetcher | None = None
+
+    def start(self, restored, skips) -> None:
+        """From a restored (step, state, data_state), or from the initial state when None."""
+        self.stream = BatchStream(self.cfg.data, self.tokenizer, seed=self.cfg.seed, split=self.cfg.data.train_split)
+        if restored:
+            self.step, self.state, data_state = restored
+            self.stream.set_state(data_state)
+            self.next_batch = int(data_state.get("next_batch", self.step))
+        else:
+            self.step, self.state, self.next_batch = 0, self.fresh_state(), 0
+        self.data_state = None
+        self.refill(skips)
+
+    def refill(self, skips) -> None:
+        if self.prefetcher:
+            self.prefetcher.close()
+        train = self.cfg.train
+        rows_at = lambda step: batch_size_at(train, step) // jax.process_count()
+        self.prefetcher = Prefetcher(
+            self.stream, rows_at, self.step, train.steps, self.cfg.data.prefetch, self.put, self.next_batch, skips
+        )
+
+    def close(self) -> None:
+        if self.prefetcher:
+            self.prefetcher.close()
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     started_at = time.perf_counter()
     initialize(cfg.distributed)
     primary = jax.process_index() == 0
-    check_same_run(cfg, run_dir_path(cfg))
+    run_dir = run_dir_path(cfg)
+    check_same_run(cfg, run_dir)
     tokenizer = _prepare_data(cfg)
+    eval_batches = eval_batches_available(cfg, tokenizer)
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
-    run_dir = run_dir_path(cfg)
     initial_weights = initial_weights_for(cfg, run_dir)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)
-    stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.train_split)
     tracker = Tracker(cfg, run_dir, primary=primary, started_at=started_at)
     abstract = abstract_sharded_state(cfg, mdef, optimizer, plan)
+
+    def fresh_state():
+        """Step 0: around the weights `checkpoint.init_from` names, or freshly initialized."""
+        if initial_weights is None:
+            return init_sharded_state(cfg, mdef, optimizer, plan)
+        with tracker.timed("checkpointing"):
+            params = restore_params(initial_weights, abstract["params"])
+        if primary:
+            print(f"initialized from {initial_weights.step_dir} (parameters only; fresh optimizer state)")
+        return init_sharded_state(cfg, mdef, optimizer, plan, params)
+
     with tracker.timed("checkpointing"):
         restored = checkpoints.restore_latest(abstract)
-    if restored:
-        start, state, data_state = restored
-        stream.set_state(data_state)
-    else:
-        start, state = 0, _initial_state(cfg, mdef, optimizer, plan, abstract, initial_weights, tracker, primary)
+    recoveries = load_recoveries(run_dir)
+    skips = skip_list(cfg.train.skip_batches, recoveries)
+    put = lambda local_batch: global_batch(plan, local_batch)
+    run = _Trajectory(cfg, tokenizer, put, fresh_state, checkpoints, abstract)
+    start = restored[0] if restored else 0
     summary = RunSummary(str(run_dir), start, start)
     if start >= cfg.train.steps:  # nothing to do, and nothing of the run is rewritten
         print(
             f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps}); "
             f"raise train.steps to continue"
         )
+        if primary and not (run_dir / "report.md").is_file():
+            summary.report = str(tracker.report_again(start))
+            print(f"{run_dir}: its report was missing; written from the run's records: {summary.report}")
         checkpoints.close()
         return summary
+    run.start(restored, skips)
     if primary:
         open_run_dir(cfg)  # the resolved config of what runs now (a resume may change the mesh)
 
     train_step = jit_train_step(cfg, mdef, optimizer, plan)
     eval_step = jit_eval_step(cfg, mdef, plan)
-    put = lambda local_batch: global_batch(plan, local_batch)
     schedule = learning_rate_schedule(cfg.optimizer, cfg.train.steps)
-    rows_at = lambda step: batch_size_at(cfg.train, step) // jax.process_count()
-    prefetcher = Prefetcher(stream, rows_at, start, cfg.train.steps, cfg.data.prefetch, put)
     log = MetricsLog(run_dir) if primary else None
     bar = tqdm(
         total=cfg.train.steps,
@@ -182,65 +212,156 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
         dynamic_ncols=True,
     )
     tracker.begin(start)
+    # Rewinds in a row: reset once the run trains past the step where the last trouble was seen.
+    rewinds_in_a_row, trouble_seen_at = 0, -1
+    last_save = time.monotonic()
+    save_every_s = cfg.checkpoint.every_minutes * 60.0
+    status = "failed"
+
+    def rewind(detected_at: int, first_bad: int, reason: str, metrics: dict) -> None:
+        nonlocal recoveries, skips, rewinds_in_a_row, trouble_seen_at
+        if rewinds_in_a_row >= cfg.spike.max_rewinds:
+            kept = checkpoints.steps()
+            kept = f"the newest good checkpoint (step {kept[-1]}) is kept" if kept else "no checkpoint was written"
+            raise DivergedError(
+                f"training diverged: {reason} from step {first_bad} (seen at step {detected_at}, loss "
+                f"{metrics['loss']:.4g}) after {rewinds_in_a_row} rewind(s) in a row that did not get past it "
+                f"(spike.max_rewinds={cfg.spike.max_rewinds}); lower optimizer.learning_rate or raise "
+                f"spike.skip_batches; {kept} in {checkpoints.directory}"
+            )
+        checkpoints.wait()
+        target = rewind_target(checkpoints.steps(), first_bad, cfg.spike.rewind_steps)
+        with tracker.timed("checkpointing"):
+            restored = (target, *checkpoints.restore(target, abstract)) if target is not None else None
+        run.close()
+        abandoned = checkpoints.delete_after(target or 0)
+        restored_step = target or 0
+        data_state = restored[2] if restored else None
+        # The skip starts at the first batch the restored state would train on (past earlier skips).
+        first_batch = skips.end_of_skip(int(data_state.get("next_batch", restored_step)) if data_state else 0)
+        redone = detected_at + 1 - restored_step
+        a = tracker.arithmetic
+        recovery = {
+            "reason": reason,
+            "first_bad_step": first_bad,
+            "detected_at_step": detected_at,
+            "restored_step": restored_step,
+            "skipped_batches": [first_batch, first_batch + cfg.spike.skip_batches],
+            "abandoned_checkpoints": abandoned,
+            "redone_steps": redone,
+            "redone_flops": (a.model_flops_per_token if a else 0.0)
+            * redone
+            * batch_size_at(cfg.train, detected_at)
+            * cfg.data.seq_len,
+            "cost_usd": None,
+        }
+        step_s = tracker.typical_step_time()
+        if a and a.price_per_chip_hour is not None:
+            recovery["cost_usd"] = redone * step_s * a.chips / 3600.0 * a.price_per_chip_hour
+        tracker.redo(redone)
+        if primary:
+            recoveries = record_recovery(run_dir, recoveries, recovery)
+            bar.write(f"meshtrain: {describe(recovery)}")
+            log.write(detected_at, {"event": "rewind", **{k: v for k, v in recovery.items() if k != "reason"}})
+        else:
+            recoveries = [*recoveries, recovery]
+        skips = skip_list(cfg.train.skip_batches, recoveries)
+        run.start(restored, skips)
+        bar.n = restored_step
+        bar.refresh()
+        rewinds_in_a_row, trouble_seen_at = rewinds_in_a_row + 1, max(trouble_seen_at, detected_at)
+        summary.rewinds += 1
 
     try:
         with _StopRequest() as stop:
-            for step in range(start, cfg.train.steps):
+            while run.step < cfg.train.steps:
+                step = run.step
                 with tracker.timed("data_wait"):
-                    batch, data_state = prefetcher.next()
-                state, metrics = train_step(state, batch)
+                    batch, run.data_state = run.prefetcher.next()
+                checkpoints.check_errors()  # a failed background save stops the run now, not steps later
+                run.state, metrics = train_step(run.state, batch)
                 tracker.step_done(step)
                 summary.end_step = step + 1
                 bar.update(1)
                 last_step = step + 1 == cfg.train.steps
                 log_now = step == start or step % cfg.train.log_every == 0 or last_step
-                # A signal reaches the processes of a run one by one: they agree at log steps, so
-                # all of them stop (and checkpoint) at the same step.
-                stopping = _any_process(stop.requested) if (log_now or jax.process_count() == 1) else False
-                if log_now or stopping:
+                # A signal (and the clock) reach the processes of a run one by one: they agree at
+                # log steps, so all of them stop (and checkpoint) at the same step.
+                agree = log_now or jax.process_count() == 1
+                stopping = any_process(stop.requested) if agree else False
+                time_due = bool(save_every_s) and agree and any_process(time.monotonic() - last_save >= save_every_s)
+                eval_now = cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step)
+                save_now = (step + 1) % cfg.checkpoint.every == 0 or last_step or stopping or time_due
+                if log_now or stopping or eval_now or save_now:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    summary.skipped_steps = int(metrics["skipped_steps"])
+                    if metrics["tripped_at"] >= 0 or (last_step and metrics["bad_streak"] > 0):
+                        first_bad = step + 1 - int(metrics["bad_streak"])
+                        reason = "non-finite loss" if metrics["nonfinite"] else "loss spike"
+                        rewind(step, first_bad, reason, metrics)
+                        continue
+                    if step > trouble_seen_at:  # healthy past the last trouble: that rewind worked
+                        rewinds_in_a_row = 0
+                if log_now or stopping:
                     record = {
                         "loss": metrics["loss"],
                         "ce": metrics["ce"],
                         "grad_norm": metrics["grad_norm"],
                         "learning_rate": float(schedule(step)),
                         "batch_size": batch_size_at(cfg.train, step),
+                        "skipped": bool(metrics["skipped"]),
+                        "skipped_steps": int(metrics["skipped_steps"]),
+                        **({"spike": True} if metrics["spike"] else {}),
                         **tracker.log(step),
                     }
                     if log:
                         log.write(step, record)
                     bar.set_postfix(tracker.postfix(record))
-                    summary.first_loss = summary.first_loss if summary.first_loss is not None else record["loss"]
-                    summary.last_loss = record["loss"]
-                eval_now = cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step)
-                save_now = (step + 1) % cfg.checkpoint.every == 0 or last_step or stopping
+                    loss = _finite(record["loss"])
+                    summary.first_loss = summary.first_loss if summary.first_loss is not None else loss
+                    summary.last_loss = loss
                 if eval_now or save_now:
                     # Eval and checkpoint time is not training time: finish the queued steps first;
                     # the tracker keeps the side work out of the interval, so tokens/s stays honest.
-                    jax.block_until_ready(state)
+                    jax.block_until_ready(run.state)
                     if eval_now:
                         with tracker.timed("evaluation"):
-                            summary.last_eval_loss = evaluate(cfg, tokenizer, eval_step, state["params"], put)
+                            loss = evaluate(cfg, tokenizer, eval_step, run.state["params"], put, eval_batches)
+                        summary.last_eval_loss = loss
                         if log:
-                            log.write(step, {"eval_loss": summary.last_eval_loss})
+                            log.write(step, {"eval_loss": loss})
                         if primary:
-                            bar.write(f"step {step + 1}: eval loss {summary.last_eval_loss:.4f}")
-                    if save_now:
+                            bar.write(f"step {step + 1}: eval loss {loss:.4f}")
+                    if save_now and metrics["bad_streak"] > 0:
+                        if primary:
+                            bar.write(
+                                f"step {step + 1}: checkpoint not written, the run is in a streak of "
+                                f"{int(metrics['bad_streak'])} bad steps (the newest good one is kept)"
+                            )
+                    elif save_now:
                         with tracker.timed("checkpointing"):
-                            checkpoints.save(step + 1, state, data_state)
+                            checkpoints.save(step + 1, run.state, run.data_state)
                         tracker.save_point()
+                        last_save = time.monotonic()
+                run.step = step + 1
                 if stopping:
                     summary.interrupted = True
                     if primary:
-                        bar.write(f"stopped by signal: checkpoint saved at step {step + 1}")
+                        newest = checkpoints.steps()[-1:] or ["none"]
+                        bar.write(f"stopped by signal at step {step + 1}; newest checkpoint: step {newest[0]}")
                     break
         with tracker.timed("checkpointing"):
             checkpoints.wait()  # the report is written once the last checkpoint is on disk
-        report = tracker.finish(interrupted=summary.interrupted)
-        summary.report = None if report is None else str(report)
+        status = "interrupted" if summary.interrupted else "finished"
+    except DivergedError:
+        status = "diverged"
+        raise
     finally:
-        prefetcher.close()
+        run.close()
         bar.close()
+        if status in ("finished", "interrupted", "diverged"):
+            report = tracker.finish(status=status)
+            summary.report = None if report is None else str(report)
         if log:
             log.close()
         checkpoints.close()

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from meshtrain.model.loss import cross_entropy_loss
+from meshtrain.trainer.step.guard import SpikeRule, judge, keep_unless
 from meshtrain.trainer.step.state import ModelDef
 
 # (logits, targets, weights, z_loss) -> (loss, aux): model.loss.cross_entropy_loss, or a
@@ -43,9 +44,13 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     z_loss: float,
     microbatches: int,
+    rule: SpikeRule,
     loss_fn: LossFn = cross_entropy_loss,
 ):
-    """A function (state, batch) -> (state, metrics); the caller jits it and donates the state."""
+    """A function (state, batch) -> (state, metrics); the caller jits it and donates the state.
+
+    A step the spike guard (trainer/step/guard.py) judges bad leaves parameters and optimizer
+    state as they were; the step counter still advances (it counts batches trained through)."""
 
     def token_weighted_loss(params, micro):
         loss, aux = _loss_and_aux(mdef, z_loss, loss_fn, params, micro)
@@ -72,18 +77,16 @@ def make_train_step(
         denominator = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denominator).astype(p.dtype), grads, params)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        loss, grad_norm = loss_sum / denominator, optax.tree.norm(grads)
+        healthy, guard, flags = judge(rule, state["guard"], state["step"], loss, grad_norm)
         new_state = {
             "step": state["step"] + 1,
-            "params": optax.apply_updates(params, updates),
-            "opt_state": opt_state,
+            "params": keep_unless(healthy, optax.apply_updates(params, updates), params),
+            "opt_state": keep_unless(healthy, opt_state, state["opt_state"]),
             "rng": state["rng"],
+            "guard": guard,
         }
-        metrics = {
-            "loss": loss_sum / denominator,
-            "ce": ce_sum / denominator,
-            "tokens": tokens,
-            "grad_norm": optax.tree.norm(grads),
-        }
+        metrics = {"loss": loss, "ce": ce_sum / denominator, "tokens": tokens, "grad_norm": grad_norm, **flags}
         return new_state, metrics
 
     return train_step

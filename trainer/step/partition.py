@@ -34,6 +34,7 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.formatting import format_mesh
 from meshtrain.trainer.step.compute import make_eval_step, make_train_step
+from meshtrain.trainer.step.guard import SpikeRule
 from meshtrain.trainer.step.state import (
     ModelDef,
     abstract_state,
@@ -114,7 +115,8 @@ def plan_run(
         abstract_params,
         transform_non_params=lambda _: replicated,
     )
-    state = {"step": replicated, "params": params, "opt_state": opt_state, "rng": replicated}
+    guard = jax.tree.map(lambda _: replicated, abstract_state(cfg, mdef, optimizer)["guard"])
+    state = {"step": replicated, "params": params, "opt_state": opt_state, "rng": replicated, "guard": guard}
     tensor_parallel = mesh.shape["tensor"] > 1 and cfg.mesh.vocab_parallel_loss
     loss_fn = (
         functools.partial(vocab_parallel_cross_entropy, mesh=mesh, rules=cfg.mesh.rules)
@@ -182,7 +184,8 @@ def _traced_with_layout(fn: Callable, layout: MeshLayout) -> Callable:
 
 def jit_train_step(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan):
     """(state, batch) -> (state, metrics), jitted with explicit shardings; the state is donated."""
-    step = make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, plan.loss_fn)
+    rule = SpikeRule.from_config(cfg.spike)
+    step = make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, rule, plan.loss_fn)
     return jax.jit(
         _traced_with_layout(step, plan.layout),
         in_shardings=(plan.state, plan.batch),

@@ -1,6 +1,6 @@
 """The train state as a plain pytree, and the model it is the state of.
 
-The state is a dict (step, params, opt_state, rng) of arrays, not an NNX object: that is what jit
+The state is a dict (step, params, opt_state, rng, guard) of arrays, not an NNX object: that is what jit
 donates, what Orbax writes, and what restores onto any mesh. Parameters are kept as NNX's "pure
 dict" (nested dicts of arrays keyed by module path), a stable layout that converters can read.
 """
@@ -18,6 +18,7 @@ from meshtrain.model.axes import logical_axes
 from meshtrain.model.decoder import Decoder
 from meshtrain.model.params import abstract_decoder
 from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.step.guard import SpikeRule, init_guard
 from meshtrain.trainer.step.optimizer import make_optimizer
 
 
@@ -56,6 +57,7 @@ def init_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientT
         "params": params,
         "opt_state": optimizer.init(params),
         "rng": rng,
+        "guard": init_guard(SpikeRule.from_config(cfg.spike)),
     }
 
 

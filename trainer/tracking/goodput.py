@@ -19,7 +19,8 @@ that ran the run one after another):
                  for the last save to reach disk before the report is written
   restart_loss   steps computed twice: a process that resumes from a checkpoint older than the last
                  step an earlier process logged redoes the steps between. Their time is estimated
-                 from that process's logged step_time_s, and moved out of its productive time.
+                 from that process's logged step_time_s, and moved out of its productive time. A
+                 rewind after a loss spike (trainer/run/recovery.py) counts its redone steps here too.
   startup        process start to the first step: distributed set-up, dataset and tokenizer,
                  sharded state, restoring excepted (that is checkpointing)
   other          the rest: logging, the progress bar, writing this record
@@ -139,6 +140,13 @@ class Goodput:
             previous["wall_s"] += lost
             previous["chip_seconds"] += lost * self.chips
         parts["restart_loss"] += lost
+
+    def redo(self, steps: int, step_seconds: float) -> None:
+        """An in-process rewind: `steps` steps already run (at about `step_seconds` each) will run again."""
+        lost = min(steps * step_seconds, self.parts["productive"])
+        self.parts["productive"] -= lost
+        self.parts["restart_loss"] += lost
+        self.previous["steps_redone"] = self.previous.get("steps_redone", 0) + steps
 
     def snapshot(self, steps_done: int) -> dict:
         """The cumulative record now: wall time, chip-seconds, parts (summing to the wall time),

@@ -4,6 +4,7 @@ reading metrics.jsonl back (the run report and the goodput record read the whole
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
@@ -15,14 +16,35 @@ class MetricsLog:
         self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
-        self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        for name, value in metrics.items():
-            if isinstance(value, (int, float)):
+        record = without_nonfinite({"step": step, **metrics})
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        for name, value in record.items():
+            if isinstance(value, (int, float)) and name != "step":
                 self._tensorboard.add_scalar(name, value, step)
 
     def close(self) -> None:
         self._jsonl.close()
         self._tensorboard.close()
+
+
+def without_nonfinite(record: dict) -> dict:
+    """`record` with NaN and infinities written as null, and the keys that held them listed under
+    "nonfinite" (JSON has no NaN: a bare NaN token makes the file unreadable to strict parsers)."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return record
+    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+
+
+def finite_or_null(value):
+    """`value` (nested dicts and lists) with every non-finite float replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -3,7 +3,7 @@ process 0 when training ends or is interrupted, from the goodput record and metr
 covers the whole run across restarts. Every file is written to a temporary name and renamed.
 
 report.json fields:
-  experiment, run_dir, status (finished | interrupted), written_at
+  experiment, run_dir, status (finished | interrupted | diverged | failed), written_at
   steps, steps_configured, tokens, seq_len
   flops_convention, flops_convention_description ("palm: PaLM Appendix B, 6N + 12LHQT, ...")
   params_total, model_flops_per_token, hardware_flops_per_token, remat
@@ -40,8 +40,9 @@ from meshtrain.trainer.formatting import (
     format_si,
 )
 from meshtrain.trainer.tracking.goodput import PARTS
-from meshtrain.trainer.tracking.metrics_log import latest_by_step, read_metrics
+from meshtrain.trainer.tracking.metrics_log import finite_or_null, latest_by_step, read_metrics
 from meshtrain.trainer.tracking.plots import write_plots
+from meshtrain.trainer.tracking.recoveries import describe, load_recoveries
 from meshtrain.trainer.tracking.run_arithmetic import (
     CONVENTION_TEXT,
     FLOPS_CONVENTION,
@@ -65,7 +66,7 @@ def _mean_median(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def build_report(
-    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, interrupted: bool
+    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, status: str
 ) -> dict:
     """report.json's object (module docstring); plots are added by write_report."""
     records = read_metrics(run_dir)
@@ -84,7 +85,7 @@ def build_report(
     return {
         "experiment": cfg.name,
         "run_dir": str(run_dir),
-        "status": "interrupted" if interrupted else "finished",
+        "status": status,
         "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "steps": steps,
         "steps_configured": cfg.train.steps,
@@ -116,6 +117,8 @@ def build_report(
         "goodput": {
             key: goodput[key] for key in ("wall_s", "parts_s", "parts_pct", "goodput_pct", "steps_redone", "segments")
         },
+        "skipped_steps": train[max(train)].get("skipped_steps", 0) if train else 0,
+        "recoveries": load_recoveries(run_dir),
         "final_loss": train[max(train)]["loss"] if train else None,
         "final_eval_loss": evals[max(evals)]["eval_loss"] if evals else None,
     }
@@ -205,6 +208,16 @@ def render_markdown(r: dict) -> str:
                 for s in g["segments"]
             ],
         )
+    if r["skipped_steps"] or r["recoveries"]:
+        lines += [
+            "",
+            "## Loss spikes",
+            "",
+            f"{r['skipped_steps']} steps applied no update (a loss spike or a non-finite loss or gradient) "
+            f"on the trajectory that produced the final state; {len(r['recoveries'])} rewinds.",
+        ]
+        if r["recoveries"]:
+            lines += [""] + [f"- {describe(recovery)}" for recovery in r["recoveries"]]
     plots = r.get("plots", {})
     titles = {
         "loss": "Loss",
@@ -219,11 +232,11 @@ def render_markdown(r: dict) -> str:
 
 
 def write_report(
-    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, interrupted: bool
+    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, status: str
 ) -> Path:
     """Writes plots/, report.json and report.md into run_dir; returns report.md's path."""
     run_dir = Path(run_dir)
-    report = build_report(run_dir, cfg, arithmetic, goodput, interrupted=interrupted)
+    report = build_report(run_dir, cfg, arithmetic, goodput, status=status)
     records = read_metrics(run_dir)
     report["plots"] = write_plots(
         run_dir,
@@ -232,6 +245,6 @@ def write_report(
         skip_throughput={s["start_step"] for s in goodput["segments"]},
         priced=report["cost_usd"] is not None,
     )
-    write_atomic(run_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    write_atomic(run_dir / "report.json", json.dumps(finite_or_null(report), indent=1, allow_nan=False) + "\n")
     write_atomic(run_dir / "report.md", render_markdown(report))
     return run_dir / "report.md"

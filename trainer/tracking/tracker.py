@@ -29,7 +29,7 @@ from meshtrain.trainer.config.batch_schedule import batch_size_at, tokens_throug
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.formatting import format_dollars, format_duration, format_percent
 from meshtrain.trainer.planning.flops import utilization
-from meshtrain.trainer.tracking.goodput import Goodput
+from meshtrain.trainer.tracking.goodput import Goodput, load_record
 from meshtrain.trainer.tracking.metrics_log import read_metrics
 from meshtrain.trainer.tracking.report import write_report
 from meshtrain.trainer.tracking.run_arithmetic import run_arithmetic
@@ -150,10 +150,27 @@ class Tracker:
         if self.primary:
             self.goodput.save(self._steps_done)
 
-    def finish(self, *, interrupted: bool) -> Path | None:
-        """Writes report.json, report.md and the plots (process 0); returns report.md's path."""
+    def finish(self, *, status: str = "finished") -> Path | None:
+        """Writes report.json, report.md and the plots (process 0); returns report.md's path.
+        `status`: finished, interrupted (a signal; resumable), diverged or failed."""
         if not self.primary:
             return None
-        return write_report(
-            self.run_dir, self.cfg, self.arithmetic, self.goodput.save(self._steps_done), interrupted=interrupted
-        )
+        return write_report(self.run_dir, self.cfg, self.arithmetic, self.goodput.save(self._steps_done), status=status)
+
+    def report_again(self, steps_done: int) -> Path | None:
+        """The report of a finished run whose process died before writing it, from the run's own
+        records (goodput.json, metrics.jsonl): this process's few seconds are not added to it."""
+        if not self.primary:
+            return None
+        goodput = load_record(self.run_dir) or self.goodput.snapshot(steps_done)
+        return write_report(self.run_dir, self.cfg, self.arithmetic, goodput, status="finished")
+
+    def redo(self, steps: int) -> None:
+        """A rewind will compute `steps` steps again: their time moves from productive to restart loss."""
+        self.goodput.redo(steps, self.typical_step_time())
+
+    def typical_step_time(self) -> float:
+        """Seconds of a step at the current batch size, from the recent logged intervals (0: none yet)."""
+        tokens, seconds = map(sum, zip(*self._recent)) if self._recent else (0, 0.0)
+        steps_tokens = batch_size_at(self.cfg.train, self._steps_done) * self.cfg.data.seq_len
+        return seconds / tokens * steps_tokens if tokens else 0.0
