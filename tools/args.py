@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.errors import PEER_FAILURE_EXIT, PeerFailure, UserError
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +70,10 @@ def run_with_user_errors(main: Callable[[argparse.Namespace], int], args: argpar
         if getattr(args, "debug", False):
             raise
         print(f"meshtrain: error: {error}", file=sys.stderr)
+        if isinstance(error, PeerFailure):  # no orderly shutdown with a lost peer (see PeerFailure)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(PEER_FAILURE_EXIT)
         return 2
     except BrokenPipeError:  # `meshtrain cost --json | head`: the reader left; nothing to report.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

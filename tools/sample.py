@@ -64,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
         prompt_ids = bos + encode(tokenizer, args.prompt)
     if not prompt_ids:
         raise UserError("the prompt is empty: generation needs at least one token to continue")
-    if model_cfg.positions == "learned" and len(prompt_ids) + args.max_new_tokens > model_cfg.max_seq_len:
+    if len(prompt_ids) + args.max_new_tokens > model_cfg.max_seq_len:
+        room = max(model_cfg.max_seq_len - len(prompt_ids), 0)
         raise UserError(
             f"{len(prompt_ids)} prompt tokens + --max-new-tokens {args.max_new_tokens} exceed "
-            f"model.max_seq_len={model_cfg.max_seq_len}, the rows of its learned position table"
+            f"model.max_seq_len={model_cfg.max_seq_len}, the longest sequence the model was built for (and the "
+            f"length of its key/value cache): use --max-new-tokens {room} or less"
         )
 
     model = load_decoder(saved)

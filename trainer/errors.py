@@ -16,3 +16,14 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset or tokenizer that cannot be found, prepared or read."""
+
+
+# The exit code of a process that ends because a peer died or hung (it cannot wait for an orderly
+# shutdown; see PeerFailure).
+PEER_FAILURE_EXIT = 4
+
+
+class PeerFailure(UserError):
+    """Another process of a multi-process run died or hung. The command line ends this one at once
+    (os._exit, after its one line): jax's orderly shutdown would wait on the lost peer at a barrier
+    and then abort with a core dump."""

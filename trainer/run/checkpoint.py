@@ -54,7 +54,10 @@ class Checkpoints:
         )
         self.directory = Path(directory).absolute()
         self.checksums = cfg.checksums
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as error:
+            raise UserError(f"cannot use {self.directory} for checkpoints: {error}") from None
         self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
         self._failed = False  # a write error has been raised
 
@@ -67,7 +70,7 @@ class Checkpoints:
         A collective: every process calls it with its own shards' data state, and the checkpoint
         holds all of them, so it restores onto any process count the data shards divide.
         """
-        self.check_errors()
+        self._collect()  # the previous write's outcome first: a failure is reported as its own
         data_state = merge_states(gather_json(local_data_state))
         if self.checksums:
             data_state = {**data_state, "checksums": array_checksums(state)}
@@ -78,22 +81,27 @@ class Checkpoints:
                 args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
                 force=True,
             )
-        except OSError as error:
+        except (OSError, ValueError) as error:  # a synchronous save: tensorstore reports ENOSPC as ValueError
             raise self._write_error(step, size, error) from None
         self._pending = (step, size)
 
     def check_errors(self) -> None:
-        """Raises CheckpointWriteError if the last asynchronous save failed (cheap: call it every step)."""
-        if self._pending is None:
+        """Raises CheckpointWriteError if the last asynchronous save failed. Cheap while it is still
+        being written (call it every step); once it is done, its outcome is collected."""
+        if self._pending is None or self._manager.is_saving_in_progress():
             return
+        self._collect()
+
+    def _collect(self) -> None:
         try:
-            self._manager.check_for_errors()
-        except Exception as error:  # the save thread's failure, re-raised here as one line
+            self._manager.wait_until_finished()  # re-raises what the background write raised
+        except Exception as error:
+            if self._pending is None:
+                raise
             step, size = self._pending
             self._pending = None
             raise self._write_error(step, size, error) from None
-        if not self._manager.is_saving_in_progress():
-            self._pending = None
+        self._pending = None
 
     def _write_error(self, step: int, size: int, error: BaseException) -> CheckpointWriteError:
         self._failed = True
@@ -130,8 +138,10 @@ class Checkpoints:
         """(step, state, data_state) of the newest checkpoint that reads back; None if there is none.
 
         Each one that does not is moved aside (see the module doc) before the next older is tried.
+        When every one is corrupt, that is an error, not a silent fresh start.
         """
-        for step in reversed(self.steps()):
+        steps = self.steps()
+        for step in reversed(steps):
             try:
                 state, data = self.restore(step, abstract_state)
             except Exception as error:  # A damaged checkpoint must not end the run: set it aside, fall back.
@@ -141,6 +151,11 @@ class Checkpoints:
             if not any_process(failed is not None):
                 return step, state, data
             self.set_aside(step, failed)
+        if steps:
+            raise UserError(
+                f"no checkpoint in {self.directory} could be read (steps {', '.join(map(str, steps))}, all moved to "
+                f"{self.directory / CORRUPT_DIR}): run the same command again to train from step 0"
+            )
         return None
 
     def set_aside(self, step: int, error: BaseException | None) -> None:
@@ -166,15 +181,7 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous write is on disk; raises CheckpointWriteError if it failed."""
-        try:
-            self._manager.wait_until_finished()
-        except Exception as error:
-            if self._pending is None:
-                raise
-            step, size = self._pending
-            self._pending = None
-            raise self._write_error(step, size, error) from None
-        self.check_errors()
+        self._collect()
 
     def close(self) -> None:
         """Waits for the last write and releases Orbax's threads. After a write error was already

@@ -29,9 +29,12 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import resource
 import sys
 from collections.abc import Mapping
 from typing import Any
+
+import jax
 
 from meshtrain.trainer.config.schema import DistributedConfig
 from meshtrain.trainer.errors import ConfigError, UserError
@@ -187,7 +190,6 @@ def _running_on_cloud_tpu_vm() -> bool:
 def initialize(cfg: DistributedConfig) -> None:
     """Joins the run this process belongs to, or does nothing for a single process. Call it once,
     before any other JAX call; later calls (a second run in one process) are no-ops."""
-    import jax
 
     if jax.distributed.is_initialized():
         return
@@ -203,8 +205,13 @@ def initialize(cfg: DistributedConfig) -> None:
                 f"the other pods: set {ENV_COORDINATOR} (pod 0's host:port) and {ENV_NUM_PROCESSES} "
                 f"({ENV_NUM_PROCESSES}=1 for a single pod), or `pip install jax[k8s]`"
             )
+    # jax's own heartbeat ends a process whose peer fell silent with an abort; it is set well past
+    # meshtrain's (trainer/run/watchdog.py), which ends the job first, in one line. An abort the
+    # runtime still makes (it loses the coordinator within a second) leaves no core file.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    jax_heartbeat = 3 * cfg.heartbeat_timeout_s + 10
     try:
-        jax.distributed.initialize(**how.kwargs)
+        jax.distributed.initialize(**how.kwargs, heartbeat_timeout_seconds=jax_heartbeat)
     except ValueError as error:  # jax's auto-detection found no coordinator, count or id
         raise UserError(f"distributed: could not start from {how.source} ({how.detail}): {error}") from None
     state = _jax_distributed_state()

@@ -18,8 +18,8 @@ stops the run at the next step with one line; a signal checkpoints and stops at 
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
+import logging
+import sys
 import time
 
 import jax
@@ -28,16 +28,19 @@ from tqdm import tqdm
 
 from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.data import BatchStream, prepare_dataset, tokenizer_for
-from meshtrain.trainer.errors import DataError
+from meshtrain.trainer.data import prepare_dataset, tokenizer_for
+from meshtrain.trainer.errors import DataError, PeerFailure
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process
 from meshtrain.trainer.run.distributed import initialize
 from meshtrain.trainer.run.evaluation import eval_batches_available, evaluate
-from meshtrain.trainer.run.prefetch import Prefetcher
+from meshtrain.trainer.run.memory_check import check_fits, out_of_memory
 from meshtrain.trainer.run.recovery import DivergedError, rewind_target, skip_list
-from meshtrain.trainer.run.run_dir import check_same_run, open_run_dir, run_dir_path
+from meshtrain.trainer.run.run_dir import check_run_dir, check_same_run, open_run_dir, run_dir_path
 from meshtrain.trainer.run.saved_weights import initial_weights_for, restore_params
+from meshtrain.trainer.run.signals import StopRequest
+from meshtrain.trainer.run.trajectory import Trajectory
+from meshtrain.trainer.run.watchdog import Watchdog
 from meshtrain.trainer.step.optimizer import learning_rate_schedule
 from meshtrain.trainer.step.partition import (
     abstract_sharded_state,
@@ -53,6 +56,8 @@ from meshtrain.trainer.tracking.metrics_log import MetricsLog
 from meshtrain.trainer.tracking.recoveries import describe, load_recoveries, record_recovery
 from meshtrain.trainer.tracking.tracker import Tracker
 
+logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class RunSummary:
@@ -66,27 +71,6 @@ class RunSummary:
     skipped_steps: int = 0  # steps the spike guard rejected, on the trajectory of the final state
     rewinds: int = 0  # rewinds this process made
     report: str | None = None  # report.md, written by process 0 when the loop ends
-
-
-class _StopRequest:
-    """Turns SIGTERM/SIGINT into a request to checkpoint and exit at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _load_tokenizer(cfg: ExperimentConfig):
@@ -111,43 +95,27 @@ def _prepare_data(cfg: ExperimentConfig):
     return _load_tokenizer(cfg)
 
 
+def _report(tracker: Tracker, status: str, summary: RunSummary) -> None:
+    report = tracker.finish(status=status)
+    summary.report = None if report is None else str(report)
+
+
+def _close_all(closers, *, quiet: bool) -> None:
+    """Runs every closer; raises the first error, or with `quiet` only logs them all."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as error:
+            if quiet:
+                logger.warning("while stopping: %s: %s", type(error).__name__, error)
+            first = first or error
+    if first is not None and not quiet:
+        raise first
+
+
 def _finite(value: float) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
-
-
-class _Trajectory:
-    """Where the loop is: the state, its step, and the data stream and prefetcher that feed it.
-    A rewind replaces all of them at once."""
-
-    def __init__(self, cfg: ExperimentConfig, tokenizer, put, fresh_state, checkpoints: Checkpoints, abstract):
-        self.cfg, self.tokenizer, self.put = cfg, tokenizer, put
-        self.fresh_state, self.checkpoints, self.abstract = fresh_state, checkpoints, abstract
-        self.prefetcher: Prefetcher | None = None
-
-    def start(self, restored, skips) -> None:
-        """From a restored (step, state, data_state), or from the initial state when None."""
-        self.stream = BatchStream(self.cfg.data, self.tokenizer, seed=self.cfg.seed, split=self.cfg.data.train_split)
-        if restored:
-            self.step, self.state, data_state = restored
-            self.stream.set_state(data_state)
-            self.next_batch = int(data_state.get("next_batch", self.step))
-        else:
-            self.step, self.state, self.next_batch = 0, self.fresh_state(), 0
-        self.data_state = None
-        self.refill(skips)
-
-    def refill(self, skips) -> None:
-        if self.prefetcher:
-            self.prefetcher.close()
-        train = self.cfg.train
-        rows_at = lambda step: batch_size_at(train, step) // jax.process_count()
-        self.prefetcher = Prefetcher(
-            self.stream, rows_at, self.step, train.steps, self.cfg.data.prefetch, self.put, self.next_batch, skips
-        )
-
-    def close(self) -> None:
-        if self.prefetcher:
-            self.prefetcher.close()
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
@@ -155,12 +123,20 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     initialize(cfg.distributed)
     primary = jax.process_index() == 0
     run_dir = run_dir_path(cfg)
+    check_run_dir(run_dir)
+    with StopRequest("nothing was trained since the newest checkpoint; the same command resumes") as stop:
+        return _train(cfg, run_dir, primary, started_at, stop, progress)
+
+
+def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, stop: StopRequest, progress: bool):
     check_same_run(cfg, run_dir)
+    mesh = make_mesh(cfg)
+    check_fits(cfg, mesh)
     tokenizer = _prepare_data(cfg)
     eval_batches = eval_batches_available(cfg, tokenizer)
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
-    plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
+    plan = plan_run(cfg, mdef, optimizer, mesh)
     initial_weights = initial_weights_for(cfg, run_dir)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)
@@ -182,7 +158,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     recoveries = load_recoveries(run_dir)
     skips = skip_list(cfg.train.skip_batches, recoveries)
     put = lambda local_batch: global_batch(plan, local_batch)
-    run = _Trajectory(cfg, tokenizer, put, fresh_state, checkpoints, abstract)
+    run = Trajectory(cfg, tokenizer, put, fresh_state, checkpoints, abstract)
     start = restored[0] if restored else 0
     summary = RunSummary(str(run_dir), start, start)
     if start >= cfg.train.steps:  # nothing to do, and nothing of the run is rewritten
@@ -212,6 +188,12 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
         dynamic_ncols=True,
     )
     tracker.begin(start)
+    watchdog = Watchdog(
+        run_dir,
+        limit_s=cfg.train.watchdog_s,
+        heartbeat_timeout_s=cfg.distributed.heartbeat_timeout_s,
+        on_failure=(lambda: tracker.finish(status="failed")) if primary else None,
+    ).start()
     # Rewinds in a row: reset once the run trains past the step where the last trouble was seen.
     rewinds_in_a_row, trouble_seen_at = 0, -1
     last_save = time.monotonic()
@@ -273,96 +255,110 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
         summary.rewinds += 1
 
     try:
-        with _StopRequest() as stop:
-            while run.step < cfg.train.steps:
-                step = run.step
-                with tracker.timed("data_wait"):
-                    batch, run.data_state = run.prefetcher.next()
-                checkpoints.check_errors()  # a failed background save stops the run now, not steps later
-                run.state, metrics = train_step(run.state, batch)
-                tracker.step_done(step)
-                summary.end_step = step + 1
-                bar.update(1)
-                last_step = step + 1 == cfg.train.steps
-                log_now = step == start or step % cfg.train.log_every == 0 or last_step
-                # A signal (and the clock) reach the processes of a run one by one: they agree at
-                # log steps, so all of them stop (and checkpoint) at the same step.
-                agree = log_now or jax.process_count() == 1
-                stopping = any_process(stop.requested) if agree else False
-                time_due = bool(save_every_s) and agree and any_process(time.monotonic() - last_save >= save_every_s)
-                eval_now = cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step)
-                save_now = (step + 1) % cfg.checkpoint.every == 0 or last_step or stopping or time_due
-                if log_now or stopping or eval_now or save_now:
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    summary.skipped_steps = int(metrics["skipped_steps"])
-                    if metrics["tripped_at"] >= 0 or (last_step and metrics["bad_streak"] > 0):
-                        first_bad = step + 1 - int(metrics["bad_streak"])
-                        reason = "non-finite loss" if metrics["nonfinite"] else "loss spike"
+        while run.step < cfg.train.steps:
+            step = run.step
+            with tracker.timed("data_wait"):
+                batch, run.data_state = run.prefetcher.next()
+            checkpoints.check_errors()  # a failed background save stops the run now, not steps later
+            run.state, metrics = train_step(run.state, batch)
+            watchdog.beat(step)
+            stop.in_loop = True  # from here a signal is answered with a checkpoint at a step boundary
+            tracker.step_done(step)
+            summary.end_step = step + 1
+            bar.update(1)
+            last_step = step + 1 == cfg.train.steps
+            log_now = step == start or step % cfg.train.log_every == 0 or last_step
+            # A signal (and the clock) reach the processes of a run one by one: they agree at
+            # log steps, so all of them stop (and checkpoint) at the same step.
+            agree = log_now or jax.process_count() == 1
+            stopping = any_process(stop.requested) if agree else False
+            time_due = bool(save_every_s) and agree and any_process(time.monotonic() - last_save >= save_every_s)
+            eval_now = cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step)
+            save_now = (step + 1) % cfg.checkpoint.every == 0 or last_step or stopping or time_due
+            if log_now or stopping or eval_now or save_now:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                summary.skipped_steps = int(metrics["skipped_steps"])
+                if metrics["tripped_at"] >= 0 or (last_step and metrics["bad_streak"] > 0):
+                    first_bad = step + 1 - int(metrics["bad_streak"])
+                    reason = "non-finite loss" if metrics["nonfinite"] else "loss spike"
+                    with watchdog.allowance("rewinding"):
                         rewind(step, first_bad, reason, metrics)
-                        continue
-                    if step > trouble_seen_at:  # healthy past the last trouble: that rewind worked
-                        rewinds_in_a_row = 0
-                if log_now or stopping:
-                    record = {
-                        "loss": metrics["loss"],
-                        "ce": metrics["ce"],
-                        "grad_norm": metrics["grad_norm"],
-                        "learning_rate": float(schedule(step)),
-                        "batch_size": batch_size_at(cfg.train, step),
-                        "skipped": bool(metrics["skipped"]),
-                        "skipped_steps": int(metrics["skipped_steps"]),
-                        **({"spike": True} if metrics["spike"] else {}),
-                        **tracker.log(step),
-                    }
+                    continue
+                if step > trouble_seen_at:  # healthy past the last trouble: that rewind worked
+                    rewinds_in_a_row = 0
+            if log_now or stopping:
+                record = {
+                    "loss": metrics["loss"],
+                    "ce": metrics["ce"],
+                    "grad_norm": metrics["grad_norm"],
+                    "learning_rate": float(schedule(step)),
+                    "batch_size": batch_size_at(cfg.train, step),
+                    "skipped": bool(metrics["skipped"]),
+                    "skipped_steps": int(metrics["skipped_steps"]),
+                    **({"spike": True} if metrics["spike"] else {}),
+                    **tracker.log(step),
+                }
+                if log:
+                    log.write(step, record)
+                watchdog.learn_step_time(record["step_time_s"])
+                bar.set_postfix(tracker.postfix(record))
+                loss = _finite(record["loss"])
+                summary.first_loss = summary.first_loss if summary.first_loss is not None else loss
+                summary.last_loss = loss
+            if eval_now or save_now:
+                # Eval and checkpoint time is not training time: finish the queued steps first;
+                # the tracker keeps the side work out of the interval, so tokens/s stays honest.
+                jax.block_until_ready(run.state)
+                if eval_now:
+                    with tracker.timed("evaluation"), watchdog.allowance("evaluating"):
+                        loss = evaluate(cfg, tokenizer, eval_step, run.state["params"], put, eval_batches)
+                    summary.last_eval_loss = loss
                     if log:
-                        log.write(step, record)
-                    bar.set_postfix(tracker.postfix(record))
-                    loss = _finite(record["loss"])
-                    summary.first_loss = summary.first_loss if summary.first_loss is not None else loss
-                    summary.last_loss = loss
-                if eval_now or save_now:
-                    # Eval and checkpoint time is not training time: finish the queued steps first;
-                    # the tracker keeps the side work out of the interval, so tokens/s stays honest.
-                    jax.block_until_ready(run.state)
-                    if eval_now:
-                        with tracker.timed("evaluation"):
-                            loss = evaluate(cfg, tokenizer, eval_step, run.state["params"], put, eval_batches)
-                        summary.last_eval_loss = loss
-                        if log:
-                            log.write(step, {"eval_loss": loss})
-                        if primary:
-                            bar.write(f"step {step + 1}: eval loss {loss:.4f}")
-                    if save_now and metrics["bad_streak"] > 0:
-                        if primary:
-                            bar.write(
-                                f"step {step + 1}: checkpoint not written, the run is in a streak of "
-                                f"{int(metrics['bad_streak'])} bad steps (the newest good one is kept)"
-                            )
-                    elif save_now:
-                        with tracker.timed("checkpointing"):
-                            checkpoints.save(step + 1, run.state, run.data_state)
-                        tracker.save_point()
-                        last_save = time.monotonic()
-                run.step = step + 1
-                if stopping:
-                    summary.interrupted = True
+                        log.write(step, {"eval_loss": loss})
                     if primary:
-                        newest = checkpoints.steps()[-1:] or ["none"]
-                        bar.write(f"stopped by signal at step {step + 1}; newest checkpoint: step {newest[0]}")
-                    break
-        with tracker.timed("checkpointing"):
+                        bar.write(f"step {step + 1}: eval loss {loss:.4f}")
+                if save_now and metrics["bad_streak"] > 0:
+                    if primary:
+                        bar.write(
+                            f"step {step + 1}: checkpoint not written, the run is in a streak of "
+                            f"{int(metrics['bad_streak'])} bad steps (the newest good one is kept)"
+                        )
+                elif save_now:
+                    with tracker.timed("checkpointing"), watchdog.allowance("checkpointing"):
+                        checkpoints.save(step + 1, run.state, run.data_state)
+                    tracker.save_point()
+                    last_save = time.monotonic()
+            run.step = step + 1
+            if stopping:
+                summary.interrupted = True
+                if primary:
+                    newest = checkpoints.steps()[-1:] or ["none"]
+                    bar.write(f"stopped by signal at step {step + 1}; newest checkpoint: step {newest[0]}")
+                break
+        with tracker.timed("checkpointing"), watchdog.allowance("writing the last checkpoint"):
             checkpoints.wait()  # the report is written once the last checkpoint is on disk
         status = "interrupted" if summary.interrupted else "finished"
     except DivergedError:
         status = "diverged"
         raise
+    except jax.errors.JaxRuntimeError as error:
+        oom = out_of_memory(error)
+        if oom is not None:
+            raise oom from None
+        if jax.process_count() > 1:  # a collective whose peer went away: the runtime's words, in one line
+            first = str(error).strip().splitlines()[0][:300]
+            raise PeerFailure(
+                f"process {jax.process_index()}: a step failed across processes, a peer died or hung ({first})"
+            ) from None
+        raise
     finally:
-        run.close()
-        bar.close()
+        # On the way out of a failure, closing must not replace the failure's own message (a full
+        # disk also fails the last metrics flush): the close errors are then only logged.
+        failing = sys.exc_info()[1] is not None
+        closers = [watchdog.close, run.close, bar.close]
         if status in ("finished", "interrupted", "diverged"):
-            report = tracker.finish(status=status)
-            summary.report = None if report is None else str(report)
-        if log:
-            log.close()
-        checkpoints.close()
+            closers.append(lambda: _report(tracker, status, summary))
+        closers += [log.close] if log else []
+        closers.append(checkpoints.close)
+        _close_all(closers, quiet=failing)
     return summary

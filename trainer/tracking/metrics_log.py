@@ -9,15 +9,23 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from meshtrain.trainer.errors import UserError
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path):
-        self._jsonl = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._jsonl = open(self.path, "a", buffering=1)
         self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
         record = without_nonfinite({"step": step, **metrics})
-        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        try:
+            self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        except OSError as error:  # a full disk, a run directory that went away
+            raise UserError(
+                f"cannot append to {self.path}: {error}; the run stops (the same command resumes)"
+            ) from None
         for name, value in record.items():
             if isinstance(value, (int, float)) and name != "step":
                 self._tensorboard.add_scalar(name, value, step)
