@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshtrain.trainer.errors import UserError
-from meshtrain.trainer.run.checkpoint import CheckpointWriteError
+from meshtrain.trainer.run.checkpoint import Checkpoints, CheckpointWriteError
 from meshtrain.trainer.run.train import train
 
 COMMON = [
@@ -172,3 +172,17 @@ def test_a_full_disk_stops_the_run_at_once_with_one_line_and_the_same_command_re
     shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("*.orbax-checkpoint-tmp*"))
     summary = train(experiment(moved, "train.steps=40", "checkpoint.every=1", "checkpoint.keep=10"), progress=False)
     assert summary.start_step == written[-1] and summary.end_step == 40
+
+
+def test_a_checkpoint_from_before_the_spike_guard_resumes_with_a_fresh_guard(runs, experiment, final_state, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs / "at6", run_dir)
+    cfg = experiment(run_dir, "train.steps=8")
+    _, state, data = final_state(cfg)
+    shutil.rmtree(run_dir / "checkpoints")
+    older = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)  # what meshtrain wrote before the guard
+    older.save(6, {k: v for k, v in state.items() if k != "guard"}, data)
+    older.close()
+    summary = train(cfg, progress=False)
+    assert (summary.start_step, summary.end_step) == (6, 8)
+    assert not (run_dir / "checkpoints" / "corrupt").exists()

@@ -144,11 +144,12 @@ def test_a_diverging_run_stops_with_its_last_good_checkpoint_and_valid_json(smal
 
 def test_the_guard_rejects_non_finite_and_spiking_steps_and_learns_only_healthy_losses():
     rule = SpikeRule(window=4, factor=3.0, min_jump=0.1, max_consecutive=2)
-    guard = init_guard(rule)
+    guard = init_guard()
     for step, loss in enumerate([2.0, 2.1, 1.9, 2.0]):
         healthy, guard, _ = judge(rule, guard, jax.numpy.int32(step), jax.numpy.float32(loss), jax.numpy.float32(1))
         assert bool(healthy)
     window = np.asarray(guard["losses"]).copy()
+    assert sorted(window[:4]) == pytest.approx([1.9, 2.0, 2.0, 2.1]) and not window[4:].any()
     healthy, guard, flags = judge(rule, guard, jax.numpy.int32(4), jax.numpy.float32(9.0), jax.numpy.float32(1))
     assert not healthy and flags["spike"] == 1 and int(guard["streak"]) == 1
     np.testing.assert_array_equal(np.asarray(guard["losses"]), window)  # the spike did not enter the window

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from meshtrain.model import config as model_config
 from meshtrain.trainer.config.errors_fmt import did_you_mean, show
 from meshtrain.trainer.config.hardware import TOPOLOGY_WANT, chips_in_topology, hardware_kinds, hardware_spec
-from meshtrain.trainer.config.schema import OPTIMIZERS, SCHEDULES, ExperimentConfig
+from meshtrain.trainer.config.schema import OPTIMIZERS, SCHEDULES, SPIKE_WINDOW_SLOTS, ExperimentConfig
 from meshtrain.trainer.errors import ConfigError
 
 _positive = (lambda v: v >= 1, "a positive integer")
@@ -42,7 +42,10 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = never)"),
     "train.eval_batches": _positive,
     "train.watchdog_s": (lambda v: v >= 0, "a number of seconds >= 0 (0 = derived from the step time)"),
-    "spike.window": (lambda v: v == 0 or v >= 2, "0 (no spike check) or an integer >= 2"),
+    "spike.window": (
+        lambda v: v == 0 or 2 <= v <= SPIKE_WINDOW_SLOTS,
+        f"0 (no spike check) or 2..{SPIKE_WINDOW_SLOTS}",
+    ),
     "spike.factor": (lambda v: v > 0, "a positive number"),
     "spike.min_jump": (lambda v: v >= 0, "a number >= 0"),
     "spike.max_consecutive": _positive,

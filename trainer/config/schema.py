@@ -12,6 +12,9 @@ import dataclasses
 from meshtrain.model.config import ModelConfig
 
 OPTIMIZERS = ("adamw", "adafactor")
+# The most losses the spike guard's running statistic spans: its ring buffer in the train state has
+# this fixed size, so a run resumes under any spike.window (trainer/step/guard.py).
+SPIKE_WINDOW_SLOTS = 256
 SCHEDULES = ("cosine", "rsqrt", "constant")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -115,26 +116,42 @@ class Checkpoints:
             + f"; {kept}: make room (or fix the directory) and run the same command to resume"
         )
 
-    def restore(self, step: int, abstract_state) -> tuple[object, dict]:
+    def restore(self, step: int, abstract_state, fresh: Mapping[str, Callable[[], object]] | None = None):
         """(state, data_state) of checkpoint `step`, verified against its checksums.
 
         `abstract_state` (ShapeDtypeStructs, optionally with shardings) decides where arrays land,
-        so the same files restore onto any device layout.
+        so the same files restore onto any device layout. `fresh` makes the parts of the state a
+        checkpoint written by an older meshtrain lacks (the spike guard's): such a checkpoint is
+        restored without them, and they start fresh.
         """
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
-        )
-        state, data = restored["state"], dict(restored["data"])
+        filled: tuple[str, ...] = ()
+        try:
+            state, data = self._read(step, abstract_state)
+        except Exception as error:
+            older = {k: v for k, v in abstract_state.items() if k not in (fresh or {})}
+            if len(older) == len(abstract_state):
+                raise
+            try:
+                state, data = self._read(step, older)
+            except Exception:
+                raise error from None
+            filled = tuple(fresh)
         expected = data.pop("checksums", None)
         if expected is not None:
             bad = mismatches(expected, state)
             if bad:
                 shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
                 raise CorruptCheckpoint(f"checksums differ for {shown}")
-        return state, data
+        return {**state, **{key: fresh[key]() for key in filled}}, data
 
-    def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
+    def _read(self, step: int, abstract_state) -> tuple[dict, dict]:
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+        )
+        return dict(restored["state"]), dict(restored["data"])
+
+    def restore_latest(self, abstract_state, fresh=None) -> tuple[int, object, dict] | None:
         """(step, state, data_state) of the newest checkpoint that reads back; None if there is none.
 
         Each one that does not is moved aside (see the module doc) before the next older is tried.
@@ -143,7 +160,7 @@ class Checkpoints:
         steps = self.steps()
         for step in reversed(steps):
             try:
-                state, data = self.restore(step, abstract_state)
+                state, data = self.restore(step, abstract_state, fresh)
             except Exception as error:  # A damaged checkpoint must not end the run: set it aside, fall back.
                 failed = error
             else:

@@ -41,6 +41,7 @@ from meshtrain.trainer.run.saved_weights import initial_weights_for, restore_par
 from meshtrain.trainer.run.signals import StopRequest
 from meshtrain.trainer.run.trajectory import Trajectory
 from meshtrain.trainer.run.watchdog import Watchdog
+from meshtrain.trainer.step.guard import init_guard
 from meshtrain.trainer.step.optimizer import learning_rate_schedule
 from meshtrain.trainer.step.partition import (
     abstract_sharded_state,
@@ -153,8 +154,10 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
             print(f"initialized from {initial_weights.step_dir} (parameters only; fresh optimizer state)")
         return init_sharded_state(cfg, mdef, optimizer, plan, params)
 
+    # A checkpoint from before the spike guard existed resumes with a fresh guard.
+    fresh = {"guard": lambda: jax.tree.map(jax.device_put, init_guard(), plan.state["guard"])}
     with tracker.timed("checkpointing"):
-        restored = checkpoints.restore_latest(abstract)
+        restored = checkpoints.restore_latest(abstract, fresh)
     recoveries = load_recoveries(run_dir)
     skips = skip_list(cfg.train.skip_batches, recoveries)
     put = lambda local_batch: global_batch(plan, local_batch)
@@ -214,7 +217,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
         checkpoints.wait()
         target = rewind_target(checkpoints.steps(), first_bad, cfg.spike.rewind_steps)
         with tracker.timed("checkpointing"):
-            restored = (target, *checkpoints.restore(target, abstract)) if target is not None else None
+            restored = (target, *checkpoints.restore(target, abstract, fresh)) if target is not None else None
         run.close()
         abandoned = checkpoints.delete_after(target or 0)
         restored_step = target or 0

@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from meshtrain.trainer.config.schema import SpikeConfig
+from meshtrain.trainer.config.schema import SPIKE_WINDOW_SLOTS, SpikeConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +37,13 @@ class SpikeRule:
         return cls(cfg.window, cfg.factor, cfg.min_jump, cfg.max_consecutive)
 
 
-def init_guard(rule: SpikeRule) -> dict:
+WINDOW_SLOTS = SPIKE_WINDOW_SLOTS  # the ring buffer's fixed size: shapes never depend on spike.window
+
+
+def init_guard() -> dict:
     """The guard's part of the train state: a ring buffer of healthy losses and the counters."""
     return {
-        "losses": jnp.zeros((max(rule.window, 1),), jnp.float32),
+        "losses": jnp.zeros((WINDOW_SLOTS,), jnp.float32),
         "seen": jnp.zeros((), jnp.int32),  # healthy losses recorded so far
         "streak": jnp.zeros((), jnp.int32),  # bad steps in a row, up to this one
         "skipped": jnp.zeros((), jnp.int32),  # bad steps in all (since the last restore)
@@ -52,14 +55,17 @@ def judge(rule: SpikeRule, guard: dict, step: jax.Array, loss: jax.Array, grad_n
     """(healthy, new guard, flags) for the step numbered `step` with this loss and gradient norm."""
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if rule.window:
+        # The last `window` healthy losses: slot i was written (seen - 1 - i) mod slots writes ago.
+        age = (guard["seen"] - 1 - jnp.arange(WINDOW_SLOTS)) % WINDOW_SLOTS
+        recent = (age < rule.window).astype(jnp.float32)
+        mean = jnp.sum(recent * guard["losses"]) / rule.window
+        std = jnp.sqrt(jnp.sum(recent * (guard["losses"] - mean) ** 2) / rule.window)
         ready = guard["seen"] >= rule.window
-        mean = jnp.mean(guard["losses"])
-        std = jnp.std(guard["losses"])
         spike = ready & finite & (loss > mean + rule.factor * std) & (loss > mean * (1.0 + rule.min_jump))
     else:
         spike = jnp.zeros((), bool)
     healthy = finite & ~spike
-    slot = guard["seen"] % guard["losses"].shape[0]
+    slot = guard["seen"] % WINDOW_SLOTS
     losses = jnp.where(healthy, guard["losses"].at[slot].set(loss.astype(jnp.float32)), guard["losses"])
     streak = jnp.where(healthy, 0, guard["streak"] + 1)
     tripped = (guard["tripped_at"] < 0) & (streak >= rule.max_consecutive)

@@ -18,7 +18,7 @@ from meshtrain.model.axes import logical_axes
 from meshtrain.model.decoder import Decoder
 from meshtrain.model.params import abstract_decoder
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.step.guard import SpikeRule, init_guard
+from meshtrain.trainer.step.guard import init_guard
 from meshtrain.trainer.step.optimizer import make_optimizer
 
 
@@ -57,7 +57,7 @@ def init_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer: optax.GradientT
         "params": params,
         "opt_state": optimizer.init(params),
         "rng": rng,
-        "guard": init_guard(SpikeRule.from_config(cfg.spike)),
+        "guard": init_guard(),
     }
 
 
