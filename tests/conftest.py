@@ -6,7 +6,10 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import uuid
 
 import pytest
 
@@ -89,3 +92,37 @@ def assert_trees_equal():
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
     return check
+
+
+@pytest.fixture(scope="session")
+def train_command(data_dir, small_model):
+    """`meshtrain train` of the small model on the prepared data, as a subprocess argv to extend."""
+    return [
+        sys.executable,
+        "-m",
+        "meshtrain.tools",
+        "train",
+        "--no-progress",
+        f"data.data_dir={data_dir}",
+        *small_model,
+    ]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """(options) -> a fresh tmpfs mounted with those mount options ("size=3m", "ro,size=1m"): a real
+    full or read-only filesystem. Unmounted afterwards; skipped where mounting is not allowed."""
+    mounts = []
+
+    def mount(options: str):
+        path = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)

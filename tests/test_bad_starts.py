@@ -3,27 +3,17 @@ the corrected command, and never run code from a config file."""
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-
 import pytest
 
 from meshtrain.tools.cli import main as meshtrain
 from meshtrain.trainer.config import dump_config, load_experiment
 from meshtrain.trainer.errors import ConfigError
 
-SMALL = [
-    "model.vocab_size=512",
-    "model.d_model=32",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.head_dim=16",
-    "model.d_ff=64",
-    "data.seq_len=32",
-    "train.batch_size=8",
-    "train.eval_every=0",
-    "--no-progress",
-]
+
+@pytest.fixture(scope="module")
+def small(small_model):
+    """The small model's overrides for an in-process `meshtrain train`, without eval."""
+    return [*small_model, "train.eval_every=0", "--no-progress"]
 
 
 def one_line_error(capsys, *argv) -> str:
@@ -35,27 +25,17 @@ def one_line_error(capsys, *argv) -> str:
     return lines[0]
 
 
-def test_a_run_dir_that_is_a_file_is_refused_and_left_alone(capsys, data_dir, tmp_path):
+def test_a_run_dir_that_is_a_file_is_refused_and_left_alone(capsys, small, data_dir, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("mine")
-    line = one_line_error(capsys, "train", f"run_dir={path}", f"data.data_dir={data_dir}", *SMALL)
+    line = one_line_error(capsys, "train", f"run_dir={path}", f"data.data_dir={data_dir}", *small)
     assert f"run_dir={path} is an existing file" in line
     assert path.read_text() == "mine"
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    mount = tmp_path / f"ro-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_a_run_dir_on_a_read_only_filesystem_is_one_line(capsys, data_dir, read_only_dir):
-    line = one_line_error(capsys, "train", f"run_dir={read_only_dir / 'run'}", f"data.data_dir={data_dir}", *SMALL)
+def test_a_run_dir_on_a_read_only_filesystem_is_one_line(capsys, small, data_dir, tmpfs):
+    read_only_dir = tmpfs("ro,size=1m")
+    line = one_line_error(capsys, "train", f"run_dir={read_only_dir / 'run'}", f"data.data_dir={data_dir}", *small)
     assert "not writable" in line and str(read_only_dir) in line
 
 
@@ -66,9 +46,9 @@ def test_a_model_that_cannot_fit_is_refused_before_anything_is_written(capsys, d
     assert not run_dir.exists()
 
 
-def test_a_failed_start_does_not_block_the_corrected_command(capsys, data_dir, tmp_path):
+def test_a_failed_start_does_not_block_the_corrected_command(capsys, small, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["train", f"run_dir={run_dir}", f"data.data_dir={data_dir}", *SMALL, "train.steps=2"]
+    args = ["train", f"run_dir={run_dir}", f"data.data_dir={data_dir}", *small, "train.steps=2"]
     # What a start that died after writing its config (in its first compile, say) leaves behind:
     # the config of another model, and no checkpoint.
     run_dir.mkdir()
@@ -80,15 +60,15 @@ def test_a_failed_start_does_not_block_the_corrected_command(capsys, data_dir, t
     assert "holds a different run" in line
 
 
-def test_sample_refuses_more_tokens_than_the_model_has_positions(capsys, data_dir, tmp_path):
+def test_sample_refuses_more_tokens_than_the_model_has_positions(capsys, small, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    assert meshtrain(["train", f"run_dir={run_dir}", f"data.data_dir={data_dir}", *SMALL, "train.steps=1"]) == 0
+    assert meshtrain(["train", f"run_dir={run_dir}", f"data.data_dir={data_dir}", *small, "train.steps=1"]) == 0
     capsys.readouterr()
     line = one_line_error(capsys, "sample", str(run_dir), "--prompt", "def", "--max-new-tokens", "1000000000")
     assert "1000000000" in line and "model.max_seq_len=2048" in line
 
 
-def test_a_validation_split_smaller_than_eval_needs_is_evaluated_whole(capsys, tmp_path):
+def test_a_validation_split_smaller_than_eval_needs_is_evaluated_whole(capsys, small, tmp_path):
     text = tmp_path / "text"
     text.mkdir()
     for i in range(40):
@@ -101,7 +81,7 @@ def test_a_validation_split_smaller_than_eval_needs_is_evaluated_whole(capsys, t
         f"data.text_dir={text}",
         f"data.data_dir={tmp_path / 'datasets'}",
         "data.eval_fraction=0.08",  # about 3 of the 40 documents
-        *[a for a in SMALL if a != "train.eval_every=0"],
+        *[a for a in small if a != "train.eval_every=0"],
         "train.steps=4",
         "train.eval_every=2",
         "train.eval_batches=50",

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -139,21 +137,10 @@ def test_a_finished_run_killed_before_its_report_gets_it_written_by_a_rerun(runs
     assert (run_dir / "config.yaml").read_text() == config_before
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 3 MiB tmpfs (a real full disk), unmounted afterwards; skipped where mounting is not allowed."""
-    mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_full_disk_stops_the_run_at_once_with_one_line_and_the_same_command_resumes(
-    small_disk, experiment, final_state, tmp_path
+    tmpfs, experiment, final_state, tmp_path
 ):
+    small_disk = tmpfs("size=3m")
     # One checkpoint of the small model takes ~0.6 MiB; keep=10 fills the 3 MiB disk after a few.
     run_dir = small_disk / "run"
     cfg = experiment(run_dir, "train.steps=40", "checkpoint.every=1", "checkpoint.keep=10")

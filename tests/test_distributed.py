@@ -23,6 +23,7 @@ def _cfg(coordinator_address=None, num_processes=None, process_id=None, timeout=
         num_processes=num_processes,
         process_id=process_id,
         initialization_timeout_s=timeout,
+        heartbeat_timeout_s=20,
     )
 
 
@@ -129,9 +130,9 @@ WORKER = textwrap.dedent("""
 
     variant, port, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if variant == "config":
-        cfg = DistributedConfig(f"127.0.0.1:{port}", 2, pid, 30)
+        cfg = DistributedConfig(f"127.0.0.1:{port}", 2, pid, 30, 20)
     else:  # the launcher's environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
-        cfg = DistributedConfig(None, None, None, 30)
+        cfg = DistributedConfig(None, None, None, 30, 20)
     initialize(cfg)
     initialize(cfg)  # a second call is a no-op
 

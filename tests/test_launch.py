@@ -134,7 +134,7 @@ def test_gpu_jobset_gives_each_pod_what_distributed_reads():
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
     assert spec["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     # Kubernetes adds JOB_COMPLETION_INDEX to each pod of an Indexed Job: pod 5 is process 5 of 8.
-    p = plan(DistributedConfig(None, None, None, 300), {**env, "JOB_COMPLETION_INDEX": "5"}, on_tpu_vm=False)
+    p = plan(DistributedConfig(None, None, None, 300, 20), {**env, "JOB_COMPLETION_INDEX": "5"}, on_tpu_vm=False)
     assert (p.source, p.kwargs["coordinator_address"], p.kwargs["num_processes"], p.kwargs["process_id"]) == (
         "kubernetes",
         "default-workers-0-0.default:9999",
@@ -178,7 +178,7 @@ def test_slurm_script_runs_one_process_per_node(tmp_path):
     # That environment is meshtrain's "env" source, with every GPU of the node left visible.
     address, count, pid = lines[3].split()[:3]
     p = plan(
-        DistributedConfig(None, None, None, 300),
+        DistributedConfig(None, None, None, 300, 20),
         {
             "JAX_COORDINATOR_ADDRESS": address,
             "JAX_NUM_PROCESSES": count,

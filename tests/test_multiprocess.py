@@ -3,7 +3,8 @@
 `meshtrain train` runs as separate processes that find each other through JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID, each feeding only its own rows of the global batch. With a
 fixed number of data shards the global batch is the same on any process count, so:
-  - 2 processes train with the losses of 1 process over the same 8 devices;
+  - 2 processes train with the losses of 1 process over the same 8 devices, skipping the same
+    batches by number (train.skip_batches);
   - a checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 2, continuing
     with the losses of each other's runs.
 """
@@ -15,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,19 +37,15 @@ def _free_port() -> int:
 MESH = {2: ["mesh.dcn_data=2", "mesh.ici_fsdp=-1"], 1: ["mesh.ici_data=2", "mesh.ici_fsdp=-1"]}
 
 
-def _train(run_dir: Path, data_dir: Path, small_model: list[str], processes: int, steps: int) -> None:
+def _train(run_dir: Path, train_command: list[str], processes: int, steps: int) -> None:
     """`python -m meshtrain.tools train` as `processes` processes sharing 8 CPU devices between them."""
     args = [
-        sys.executable,
-        "-m",
-        "meshtrain.tools",
-        "train",
-        "--no-progress",
+        *train_command,
         f"run_dir={run_dir}",
-        f"data.data_dir={data_dir}",
-        *small_model,
         *MESH[processes],
         "data.shards=2",
+        # Batches skipped by number: the same global batches on either process count, and on resume.
+        "train.skip_batches=[[1, 2], [3, 5]]",
         f"train.steps={steps}",
         "train.log_every=1",
         "train.eval_every=0",
@@ -94,17 +90,17 @@ def _assert_same_losses(actual: dict, expected: dict) -> None:
         assert actual[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
 
 
-def test_two_processes_train_and_resume_like_one(data_dir, small_model, tmp_path):
+def test_two_processes_train_and_resume_like_one(train_command, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    _train(two, data_dir, small_model, processes=2, steps=2)
-    _train(one, data_dir, small_model, processes=1, steps=2)
+    _train(two, train_command, processes=2, steps=2)
+    _train(one, train_command, processes=1, steps=2)
     _assert_same_losses(_losses(two), _losses(one))
 
     # Each run's step-2 checkpoint resumes on the other process count.
     two_then_one, one_then_two = tmp_path / "two_then_one", tmp_path / "one_then_two"
     shutil.copytree(two, two_then_one)
     shutil.copytree(one, one_then_two)
-    _train(two_then_one, data_dir, small_model, processes=1, steps=4)
-    _train(one_then_two, data_dir, small_model, processes=2, steps=4)
+    _train(two_then_one, train_command, processes=1, steps=4)
+    _train(one_then_two, train_command, processes=2, steps=4)
     _assert_same_losses(_losses(two_then_one), _losses(one_then_two))
     assert sorted(_losses(two_then_one)) == [0, 1, 2, 3]

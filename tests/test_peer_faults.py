@@ -8,14 +8,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 pytestmark = pytest.mark.slow  # two training processes per case
 
-HEARTBEAT_S = 10
+HEARTBEAT_S = 5
 WITHIN_S = 30  # the bound from the fault to the survivor's exit, on localhost
 
 
@@ -25,16 +24,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(run_dir, data_dir, small_model):
+def _launch(run_dir, train_command):
     args = [
-        sys.executable,
-        "-m",
-        "meshtrain.tools",
-        "train",
-        "--no-progress",
+        *train_command,
         f"run_dir={run_dir}",
-        f"data.data_dir={data_dir}",
-        *small_model,
         "mesh.dcn_data=2",
         "mesh.ici_fsdp=-1",
         "data.shards=2",
@@ -62,16 +55,16 @@ def _launch(run_dir, data_dir, small_model):
         )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 12):
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
         assert all(p.poll() is None for p in processes), [p.communicate() for p in processes]
         time.sleep(0.2)
     return processes
 
 
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
-def test_a_lost_peer_ends_the_survivor_in_seconds_with_one_line_and_its_report(fault, data_dir, small_model, tmp_path):
+def test_a_lost_peer_ends_the_survivor_in_seconds_with_one_line_and_its_report(fault, train_command, tmp_path):
     run_dir = tmp_path / "run"
-    survivor, victim = _launch(run_dir, data_dir, small_model)
+    survivor, victim = _launch(run_dir, train_command)
     victim.send_signal(fault)
     faulted = time.monotonic()
     try:
@@ -83,17 +76,20 @@ def test_a_lost_peer_ends_the_survivor_in_seconds_with_one_line_and_its_report(f
     assert survivor.returncode == 4, stderr[-3000:]
     assert took < WITHIN_S, f"the survivor took {took:.0f} s"
     (line,) = [line for line in stderr.splitlines() if line.startswith("meshtrain: error:")]
-    assert "process 1 stopped responding at step" in line and "distributed.heartbeat_timeout_s=10" in line
     assert "Traceback" not in stderr and "Check failure" not in stderr
-    assert (run_dir / "stacks" / "process-0.txt").read_text().count("File ") > 3  # Python stacks, dumped
+    if "a peer died or hung" in line:  # a killed peer may fail the collective before its heartbeat is missed
+        assert fault == signal.SIGKILL and "process 0: a step failed across processes" in line
+    else:
+        assert "process 1 stopped responding at step" in line and f"heartbeat_timeout_s={HEARTBEAT_S}" in line
+        assert (run_dir / "stacks" / "process-0.txt").read_text().count("File ") > 3  # Python stacks, dumped
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["status"] == "failed" and report["steps"] >= 12
+    assert report["status"] == "failed" and report["steps"] >= 4
     assert not list(run_dir.parent.glob("core*"))
 
 
-def test_a_lost_coordinator_ends_the_other_process_at_once_without_a_core_dump(data_dir, small_model, tmp_path):
+def test_a_lost_coordinator_ends_the_other_process_at_once_without_a_core_dump(train_command, tmp_path):
     run_dir = tmp_path / "run"
-    coordinator, other = _launch(run_dir, data_dir, small_model)
+    coordinator, other = _launch(run_dir, train_command)
     coordinator.kill()
     faulted = time.monotonic()
     other.communicate(timeout=120)

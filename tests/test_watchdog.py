@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -45,18 +44,8 @@ def test_side_work_gets_its_own_allowance(tmp_path):
     assert codes == [] and watchdog.fired is None
 
 
-def test_sigterm_while_a_run_starts_ends_it_at_once_and_the_same_command_then_trains(small_model, data_dir, tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "meshtrain.tools",
-        "train",
-        "--no-progress",
-        f"data.data_dir={data_dir}",
-        *small_model,
-        "train.steps=3",
-        "train.eval_every=0",
-    ]
+def test_sigterm_while_a_run_starts_ends_it_at_once_and_the_same_command_then_trains(train_command, tmp_path):
+    args = [*train_command, "train.steps=3", "train.eval_every=0"]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     config = tmp_path / "runs" / "default" / "config.yaml"
     deadline = time.time() + 120

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from meshtrain.trainer.config import config_differences, dump_config, load_experiment
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.run.checksums import array_checksums
 from meshtrain.trainer.run.saved_weights import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -73,10 +74,11 @@ def convert_meshtrain(saved: SavedCheckpoint, staging: Path, cfg: ExperimentConf
                     **{STATE_ITEM: ocp.args.StandardRestore(abstract), DATA_ITEM: ocp.args.JsonRestore()}
                 ),
             )
-        items = {
-            STATE_ITEM: ocp.args.StandardSave(restored[STATE_ITEM]),
-            DATA_ITEM: ocp.args.JsonSave(restored[DATA_ITEM]),
-        }
+        # The arrays may have a new dtype: their checksums are those of what is written now.
+        data = {k: v for k, v in restored[DATA_ITEM].items() if k != "checksums"}
+        if cfg.checkpoint.checksums:
+            data["checksums"] = array_checksums(restored[STATE_ITEM])
+        items = {STATE_ITEM: ocp.args.StandardSave(restored[STATE_ITEM]), DATA_ITEM: ocp.args.JsonSave(data)}
     with ocp.CheckpointManager(staging / CHECKPOINTS_DIR, options=ocp.CheckpointManagerOptions(create=True)) as out:
         out.save(saved.step, args=ocp.args.Composite(**items))
         out.wait_until_finished()
