@@ -38,22 +38,26 @@ def runs(experiment, tmp_path_factory):
     return root
 
 
-def _largest(directory: Path) -> Path:
-    return max((p for p in directory.rglob("*") if p.is_file() and "/d/" in str(p)), key=lambda p: p.stat().st_size)
+def _data_files(directory: Path) -> list[Path]:
+    """The array data files (OCDBT's d/ folders); every one, since which of them a restore reads
+    depends on how the write was merged."""
+    files = [p for p in directory.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    return files
 
 
 def _truncate(step: Path):
-    path = _largest(step / "state")
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for path in _data_files(step / "state"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def _overwrite(step: Path):
     """Same size, different bytes: only the checksums can tell."""
-    path = _largest(step / "state")
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
-    path.write_bytes(bytes(data))
+    for path in _data_files(step / "state"):
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+        path.write_bytes(bytes(data))
 
 
 def _remove_manifest(step: Path):
