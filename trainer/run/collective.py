@@ -14,9 +14,15 @@ from jax.experimental import multihost_utils
 
 def any_process(flag: bool) -> bool:
     """True on every process if `flag` is true on any."""
+    return any_process_each(flag)[0]
+
+
+def any_process_each(*flags: bool) -> tuple[bool, ...]:
+    """For each flag, true on every process if it is true on any (one collective for all of them)."""
     if jax.process_count() == 1:
-        return flag
-    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+        return tuple(bool(f) for f in flags)
+    gathered = multihost_utils.process_allgather(np.asarray(flags, dtype=bool))
+    return tuple(bool(v) for v in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0))
 
 
 def sync_processes(name: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 import time
 
@@ -31,7 +32,7 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.data import prepare_dataset, tokenizer_for
 from meshtrain.trainer.errors import DataError, PeerFailure
 from meshtrain.trainer.run.checkpoint import Checkpoints
-from meshtrain.trainer.run.collective import any_process
+from meshtrain.trainer.run.collective import any_process_each
 from meshtrain.trainer.run.distributed import initialize
 from meshtrain.trainer.run.evaluation import eval_batches_available, evaluate
 from meshtrain.trainer.run.memory_check import check_fits, out_of_memory
@@ -113,10 +114,6 @@ def _close_all(closers, *, quiet: bool) -> None:
             first = first or error
     if first is not None and not quiet:
         raise first
-
-
-def _finite(value: float) -> float | None:
-    return value if value == value and abs(value) != float("inf") else None
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
@@ -224,8 +221,6 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
         data_state = restored[2] if restored else None
         # The skip starts at the first batch the restored state would train on (past earlier skips).
         first_batch = skips.end_of_skip(int(data_state.get("next_batch", restored_step)) if data_state else 0)
-        redone = detected_at + 1 - restored_step
-        a = tracker.arithmetic
         recovery = {
             "reason": reason,
             "first_bad_step": first_bad,
@@ -233,17 +228,9 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
             "restored_step": restored_step,
             "skipped_batches": [first_batch, first_batch + cfg.spike.skip_batches],
             "abandoned_checkpoints": abandoned,
-            "redone_steps": redone,
-            "redone_flops": (a.model_flops_per_token if a else 0.0)
-            * redone
-            * batch_size_at(cfg.train, detected_at)
-            * cfg.data.seq_len,
-            "cost_usd": None,
+            "redone_steps": detected_at + 1 - restored_step,
+            **tracker.redo(restored_step, detected_at + 1),
         }
-        step_s = tracker.typical_step_time()
-        if a and a.price_per_chip_hour is not None:
-            recovery["cost_usd"] = redone * step_s * a.chips / 3600.0 * a.price_per_chip_hour
-        tracker.redo(redone)
         if primary:
             recoveries = record_recovery(run_dir, recoveries, recovery)
             bar.write(f"meshtrain: {describe(recovery)}")
@@ -274,8 +261,10 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
             # A signal (and the clock) reach the processes of a run one by one: they agree at
             # log steps, so all of them stop (and checkpoint) at the same step.
             agree = log_now or jax.process_count() == 1
-            stopping = any_process(stop.requested) if agree else False
-            time_due = bool(save_every_s) and agree and any_process(time.monotonic() - last_save >= save_every_s)
+            stopping, time_due = False, False
+            if agree:
+                clock_due = bool(save_every_s) and time.monotonic() - last_save >= save_every_s
+                stopping, time_due = any_process_each(stop.requested, clock_due)
             eval_now = cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last_step)
             save_now = (step + 1) % cfg.checkpoint.every == 0 or last_step or stopping or time_due
             if log_now or stopping or eval_now or save_now:
@@ -305,7 +294,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                     log.write(step, record)
                 watchdog.learn_step_time(record["step_time_s"])
                 bar.set_postfix(tracker.postfix(record))
-                loss = _finite(record["loss"])
+                loss = record["loss"] if math.isfinite(record["loss"]) else None
                 summary.first_loss = summary.first_loss if summary.first_loss is not None else loss
                 summary.last_loss = loss
             if eval_now or save_now:

@@ -165,9 +165,20 @@ class Tracker:
         goodput = load_record(self.run_dir) or self.goodput.snapshot(steps_done)
         return write_report(self.run_dir, self.cfg, self.arithmetic, goodput, status="finished")
 
-    def redo(self, steps: int) -> None:
-        """A rewind will compute `steps` steps again: their time moves from productive to restart loss."""
-        self.goodput.redo(steps, self.typical_step_time())
+    def redo(self, start: int, end: int) -> dict:
+        """A rewind will compute steps start..end-1 again: their time moves from productive to restart
+        loss. Returns what they cost: redone_flops (model FLOPs) and cost_usd (None when unpriced)."""
+        step_seconds = self.typical_step_time()
+        self.goodput.redo(end - start, step_seconds)
+        a = self.arithmetic
+        if a is None:  # not process 0: it records nothing
+            return {"redone_flops": 0.0, "cost_usd": None}
+        tokens = tokens_through(self.cfg.train, self.cfg.data.seq_len, end) - tokens_through(
+            self.cfg.train, self.cfg.data.seq_len, start
+        )
+        price = a.price_per_chip_hour
+        dollars = None if price is None else (end - start) * step_seconds * a.chips / 3600.0 * price
+        return {"redone_flops": a.model_flops_per_token * tokens, "cost_usd": dollars}
 
     def typical_step_time(self) -> float:
         """Seconds of a step at the current batch size, from the recent logged intervals (0: none yet)."""
