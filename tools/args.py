@@ -55,9 +55,12 @@ def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def quiet_libraries() -> None:
-    """TFDS and Orbax report routine file operations (even as warnings) through absl; a user wants
-    our progress bar and our own warnings, which go through the `meshtrain` logger."""
+    """TFDS and Orbax report routine file operations (even as warnings) through absl, and gcsfs
+    warns at every bucket it cannot ask for its layout (a permission most service accounts lack)
+    before falling back to plain GCS; a user wants our progress bar and our own warnings, which go
+    through the `meshtrain` logger. Real errors still reach the user as exceptions."""
     logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("gcsfs").setLevel(logging.ERROR)
     logging.getLogger("meshtrain").setLevel(logging.WARNING)
     tfds.disable_progress_bar()  # Preparing our corpora takes a second; its bars would bury ours.
 

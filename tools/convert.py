@@ -19,10 +19,10 @@ import json
 import resource
 import sys
 import time
-from pathlib import Path
 
 from meshtrain.tools.args import command_main, quiet_libraries
 from meshtrain.trainer.convert.run import Conversion
+from meshtrain.trainer.storage.paths import absolute
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -80,7 +80,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
-    source, destination = Path(args.source).expanduser().absolute(), Path(args.destination).expanduser().absolute()
+    source, destination = absolute(args.source, "SRC"), absolute(args.destination, "DST")
     started = time.perf_counter()
     conversion = Conversion(
         source,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from meshtrain.trainer.config.errors_fmt import did_you_mean
 from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.storage.paths import as_path, is_url
 
 # A real directory: meshtrain installs unzipped (a wheel or an editable install), never as a zip.
 CONFIG_DIR = Path(str(resources.files("meshtrain.configs")))
@@ -21,9 +22,14 @@ def shipped_names(directory: Path, suffix: str) -> list[str]:
     return sorted(p.stem for p in directory.glob(f"*{suffix}"))
 
 
-def shipped_or_path(name: str, directory: Path, suffix: str, what: str) -> Path:
-    """`name` as a file path, or as a bare name of a file shipped in `directory`; else a ConfigError
-    listing what is shipped there."""
+def shipped_or_path(name: str, directory: Path, suffix: str, what: str):
+    """`name` as a file path (or object-store URL), or as a bare name of a file shipped in
+    `directory`; else a ConfigError listing what is shipped there."""
+    if is_url(name):
+        path = as_path(name, what)
+        if not path.is_file():
+            raise ConfigError(f"{what} {name!r}: no such file")
+        return path
     path = Path(name).expanduser()
     if not path.is_file() and path.suffix != suffix and "/" not in name:
         path = directory / f"{name}{suffix}"

@@ -26,6 +26,7 @@ class DataConfig:
     text_dir: str | None
     text_key: str
     data_dir: str
+    stage_dir: str
     train_split: str
     eval_split: str
     eval_fraction: float

@@ -4,12 +4,11 @@ the exact settings it started with."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import yaml
 
-from meshtrain.trainer.atomic import write_atomic
 from meshtrain.trainer.config.resolve import (
     as_dict,
     build,
@@ -20,6 +19,7 @@ from meshtrain.trainer.config.resolve import (
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.config.yamlio import read_yaml_mapping
 from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.storage.atomic import write_atomic
 
 _HEADER = (
     "# The fully resolved meshtrain config of this run (every field, no preset).\n"
@@ -49,7 +49,7 @@ def config_from_dict(data: dict, source: str = "config dict") -> ExperimentConfi
     return build(data, source=source)
 
 
-def load_config_file(path: str | Path) -> ExperimentConfig:
+def load_config_file(path: str | os.PathLike) -> ExperimentConfig:
     """A config.yaml written by dump_config (e.g. a run directory's) back as a checked config.
 
     Unknown keys, bad values and model presets (a resolved config lists model fields) are errors;
@@ -61,10 +61,9 @@ def load_config_file(path: str | Path) -> ExperimentConfig:
     return resolve_layers([(str(path), layer)])
 
 
-def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Writes cfg as YAML atomically (temporary file, fsync, os.replace): a crash leaves either
-    the old file or the new one, never half of one."""
-    path = Path(path)
+def dump_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
+    """Writes cfg as YAML atomically (write_atomic): a crash leaves either the old file or the
+    new one, never half of one."""
     text = _HEADER + yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     write_atomic(path, text)
 

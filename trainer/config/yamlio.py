@@ -6,11 +6,12 @@ PyYAML's safe loader silently keeps the last of two equal keys; in a config that
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import yaml
 
 from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.storage.paths import as_path
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -49,9 +50,10 @@ def _make_loader(name: str):
     return make
 
 
-def read_yaml_mapping(path: str | Path) -> dict:
-    """A YAML file whose top level is a mapping (an empty file is {}); anything else is ConfigError."""
-    path = Path(path)
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file (local or on an object store) whose top level is a mapping (an empty file is
+    {}); anything else is ConfigError."""
+    path = as_path(path, "config file")
     try:
         text = path.read_text()
     except OSError as e:

@@ -1,8 +1,11 @@
-"""The destination of a conversion: written beside it, and renamed into place only when complete.
+"""The destination of a conversion: written beside it, and put in place only when complete.
 
 A conversion that fails (bad tensors, a full disk, Ctrl-C, a failed --verify) leaves no partial
 output behind; an existing destination is replaced only with --overwrite, and only once the new
-one is complete, so there is never a moment without either the old or the new output.
+one is complete. On a disk the new output is renamed into place, so there is never a moment
+without either the old or the new one. An object store has no rename: the output is staged in a
+local temporary directory and uploaded once complete, its config file last (what readers look
+for first), after --overwrite deleted the old one.
 """
 
 from __future__ import annotations
@@ -10,38 +13,59 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.storage.paths import is_url
+from meshtrain.trainer.storage.transfer import copy_tree
+
+# What a reader of the output looks for first: uploaded last, once everything else is there.
+_CONFIG_FILES = ("config.yaml", "config.json")
 
 
-def check_destination(destination: Path, *, overwrite: bool, source: Path) -> None:
+def _canonical(path) -> str:
+    return str(path).rstrip("/") if is_url(path) else os.path.realpath(path)
+
+
+def check_destination(destination, *, overwrite: bool, source) -> None:
     """Refuses, before any work, destinations that would lose data or cannot be written."""
-    dst, src = destination.resolve(), source.resolve()
-    if dst == src or src in dst.parents or dst in src.parents:
+    dst, src = _canonical(destination), _canonical(source)
+    if dst == src or dst.startswith(src + "/") or src.startswith(dst + "/"):
         raise UserError(
             f"{destination}: the destination must not be the source, inside it, or contain it "
             f"(--overwrite would delete the source)"
         )
     if destination.exists() and not overwrite:
         raise UserError(f"{destination} exists; pass --overwrite to replace it once the new conversion is complete")
-    if not destination.parent.is_dir():
+    if not is_url(destination) and not destination.parent.is_dir():
         raise UserError(f"{destination.parent}: no such directory to write {destination.name} in")
 
 
 @contextlib.contextmanager
-def staged_directory(destination: Path):
-    """Yields a fresh directory beside `destination`; on success it replaces `destination`
-    (keeping the old one until the rename), on any failure it is deleted."""
-    staging = destination.parent / f".{destination.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+def staged_directory(destination):
+    """Yields a fresh local directory; on success its contents replace `destination`, on any
+    failure it is deleted."""
+    if is_url(destination):
+        staging = Path(tempfile.mkdtemp(prefix="meshtrain-convert-"))
+    else:
+        staging = Path(destination.parent) / f".{destination.name}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    retired = destination.parent / f".{destination.name}.replaced-{os.getpid()}"
+    if is_url(destination):
+        try:
+            if destination.exists():
+                destination.rmtree()
+            copy_tree(staging, destination, last=_CONFIG_FILES)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
+    retired = Path(destination.parent) / f".{destination.name}.replaced-{os.getpid()}"
     if destination.exists():
         destination.rename(retired)
     staging.rename(destination)

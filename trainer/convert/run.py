@@ -15,14 +15,20 @@ from meshtrain.trainer.convert.meshtrain_format import param_shapes
 from meshtrain.trainer.convert.output import check_destination, staged_directory
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.run.saved_weights import CONFIG_FILE, find_checkpoint
+from meshtrain.trainer.storage.paths import is_url
 
 HF, MESHTRAIN = "hf", "meshtrain"
 _FORMAT_NAMES = {HF: "Hugging Face", MESHTRAIN: "meshtrain"}
 
 
-def source_format(source: Path) -> str:
+def source_format(source) -> str:
     """hf for a directory with config.json; meshtrain for a run-shaped one (config.yaml)."""
     if (source / "config.json").is_file() and not (source / CONFIG_FILE).is_file():
+        if is_url(source):
+            raise UserError(
+                f"{source}: a Hugging Face source is read from a local directory (safetensors are memory-mapped): "
+                "copy it to local disk first"
+            )
         return HF
     if not source.exists():
         raise UserError(f"{source}: no such file or directory")

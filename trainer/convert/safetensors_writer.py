@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from meshtrain.trainer.atomic import write_atomic
 from meshtrain.trainer.convert.safetensors_index import (
     DEFAULT_MAX_SHARD_BYTES,
     DTYPE_CODES,
@@ -26,6 +25,7 @@ from meshtrain.trainer.convert.safetensors_index import (
     unknown_name,
 )
 from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.storage.atomic import write_atomic
 
 
 class SafetensorsWriter:

@@ -9,7 +9,6 @@ meshtrain parameter at a time.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ from meshtrain.trainer.convert.meshtrain_format import (
 from meshtrain.trainer.convert.safetensors_writer import SafetensorsWriter
 from meshtrain.trainer.data.tokenizer import existing_tokenizer, load_tokenizer
 from meshtrain.trainer.run.saved_weights import SavedCheckpoint
+from meshtrain.trainer.storage.paths import as_path
 
 
 def convert_to_hf(
@@ -49,7 +49,7 @@ def convert_to_hf(
     tokenizer = existing_tokenizer(saved.config.data, model.vocab_size)
     if tokenizer:
         hf_config.update(_special_tokens(tokenizer))
-        shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
+        (staging / TOKENIZER_FILE).write_bytes(as_path(tokenizer).read_bytes())
     (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return family.architecture
 

@@ -3,6 +3,11 @@
 `python_docs` and `local_text` are built here on first use; any other `data.dataset` is a TFDS
 name that must already be prepared (as array_record) in `data.data_dir`. Nothing here downloads:
 an unprepared name fails at once with the command that would prepare it.
+
+`data.data_dir` may be on an object store. array_record reads and writes local files only, so
+such a dataset is read from a local copy under `data.stage_dir` (made once per host, reused while
+the files match), and a built-in one prepared here is uploaded when done (dataset_info.json last:
+TFDS takes a version folder holding it as prepared).
 """
 
 import os
@@ -13,33 +18,45 @@ from tensorflow_datasets.core import read_only_builder
 from meshtrain.trainer.config.schema import DataConfig
 from meshtrain.trainer.data.builders import LocalText, PythonDocs
 from meshtrain.trainer.errors import DataError
+from meshtrain.trainer.storage.paths import absolute, is_url, url_scheme
+from meshtrain.trainer.storage.transfer import copy_tree, stage_locally
 
 BUILT_IN = ("python_docs", "local_text")
 
 
 def data_dir(cfg: DataConfig) -> str:
-    """cfg.data_dir with ~ expanded and made absolute (TFDS would take '~' as a folder name)."""
-    return os.path.abspath(os.path.expanduser(cfg.data_dir))
+    """cfg.data_dir: a URL as it is, a local path with ~ expanded and made absolute (TFDS would
+    take '~' as a folder name)."""
+    return os.fspath(absolute(cfg.data_dir, "data.data_dir"))
 
 
-def _built_in_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
-    """The builder for python_docs or local_text, configured (and so keyed) by cfg."""
+def _local_root(cfg: DataConfig) -> str:
+    """Where TFDS reads and writes array_record files: data_dir, or its local copy under stage_dir."""
+    if not is_url(cfg.data_dir):
+        return data_dir(cfg)
+    remote = data_dir(cfg)
+    scheme = url_scheme(remote)
+    return os.path.join(absolute(cfg.stage_dir, "data.stage_dir"), scheme, remote[len(scheme) + 3 :])
+
+
+def _built_in_builder(cfg: DataConfig, root: str) -> tfds.core.DatasetBuilder:
+    """The builder for python_docs or local_text in `root`, configured (and so keyed) by cfg."""
     if cfg.dataset == "python_docs":
         config = PythonDocs.make_config(cfg.eval_fraction)
-        return PythonDocs(config=config, data_dir=data_dir(cfg), file_format="array_record")
+        return PythonDocs(config=config, data_dir=root, file_format="array_record")
     if not cfg.text_dir:
         raise DataError(
             "data.dataset is local_text but data.text_dir is not set: set it to a directory of .txt and/or .jsonl files"
         )
     text_dir = os.path.abspath(os.path.expanduser(cfg.text_dir))
     config = LocalText.make_config(text_dir, cfg.text_key, cfg.eval_fraction)
-    return LocalText(config=config, data_dir=data_dir(cfg), file_format="array_record")
+    return LocalText(config=config, data_dir=root, file_format="array_record")
 
 
 def dataset_key(cfg: DataConfig) -> str:
     """A file-name-safe name for the prepared dataset (used to cache its tokenizer)."""
     if cfg.dataset in BUILT_IN:
-        return f"{cfg.dataset}-{_built_in_builder(cfg).builder_config.name}"
+        return f"{cfg.dataset}-{_built_in_builder(cfg, _local_root(cfg)).builder_config.name}"
     return cfg.dataset.replace("/", "-").replace(":", "-")
 
 
@@ -54,17 +71,36 @@ def prepare_dataset(cfg: DataConfig) -> None:
 
 
 def _ready_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
-    """The builder of a prepared dataset, preparing it first if it is a built-in one."""
-    if cfg.dataset in BUILT_IN:
-        builder = _built_in_builder(cfg)
+    """The builder of a prepared dataset on local files, preparing it first if it is a built-in
+    one; for a data_dir on an object store, staged from there (or prepared and uploaded)."""
+    local = _local_root(cfg)
+    if cfg.dataset not in BUILT_IN:
+        if is_url(cfg.data_dir):
+            remote = _prepared_builder(cfg, data_dir(cfg))
+            stage_locally(remote.data_path, _local_version_dir(remote, cfg, local))
+        return _prepared_builder(cfg, local)
+    if not is_url(cfg.data_dir):
+        builder = _built_in_builder(cfg, local)
         builder.download_and_prepare(file_format="array_record")
         return builder
-    return _prepared_builder(cfg)
+    remote = _built_in_builder(cfg, data_dir(cfg))
+    prepared_there = (remote.data_path / "dataset_info.json").exists()
+    if prepared_there:
+        stage_locally(remote.data_path, _local_version_dir(remote, cfg, local))
+    builder = _built_in_builder(cfg, local)
+    builder.download_and_prepare(file_format="array_record")  # a staged copy is found: nothing to do
+    if not prepared_there:
+        copy_tree(builder.data_path, remote.data_path, last=("dataset_info.json",))
+    return builder
 
 
-def _prepared_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
-    """The already-prepared TFDS dataset `cfg.dataset`, read from files only (no dataset code)."""
-    root = data_dir(cfg)
+def _local_version_dir(remote: tfds.core.DatasetBuilder, cfg: DataConfig, local: str) -> str:
+    """The local copy's place for the remote builder's version folder (same path under the root)."""
+    return os.path.join(local, os.fspath(remote.data_path)[len(data_dir(cfg).rstrip("/")) + 1 :])
+
+
+def _prepared_builder(cfg: DataConfig, root: str) -> tfds.core.DatasetBuilder:
+    """The already-prepared TFDS dataset `cfg.dataset` in `root`, read from files only (no dataset code)."""
     try:
         return read_only_builder.builder_from_files(cfg.dataset, data_dir=root)
     except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:

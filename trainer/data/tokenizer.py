@@ -16,10 +16,11 @@ from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
 
-from meshtrain.trainer.atomic import write_atomic
 from meshtrain.trainer.config.schema import DataConfig
 from meshtrain.trainer.data.sources import data_dir, dataset_key, open_split
 from meshtrain.trainer.errors import DataError
+from meshtrain.trainer.storage.atomic import write_atomic
+from meshtrain.trainer.storage.paths import absolute, as_path
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 # sentencepiece turns spaces into U+2581 internally and back on decode, so a literal U+2581 in
@@ -84,22 +85,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_path: str) -> 
         )
     except RuntimeError as e:
         raise DataError(f"could not train a tokenizer for {output_path}: {e}") from e
-    output_path = os.path.abspath(os.path.expanduser(output_path))
-    os.makedirs(os.path.dirname(output_path), exist_ok=True)
-    write_atomic(output_path, model.getvalue())
-    return output_path
+    output = absolute(output_path, "tokenizer")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(output, model.getvalue())
+    return os.fspath(output)
 
 
 def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
-    """Loads a .model file; a missing or unreadable one is a DataError naming it."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
+    """Loads a .model file (local or on an object store); a missing or unreadable one is a
+    DataError naming it."""
+    path = absolute(path, "data.tokenizer")
+    if not path.is_file():
         raise DataError(
-            f"tokenizer {path!r} does not exist: set data.tokenizer to a sentencepiece "
+            f"tokenizer {os.fspath(path)!r} does not exist: set data.tokenizer to a sentencepiece "
             ".model file, or to null to train one on the dataset"
         )
     try:
-        return spm.SentencePieceProcessor(model_file=path)
+        return spm.SentencePieceProcessor(model_proto=path.read_bytes())
     except (RuntimeError, OSError) as e:
         raise DataError(f"tokenizer {path!r} is not a sentencepiece model ({e})") from e
 
@@ -119,13 +121,13 @@ def encode(sp: spm.SentencePieceProcessor, text: str) -> list[int]:
 
 def tokenizer_path(cfg: DataConfig, vocab_size: int) -> str:
     """Where tokenizer_for caches the tokenizer it trains for this dataset and vocab size."""
-    return os.path.join(data_dir(cfg), "tokenizers", f"{dataset_key(cfg)}-{vocab_size}.model")
+    return os.fspath(as_path(data_dir(cfg)) / "tokenizers" / f"{dataset_key(cfg)}-{vocab_size}.model")
 
 
 def existing_tokenizer(cfg: DataConfig, vocab_size: int) -> str | None:
     """The tokenizer file a run used (cfg.tokenizer or the cached one), or None; never trains one."""
-    path = os.path.expanduser(cfg.tokenizer) if cfg.tokenizer else tokenizer_path(cfg, vocab_size)
-    return path if os.path.isfile(path) else None
+    path = cfg.tokenizer or tokenizer_path(cfg, vocab_size)
+    return os.fspath(as_path(path)) if as_path(path, "data.tokenizer").is_file() else None
 
 
 def tokenizer_for(cfg: DataConfig, vocab_size: int) -> spm.SentencePieceProcessor:
@@ -133,7 +135,7 @@ def tokenizer_for(cfg: DataConfig, vocab_size: int) -> spm.SentencePieceProcesso
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
     path = tokenizer_path(cfg, vocab_size)
-    if not os.path.isfile(path):
+    if not as_path(path).is_file():
         source = open_split(cfg, cfg.train_split)
         train_tokenizer((source[i] for i in range(len(source))), vocab_size, path)
     return load_tokenizer(path)

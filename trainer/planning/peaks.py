@@ -17,7 +17,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from meshtrain.trainer.atomic import write_atomic
 from meshtrain.trainer.config.errors_fmt import did_you_mean
 from meshtrain.trainer.config.hardware import (
     HARDWARE_YAML,
@@ -26,6 +25,7 @@ from meshtrain.trainer.config.hardware import (
     is_number,
 )
 from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.storage.atomic import write_atomic
 
 _DTYPE_FIELDS = {
     "bfloat16": "peak_bf16_flops",

@@ -17,10 +17,10 @@ import datetime
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from meshtrain.trainer.config.schema import CheckpointConfig
 from meshtrain.trainer.data import merge_states
@@ -28,6 +28,8 @@ from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.formatting import format_bytes
 from meshtrain.trainer.run.checksums import array_checksums, mismatches
 from meshtrain.trainer.run.collective import any_process, gather_json, sync_processes
+from meshtrain.trainer.storage.paths import absolute, is_url
+from meshtrain.trainer.storage.transfer import move_tree
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class CorruptCheckpoint(Exception):
 class Checkpoints:
     """The checkpoints/ directory of one run."""
 
-    def __init__(self, directory: Path, cfg: CheckpointConfig):
+    def __init__(self, directory: epath.Path, cfg: CheckpointConfig):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
             keep_period=cfg.keep_every,
@@ -53,7 +55,7 @@ class Checkpoints:
             enable_async_checkpointing=cfg.async_save,
             cleanup_tmp_directories=True,
         )
-        self.directory = Path(directory).absolute()
+        self.directory = absolute(directory)
         self.checksums = cfg.checksums
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -106,7 +108,8 @@ class Checkpoints:
 
     def _write_error(self, step: int, size: int, error: BaseException) -> CheckpointWriteError:
         self._failed = True
-        free = shutil.disk_usage(self.directory).free if self.directory.exists() else None
+        local = not is_url(self.directory) and self.directory.exists()
+        free = shutil.disk_usage(self.directory).free if local else None
         older = [s for s in self.steps() if s < step]
         kept = f"the checkpoint of step {older[-1]} is intact" if older else "no earlier checkpoint exists"
         return CheckpointWriteError(
@@ -181,7 +184,7 @@ class Checkpoints:
         target = self.directory / CORRUPT_DIR / f"{step}-{when}"
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(self.directory / str(step)), str(target))
+            move_tree(self.directory / str(step), target)
             reason = f"{type(error).__name__}: {_first_line(error)}" if error is not None else "unreadable on a peer"
             older = [s for s in self.steps() if s < step]
             fallback = f"restoring step {older[-1]} instead" if older else "no older checkpoint: starting afresh"

@@ -7,24 +7,31 @@ optimizer would silently continue training something else, so that is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from pathlib import Path
+
+from etils import epath
 
 from meshtrain.trainer.config import config_differences, dump_config, load_config_file
 from meshtrain.trainer.config.schema import RUN_IDENTITY_SECTIONS, ExperimentConfig
 from meshtrain.trainer.errors import ConfigError, UserError
+from meshtrain.trainer.storage.paths import as_path, is_url
 
 
-def run_dir_path(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.run_dir or Path("runs") / cfg.name).expanduser()
+def run_dir_path(cfg: ExperimentConfig) -> epath.Path:
+    """run_dir (a local path or an object-store URL), by default runs/<name>."""
+    return as_path(cfg.run_dir or f"runs/{cfg.name}", "run_dir")
 
 
-def check_run_dir(path: Path) -> None:
+def check_run_dir(path: epath.Path) -> None:
     """Raises a one-line UserError when `path` cannot be a run directory: an existing file, or a
-    place where nothing can be written (a read-only filesystem, no permission)."""
+    place where nothing can be written (a read-only filesystem, no permission). An object store
+    has no such places; what it refuses is reported by the first write (open_run_dir)."""
+    if is_url(path):
+        return
     if path.exists() and not path.is_dir():
         raise UserError(f"run_dir={path} is an existing file, not a directory: choose another run_dir=PATH")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    existing = next(p for p in (path, *epath.Path(os.path.abspath(path)).parents) if p.exists())
     if not existing.is_dir():
         raise UserError(f"run_dir={path}: {existing} is a file, so the directory cannot be created there")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -34,15 +41,39 @@ def check_run_dir(path: Path) -> None:
         )
 
 
-def check_same_run(cfg: ExperimentConfig, path: Path) -> None:
+def _saved_run(path: epath.Path) -> ExperimentConfig | None:
+    """The config of the run `path` holds, None when it holds nothing to resume (no checkpoint)."""
+    saved_path = path / "config.yaml"
+    if not saved_path.is_file() or not _has_checkpoint(path):
+        return None
+    return load_config_file(saved_path)
+
+
+def pin_schedule(cfg: ExperimentConfig, path: epath.Path) -> ExperimentConfig:
+    """cfg with the learning-rate schedule's decay length fixed: `optimizer.decay_steps: null`
+    means train.steps when the run starts, and that number is the run's from then on (it is
+    written into config.yaml). Raising train.steps later extends the run at the schedule's final
+    value instead of stretching the decay, which would raise the learning rate at the resume step
+    (rewriting the history the checkpoints were trained under)."""
+    if cfg.optimizer.decay_steps is not None:
+        return cfg
+    saved = _saved_run(path)
+    if saved is None:
+        decay_steps = cfg.train.steps
+    else:  # a run from before the length was pinned decayed over the train.steps it last ran with
+        decay_steps = saved.optimizer.decay_steps or saved.train.steps
+    decay_steps = max(decay_steps, cfg.optimizer.warmup_steps + 1)  # as the schedule takes it
+    return dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, decay_steps=decay_steps))
+
+
+def check_same_run(cfg: ExperimentConfig, path: epath.Path) -> None:
     """Raises when `path` holds a run whose identity (model, data, seed, optimizer) differs from `cfg`.
 
     A directory without a checkpoint holds nothing to resume (a start that failed, or a run killed
     before its first save): its config.yaml does not bind the next command."""
-    saved_path = path / "config.yaml"
-    if not saved_path.is_file() or not _has_checkpoint(path):
+    saved = _saved_run(path)
+    if saved is None:
         return
-    saved = load_config_file(saved_path)
     differences = config_differences(saved, cfg, RUN_IDENTITY_SECTIONS)
     if differences:
         shown = ", ".join(f"{key}: {old!r} in the run, {new!r} now" for key, old, new in differences)
@@ -51,12 +82,12 @@ def check_same_run(cfg: ExperimentConfig, path: Path) -> None:
         )
 
 
-def _has_checkpoint(path: Path) -> bool:
+def _has_checkpoint(path: epath.Path) -> bool:
     checkpoints = path / "checkpoints"
     return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
 
 
-def open_run_dir(cfg: ExperimentConfig) -> Path:
+def open_run_dir(cfg: ExperimentConfig) -> epath.Path:
     """Creates (or reopens) the run directory and writes the resolved config into it."""
     path = run_dir_path(cfg)
     check_same_run(cfg, path)

@@ -10,10 +10,10 @@ shards each device needs and casts on the way.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from meshtrain.model.config import ModelConfig
@@ -21,6 +21,7 @@ from meshtrain.trainer.config import load_config_file
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import ConfigError, UserError
 from meshtrain.trainer.step.state import model_def
+from meshtrain.trainer.storage.paths import absolute
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -35,20 +36,20 @@ _NOT_ARCHITECTURE = {"name", "z_loss", "init_std", "dtype", "param_dtype", "rema
 class SavedCheckpoint:
     """One step of a checkpoint directory, and the resolved experiment config that describes it."""
 
-    directory: Path  # the run-shaped directory (config.yaml, checkpoints/)
+    directory: epath.Path  # the run-shaped directory (config.yaml, checkpoints/)
     step: int
-    step_dir: Path
+    step_dir: epath.Path
     config: ExperimentConfig
 
     @property
-    def state_dir(self) -> Path:
+    def state_dir(self) -> epath.Path:
         return self.step_dir / STATE_ITEM
 
 
-def find_checkpoint(path: str | Path, step: int | None = None) -> SavedCheckpoint:
+def find_checkpoint(path: str | epath.Path, step: int | None = None) -> SavedCheckpoint:
     """The checkpoint at `path`: a run directory or `meshtrain convert` output (its newest step, or
     `step`), its checkpoints/ directory, or one step directory inside it."""
-    path = Path(path).expanduser().absolute()
+    path = absolute(path, "checkpoint")
     if not path.exists():
         raise UserError(
             f"{path}: no such checkpoint (expected a run directory, a `meshtrain convert` "
@@ -76,7 +77,7 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> SavedCheckpoin
     return SavedCheckpoint(directory, step, directory / CHECKPOINTS_DIR / str(step), load_config_file(config_path))
 
 
-def complete_steps(checkpoints: Path) -> list[int]:
+def complete_steps(checkpoints: epath.Path) -> list[int]:
     """Steps whose write finished (Orbax renames a step directory into place only when complete)."""
     if not checkpoints.is_dir():
         return []
@@ -116,7 +117,7 @@ def check_same_architecture(saved: ModelConfig, wanted: ModelConfig, source: str
         )
 
 
-def initial_weights_for(cfg: ExperimentConfig, run_dir: Path) -> SavedCheckpoint | None:
+def initial_weights_for(cfg: ExperimentConfig, run_dir: epath.Path) -> SavedCheckpoint | None:
     """The checkpoint `checkpoint.init_from` names, checked against this run's model before the
     run starts; None when the run starts from a fresh initialization or resumes its own checkpoints
     (the weights it started from need not exist any more)."""

@@ -37,7 +37,7 @@ from meshtrain.trainer.run.distributed import initialize
 from meshtrain.trainer.run.evaluation import eval_batches_available, evaluate
 from meshtrain.trainer.run.memory_check import check_fits, out_of_memory
 from meshtrain.trainer.run.recovery import DivergedError, rewind_target, skip_list
-from meshtrain.trainer.run.run_dir import check_run_dir, check_same_run, open_run_dir, run_dir_path
+from meshtrain.trainer.run.run_dir import check_run_dir, check_same_run, open_run_dir, pin_schedule, run_dir_path
 from meshtrain.trainer.run.saved_weights import initial_weights_for, restore_params
 from meshtrain.trainer.run.signals import StopRequest
 from meshtrain.trainer.run.trajectory import Trajectory
@@ -122,6 +122,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     primary = jax.process_index() == 0
     run_dir = run_dir_path(cfg)
     check_run_dir(run_dir)
+    cfg = pin_schedule(cfg, run_dir)
     with StopRequest("nothing was trained since the newest checkpoint; the same command resumes") as stop:
         return _train(cfg, run_dir, primary, started_at, stop, progress)
 
@@ -178,6 +179,13 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
     train_step = jit_train_step(cfg, mdef, optimizer, plan)
     eval_step = jit_eval_step(cfg, mdef, plan)
     schedule = learning_rate_schedule(cfg.optimizer, cfg.train.steps)
+    decay_steps = cfg.optimizer.decay_steps
+    if primary and start and cfg.optimizer.schedule == "cosine" and cfg.train.steps > decay_steps:
+        print(
+            f"{run_dir}: train.steps={cfg.train.steps} goes past the schedule's decay (optimizer.decay_steps="
+            f"{decay_steps}, fixed when the run started): steps {max(start, decay_steps)}-{cfg.train.steps} "
+            f"train at its final learning rate {float(schedule(cfg.train.steps)):.3g}"
+        )
     log = MetricsLog(run_dir) if primary else None
     bar = tqdm(
         total=cfg.train.steps,

@@ -19,6 +19,10 @@ code 4 (os._exit: the main thread may be blocked inside XLA, where nothing else 
 Core dumps are switched off for multi-process runs (trainer/run/distributed.py), so even an abort
 inside the runtime, which jax answers a lost coordinator with, leaves none: only its note and the
 Python stacks (faulthandler) in run_dir/stacks/process-N-abort.txt.
+
+faulthandler writes to an OS file, so for a run directory on an object store the stacks go to a
+local folder first (printed in the line) and are then copied to run_dir/stacks/; the abort note,
+written by the runtime's dying process, stays local.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +42,8 @@ import jax
 from jax._src import distributed as jax_distributed  # the only handle jax gives to its key-value store
 
 from meshtrain.trainer.errors import PEER_FAILURE_EXIT
+from meshtrain.trainer.storage.atomic import write_atomic
+from meshtrain.trainer.storage.paths import as_path, is_url
 
 _COMPILE_ALLOWANCE_S = 1800.0
 _SIDE_WORK_ALLOWANCE_S = 600.0
@@ -43,6 +51,13 @@ _MIN_LIMIT_S = 60.0
 _STEPS_OF_SLACK = 20
 _PERIOD_S = 1.0
 _KEY = "meshtrain/heartbeat/"
+
+
+def local_stacks_dir(run_dir) -> Path:
+    """Where faulthandler writes: run_dir/stacks, or a local stand-in for a run on an object store."""
+    if not is_url(run_dir):
+        return Path(run_dir) / "stacks"
+    return Path(tempfile.gettempdir()) / "meshtrain-stacks" / re.sub(r"[^\w.-]+", "_", str(run_dir))
 
 
 def _kv_client():
@@ -58,14 +73,15 @@ class Watchdog:
 
     def __init__(
         self,
-        run_dir: Path,
+        run_dir,
         *,
         limit_s: float,
         heartbeat_timeout_s: float,
         on_failure: Callable[[], None] | None = None,
         exit: Callable[[int], None] = os._exit,
     ):
-        self.run_dir = Path(run_dir)
+        self.run_dir = as_path(run_dir)
+        self.stacks_dir = local_stacks_dir(run_dir)
         self.fixed_limit = limit_s or None
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.on_failure = on_failure
@@ -88,7 +104,7 @@ class Watchdog:
     def _record_aborts(self) -> None:
         """An abort inside the runtime (it answers a lost coordinator with one, within a second, before
         any Python runs) still leaves a note and the Python stacks in run_dir/stacks/."""
-        path = self.run_dir / "stacks" / f"process-{self.process}-abort.txt"
+        path = self.stacks_dir / f"process-{self.process}-abort.txt"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._abort_file = open(path, "w")
@@ -204,9 +220,20 @@ class Watchdog:
             f"; {peers}" if peers else ""
         )
 
+    def _copy_stacks(self, stacks: Path) -> str:
+        """Copies the stacks into a run directory on an object store; what to add to the line."""
+        if not is_url(self.run_dir):
+            return ""
+        copy = self.run_dir / "stacks" / stacks.name
+        try:
+            write_atomic(copy, stacks.read_text())
+        except Exception as error:  # the store may be what failed; the process must still exit
+            return f" (copying them to {copy} failed: {type(error).__name__})"
+        return f" and {copy}"
+
     def _fire(self, problem: str) -> None:
         self.fired = problem
-        stacks = self.run_dir / "stacks" / f"process-{self.process}.txt"
+        stacks = self.stacks_dir / f"process-{self.process}.txt"
         try:
             stacks.parent.mkdir(parents=True, exist_ok=True)
             with open(stacks, "w") as f:
@@ -214,6 +241,8 @@ class Watchdog:
             where = f"; Python stacks in {stacks}"
         except OSError as error:
             where = f"; the stacks could not be written ({error})"
+        else:
+            where += self._copy_stacks(stacks)
         print(f"meshtrain: error: {problem}{where}", file=sys.stderr, flush=True)
         if self.on_failure is not None:
             last_words = threading.Thread(target=self.on_failure, name="meshtrain-last-words", daemon=True)

@@ -37,9 +37,11 @@ import datetime
 import json
 import statistics
 import time
-from pathlib import Path
 
-from meshtrain.trainer.atomic import write_atomic
+from etils import epath
+
+from meshtrain.trainer.storage.atomic import write_atomic
+from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.metrics_log import latest_by_step
 
 PARTS = ("productive", "compilation", "data_wait", "evaluation", "checkpointing", "restart_loss", "startup", "other")
@@ -51,11 +53,11 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def load_record(run_dir: Path) -> dict | None:
+def load_record(run_dir: epath.Path) -> dict | None:
     """The cumulative record an earlier process left in run_dir, None when there is none (or it is
     unreadable: then the earlier time is unknown, as for a run from before goodput was kept)."""
     try:
-        record = json.loads((Path(run_dir) / GOODPUT_FILE).read_text())
+        record = json.loads((as_path(run_dir) / GOODPUT_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("version") != _VERSION:
@@ -90,8 +92,8 @@ class Goodput:
     startup and the restart loss); snapshot()/save() give the cumulative record.
     """
 
-    def __init__(self, run_dir: Path, started_at: float, chips: int, hardware: str, *, persist: bool):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: epath.Path, started_at: float, chips: int, hardware: str, *, persist: bool):
+        self.run_dir = as_path(run_dir)
         self.started_at = started_at
         self.chips = chips
         self.hardware = hardware

@@ -1,27 +1,50 @@
 """Where logged metrics go: metrics.jsonl (one object per logged step) and TensorBoard events; and
-reading metrics.jsonl back (the run report and the goodput record read the whole run's history)."""
+reading metrics.jsonl back (the run report and the goodput record read the whole run's history).
+
+Both are append-only logs (trainer/storage/append_log.py), so a run directory on an object store
+holds them too: tensorboardX is given a writer for gs:// and s3:// that writes event files as
+AppendLog parts (its own gs:// writer needs google-cloud-storage and re-uploads the whole file at
+every flush).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-from tensorboardX import SummaryWriter
+from etils import epath
+from tensorboardX import SummaryWriter, record_writer
 
 from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.storage.append_log import AppendLog, read_log
+from meshtrain.trainer.storage.paths import URL_BACKENDS, as_path
+
+
+class _EventLogs:
+    """tensorboardX's writer factory for object-store URLs: each event file is an AppendLog."""
+
+    def open(self, path: str) -> AppendLog:
+        return AppendLog(path, binary=True)
+
+    def directory_check(self, path: str) -> None:
+        """Nothing to make: an object store has no directories."""
+
+
+for _scheme in URL_BACKENDS:
+    record_writer.register_writer_factory(_scheme, _EventLogs())
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self._jsonl = open(self.path, "a", buffering=1)
-        self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+    def __init__(self, run_dir: epath.Path):
+        self.path = as_path(run_dir) / "metrics.jsonl"
+        self._jsonl = AppendLog(self.path)
+        self._tensorboard = SummaryWriter(str(as_path(run_dir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
         record = without_nonfinite({"step": step, **metrics})
         try:
             self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+            self._jsonl.flush()
         except OSError as error:  # a full disk, a run directory that went away
             raise UserError(
                 f"cannot append to {self.path}: {error}; the run stops (the same command resumes)"
@@ -55,14 +78,11 @@ def finite_or_null(value):
     return value
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def read_metrics(run_dir: epath.Path) -> list[dict]:
     """Every record of run_dir/metrics.jsonl in file order ([] when there is none); a line cut short
     by a killed process is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in read_log(as_path(run_dir) / "metrics.jsonl").splitlines():
         try:
             record = json.loads(line)
         except ValueError:

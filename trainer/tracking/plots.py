@@ -4,9 +4,11 @@ matplotlib's Agg canvas (no display, no pyplot state)."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
-from meshtrain.trainer.atomic import write_atomic
+from etils import epath
+
+from meshtrain.trainer.storage.atomic import write_atomic
+from meshtrain.trainer.storage.paths import as_path
 
 PLOTS_DIR = "plots"
 
@@ -20,19 +22,19 @@ def _figure(height: float = 3.6):
     return figure
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure, path: epath.Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     write_atomic(path, buffer.getvalue())
 
 
 def write_plots(
-    run_dir: Path, train: dict[int, dict], evals: dict[int, dict], *, skip_throughput: set[int], priced: bool
+    run_dir: epath.Path, train: dict[int, dict], evals: dict[int, dict], *, skip_throughput: set[int], priced: bool
 ) -> dict[str, str]:
     """loss.png (loss, eval loss), throughput.png (tokens/s and MFU; steps in `skip_throughput`, a
     process's first, whose interval holds its compilation, left out) and cost.png (cumulative dollars,
     or chip-hours when `priced` is false) under run_dir/plots; returns {name: path relative to run_dir}."""
-    out = Path(run_dir) / PLOTS_DIR
+    out = as_path(run_dir) / PLOTS_DIR
     out.mkdir(exist_ok=True)
     steps = [s + 1 for s in train]  # a line logged at step s is the state after s + 1 steps
     written = {}

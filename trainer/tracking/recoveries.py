@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import datetime
 import json
-from pathlib import Path
 
-from meshtrain.trainer.atomic import write_atomic
+from etils import epath
+
 from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.storage.atomic import write_atomic
+from meshtrain.trainer.storage.paths import as_path
 
 RECOVERIES_FILE = "recoveries.json"
 
 
-def load_recoveries(run_dir: Path) -> list[dict]:
+def load_recoveries(run_dir: epath.Path) -> list[dict]:
     """Every recovery the run has made ([] when it made none)."""
-    path = Path(run_dir) / RECOVERIES_FILE
+    path = as_path(run_dir) / RECOVERIES_FILE
     if not path.is_file():
         return []
     try:
@@ -29,11 +31,11 @@ def load_recoveries(run_dir: Path) -> list[dict]:
     return records if isinstance(records, list) else []
 
 
-def record_recovery(run_dir: Path, recoveries: list[dict], recovery: dict) -> list[dict]:
+def record_recovery(run_dir: epath.Path, recoveries: list[dict], recovery: dict) -> list[dict]:
     """Appends `recovery` to recoveries.json (atomically) and returns the new list."""
     recovery = {"at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **recovery}
     updated = [*recoveries, recovery]
-    write_atomic(Path(run_dir) / RECOVERIES_FILE, json.dumps(updated, indent=1, allow_nan=False) + "\n")
+    write_atomic(as_path(run_dir) / RECOVERIES_FILE, json.dumps(updated, indent=1, allow_nan=False) + "\n")
     return updated
 
 

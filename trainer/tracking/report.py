@@ -25,9 +25,9 @@ from __future__ import annotations
 import datetime
 import json
 import statistics
-from pathlib import Path
 
-from meshtrain.trainer.atomic import write_atomic
+from etils import epath
+
 from meshtrain.trainer.config.batch_schedule import tokens_through
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.formatting import (
@@ -39,6 +39,8 @@ from meshtrain.trainer.formatting import (
     format_percent,
     format_si,
 )
+from meshtrain.trainer.storage.atomic import write_atomic
+from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.goodput import PARTS
 from meshtrain.trainer.tracking.metrics_log import finite_or_null, latest_by_step, read_metrics
 from meshtrain.trainer.tracking.plots import write_plots
@@ -66,7 +68,7 @@ def _mean_median(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def build_report(
-    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, status: str
+    run_dir: epath.Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, status: str
 ) -> dict:
     """report.json's object (module docstring); plots are added by write_report."""
     records = read_metrics(run_dir)
@@ -232,10 +234,10 @@ def render_markdown(r: dict) -> str:
 
 
 def write_report(
-    run_dir: Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, status: str
-) -> Path:
+    run_dir: epath.Path, cfg: ExperimentConfig, arithmetic: RunArithmetic, goodput: dict, *, status: str
+) -> epath.Path:
     """Writes plots/, report.json and report.md into run_dir; returns report.md's path."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     report = build_report(run_dir, cfg, arithmetic, goodput, status=status)
     records = read_metrics(run_dir)
     report["plots"] = write_plots(

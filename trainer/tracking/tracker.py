@@ -21,14 +21,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from pathlib import Path
 
 import jax
+from etils import epath
 
 from meshtrain.trainer.config.batch_schedule import batch_size_at, tokens_through
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.formatting import format_dollars, format_duration, format_percent
 from meshtrain.trainer.planning.flops import utilization
+from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.goodput import Goodput, load_record
 from meshtrain.trainer.tracking.metrics_log import read_metrics
 from meshtrain.trainer.tracking.report import write_report
@@ -42,9 +43,9 @@ class Tracker:
     and checkpointing, step_done() after each step, log() at log steps (after the loop has synced),
     save_point() after a checkpoint, finish() when the loop ends."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, primary: bool, started_at: float):
+    def __init__(self, cfg: ExperimentConfig, run_dir: epath.Path, *, primary: bool, started_at: float):
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        self.run_dir = as_path(run_dir)
         self.primary = primary
         self.arithmetic = run_arithmetic(cfg) if primary else None
         chips = self.arithmetic.chips if primary else jax.device_count()
@@ -150,14 +151,14 @@ class Tracker:
         if self.primary:
             self.goodput.save(self._steps_done)
 
-    def finish(self, *, status: str = "finished") -> Path | None:
+    def finish(self, *, status: str = "finished") -> epath.Path | None:
         """Writes report.json, report.md and the plots (process 0); returns report.md's path.
         `status`: finished, interrupted (a signal; resumable), diverged or failed."""
         if not self.primary:
             return None
         return write_report(self.run_dir, self.cfg, self.arithmetic, self.goodput.save(self._steps_done), status=status)
 
-    def report_again(self, steps_done: int) -> Path | None:
+    def report_again(self, steps_done: int) -> epath.Path | None:
         """The report of a finished run whose process died before writing it, from the run's own
         records (goodput.json, metrics.jsonl): this process's few seconds are not added to it."""
         if not self.primary:
