@@ -64,6 +64,12 @@ def _fill(part: str, sizes: list[int], total: int) -> list[int]:
         sizes[fills[0]] = total // known
     if math.prod(sizes) != total:
         shown = ", ".join(f"mesh.{part}_{a}={s}" for a, s in zip(MESH_AXES, sizes) if s != 1) or "all 1"
+        if part == "dcn":
+            raise MeshError(
+                f"the dcn mesh ({shown}) spans {math.prod(sizes)} slices, but this run has {total}: DCN axes "
+                f"cross TPU slices (on GPUs and CPUs, processes); make them multiply to {total}, or run "
+                f"{math.prod(sizes)} slices or processes"
+            )
         raise MeshError(
             f"the {part} mesh ({shown}) has {math.prod(sizes)} devices but {total} are "
             f"available: make the sizes multiply to {total}, or set one to -1 to fill"

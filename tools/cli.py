@@ -8,10 +8,14 @@ instant. This is a dispatch table, not a way around an import cycle: no module i
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import os
 import sys
 
 from meshtrain.tools.args import parse_args, run_with_user_errors
+
+_GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips on a TPU VM's PCI bus
 
 SUBCOMMANDS = {
     "train": "train an experiment (default: configs/experiment/default.yaml)",
@@ -34,7 +38,26 @@ def _top_level_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libtpu_without_tpus() -> None:
+    """libtpu (installed by the test and tpu extras, for `meshtrain compile`) is started by JAX
+    on every machine and, where there is no TPU, prints five lines of warnings and an
+    INVALID_ARGUMENT error about the TPU VM metadata it cannot find. On a host with no TPU chip on
+    its PCI bus, it is given the single-host answers it asks for, which it never uses there (no
+    TPU backend starts without chips) and which change no compile for a named topology. A TPU VM,
+    or a user's own setting, is left alone."""
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor) as f:
+                if f.read().strip() == _GOOGLE_PCI_VENDOR:
+                    return
+        except OSError:
+            continue
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v4-8")
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libtpu_without_tpus()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         _top_level_parser().parse_args(argv[:1] or ["--help"])  # prints the commands, exits
