@@ -143,3 +143,24 @@ def test_raising_train_steps_extends_the_run_at_the_final_learning_rate(experime
     after_warmup = [rates[s] for s in range(2, 10)]
     assert after_warmup == sorted(after_warmup, reverse=True), f"the learning rate rose: {rates}"
     assert rates[9] == pytest.approx(cfg.optimizer.learning_rate * cfg.optimizer.min_lr_ratio)
+
+
+def test_a_profile_of_the_chosen_steps_is_written_and_linked_from_the_report(experiment, tmp_path):
+    run_dir = tmp_path / "run"
+    train(experiment(run_dir, "train.steps=5", "train.profile_start=2", "train.profile_steps=2"), progress=False)
+    traces = list((run_dir / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert traces, "no TensorBoard profile"
+    assert list((run_dir / "profile" / "plugins" / "profile").glob("*/*.trace.json.gz")), "no Perfetto trace"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["profiles"] == [f"profile/plugins/profile/{traces[0].parent.name}"]
+    assert "## Profile" in (run_dir / "report.md").read_text()
+
+
+def test_a_second_run_of_the_same_shape_reads_its_executables_from_the_compilation_cache(experiment, tmp_path):
+    """The suite's cache (conftest.py, through JAX_COMPILATION_CACHE_DIR, which wins over
+    train.compilation_cache) already holds the small model's step once the first run is done."""
+    for name in ("first", "second"):
+        train(experiment(tmp_path / name, "train.steps=2"), progress=False)
+    segment = json.loads((tmp_path / "second" / "goodput.json").read_text())["segments"][-1]
+    assert segment["compile_cache_hits"] >= 1 and segment["compile_time_saved_s"] > 0
+    assert "The compilation cache saved" in (tmp_path / "second" / "report.md").read_text()

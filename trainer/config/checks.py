@@ -41,6 +41,8 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "train.log_every": _positive,
     "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = never)"),
     "train.eval_batches": _positive,
+    "train.profile_start": _non_negative,
+    "train.profile_steps": _non_negative,
     "train.watchdog_s": (lambda v: v >= 0, "a number of seconds >= 0 (0 = derived from the step time)"),
     "spike.window": (
         lambda v: v == 0 or 2 <= v <= SPIKE_WINDOW_SLOTS,

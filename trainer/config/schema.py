@@ -50,6 +50,9 @@ class TrainConfig:
     eval_batches: int
     skip_batches: tuple[tuple[int, int], ...]
     watchdog_s: float
+    compilation_cache: str | None
+    profile_start: int
+    profile_steps: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ Out of memory on the target is a report with `fits=False` and XLA's message, not
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -184,7 +185,27 @@ def topology_devices(topology: str, num_slices: int, spec: HardwareSpec | None =
 
 
 def compile_report(cfg: ExperimentConfig, topology: str | None = None, num_slices: int | None = None) -> CompileReport:
-    """Compiles cfg's train step for the topology (default hardware.topology x hardware.num_slices)."""
+    """Compiles cfg's train step for the topology (default hardware.topology x hardware.num_slices).
+
+    Never through JAX's persistent compilation cache: the compile-only TPU client cannot load an
+    executable back ("PjRtCompiler must be constructed with a Client to call
+    DeserializeLoadedExecutable", jaxlib 0.10), so an entry would only cost disk and a warning at
+    every later compile."""
+    with _without_compilation_cache():
+        return _compile_report(cfg, topology, num_slices)
+
+
+@contextlib.contextmanager
+def _without_compilation_cache():
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+
+
+def _compile_report(cfg: ExperimentConfig, topology: str | None, num_slices: int | None) -> CompileReport:
     topology, num_slices, spec = resolve_target(cfg, topology, num_slices)
     dtype = compute_dtype(cfg.model, spec.platform).name  # 'auto' as the TPU would run it, not this CPU
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))

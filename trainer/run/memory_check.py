@@ -73,3 +73,15 @@ def out_of_memory(error: Exception) -> OutOfMemory | None:
         return None
     first = next((line for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)
     return OutOfMemory(f"out of device memory: {first.strip()[:300]}: {_ADVICE}")
+
+
+def device_memory() -> dict[str, int]:
+    """Peak and current bytes in use on this process's devices (the largest of them), for the
+    metrics of a log step; {} on backends that keep no statistics (the CPU)."""
+    stats = [device.memory_stats() or {} for device in jax.local_devices()]
+    peaks = [s["peak_bytes_in_use"] for s in stats if "peak_bytes_in_use" in s]
+    in_use = [s["bytes_in_use"] for s in stats if "bytes_in_use" in s]
+    return {
+        **({"device_peak_bytes": int(max(peaks))} if peaks else {}),
+        **({"device_bytes_in_use": int(max(in_use))} if in_use else {}),
+    }

@@ -35,13 +35,15 @@ from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process_each
 from meshtrain.trainer.run.distributed import initialize
 from meshtrain.trainer.run.evaluation import eval_batches_available, evaluate
-from meshtrain.trainer.run.memory_check import check_fits, out_of_memory
+from meshtrain.trainer.run.memory_check import check_fits, device_memory, out_of_memory
+from meshtrain.trainer.run.profiler import StepProfiler
 from meshtrain.trainer.run.recovery import DivergedError, rewind_target, skip_list
 from meshtrain.trainer.run.run_dir import check_run_dir, check_same_run, open_run_dir, pin_schedule, run_dir_path
 from meshtrain.trainer.run.saved_weights import initial_weights_for, restore_params
 from meshtrain.trainer.run.signals import StopRequest
 from meshtrain.trainer.run.trajectory import Trajectory
 from meshtrain.trainer.run.watchdog import Watchdog
+from meshtrain.trainer.step.compilation_cache import use_compilation_cache
 from meshtrain.trainer.step.guard import init_guard
 from meshtrain.trainer.step.optimizer import learning_rate_schedule
 from meshtrain.trainer.step.partition import (
@@ -123,6 +125,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     run_dir = run_dir_path(cfg)
     check_run_dir(run_dir)
     cfg = pin_schedule(cfg, run_dir)
+    use_compilation_cache(cfg.train.compilation_cache)
     with StopRequest("nothing was trained since the newest checkpoint; the same command resumes") as stop:
         return _train(cfg, run_dir, primary, started_at, stop, progress)
 
@@ -196,6 +199,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
         dynamic_ncols=True,
     )
     tracker.begin(start)
+    profiler = StepProfiler(run_dir, cfg.train.profile_start, cfg.train.profile_steps, start)
     watchdog = Watchdog(
         run_dir,
         limit_s=cfg.train.watchdog_s,
@@ -258,7 +262,11 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
             with tracker.timed("data_wait"):
                 batch, run.data_state = run.prefetcher.next()
             checkpoints.check_errors()  # a failed background save stops the run now, not steps later
+            profiler.before_step(step)
             run.state, metrics = train_step(run.state, batch)
+            traced = profiler.after_step(step, run.state)
+            if traced and primary:
+                bar.write(f"profile of steps {profiler.first}-{step}: {traced} (tensorboard --logdir {traced})")
             watchdog.beat(step)
             stop.in_loop = True  # from here a signal is answered with a checkpoint at a step boundary
             tracker.step_done(step)
@@ -296,6 +304,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                     "skipped": bool(metrics["skipped"]),
                     "skipped_steps": int(metrics["skipped_steps"]),
                     **({"spike": True} if metrics["spike"] else {}),
+                    **device_memory(),
                     **tracker.log(step),
                 }
                 if log:
@@ -355,7 +364,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
         # On the way out of a failure, closing must not replace the failure's own message (a full
         # disk also fails the last metrics flush): the close errors are then only logged.
         failing = sys.exc_info()[1] is not None
-        closers = [watchdog.close, run.close, bar.close, lambda: _report(tracker, status, summary)]
+        closers = [watchdog.close, profiler.stop, run.close, bar.close, lambda: _report(tracker, status, summary)]
         closers += [log.close] if log else []
         closers.append(checkpoints.close)
         _close_all(closers, quiet=failing)

@@ -25,6 +25,9 @@ that ran the run one after another):
                  sharded state, restoring excepted (that is checkpointing)
   other          the rest: logging, the progress bar, writing this record
 
+Each process's segment also records what JAX's persistent compilation cache saved it
+(trainer/step/compilation_cache.py): executables read back and the compile seconds that spared.
+
 goodput.json is rewritten (atomically) at every logged step, after every checkpoint save and at the
 end, so a process killed without warning leaves its record as of its last log: what it did after
 that is unknown to later processes and not counted, and if it logged steps past its last checkpoint
@@ -40,6 +43,7 @@ import time
 
 from etils import epath
 
+from meshtrain.trainer.step.compilation_cache import cache_totals
 from meshtrain.trainer.storage.atomic import write_atomic
 from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.metrics_log import latest_by_step
@@ -111,6 +115,7 @@ class Goodput:
         self.parts = dict.fromkeys(PARTS, 0.0)  # this process's; "other" is what the rest leaves
         self.start_step = 0
         self.started_iso = _now_iso()
+        self._cache_at_start = cache_totals()  # a process may run several runs (tests, notebooks)
 
     def add(self, part: str, seconds: float) -> None:
         self.parts[part] += seconds
@@ -165,6 +170,8 @@ class Goodput:
             "chips": self.chips,
             "hardware": self.hardware,
             "started_at": self.started_iso,
+            "compile_cache_hits": cache_totals()["hits"] - self._cache_at_start["hits"],
+            "compile_time_saved_s": cache_totals()["saved_s"] - self._cache_at_start["saved_s"],
         }
         percent = lambda seconds: 100.0 * seconds / wall if wall > 0 else 0.0
         return {

@@ -33,6 +33,7 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.formatting import (
     MISSING,
     format_amount,
+    format_bytes,
     format_dollars,
     format_duration,
     format_number,
@@ -50,6 +51,8 @@ from meshtrain.trainer.tracking.run_arithmetic import (
     FLOPS_CONVENTION,
     RunArithmetic,
 )
+
+PROFILE_DIR = "profile"  # where trainer/run/profiler.py writes its traces, under the run directory
 
 PART_LABELS = {
     "productive": "productive steps",
@@ -123,7 +126,19 @@ def build_report(
         "recoveries": load_recoveries(run_dir),
         "final_loss": train[max(train)]["loss"] if train else None,
         "final_eval_loss": evals[max(evals)]["eval_loss"] if evals else None,
+        "device_peak_bytes": max(
+            (r["device_peak_bytes"] for r in train.values() if "device_peak_bytes" in r), default=None
+        ),
+        "profiles": _profiles(run_dir),
     }
+
+
+def _profiles(run_dir: epath.Path) -> list[str]:
+    """The traces trainer/run/profiler.py wrote, relative to run_dir (one folder per profile)."""
+    traces = as_path(run_dir) / PROFILE_DIR / "plugins" / "profile"
+    if not traces.is_dir():
+        return []
+    return sorted(f"{PROFILE_DIR}/plugins/profile/{p.name}" for p in traces.iterdir())
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
@@ -171,6 +186,7 @@ def render_markdown(r: dict) -> str:
             ("cost (on-demand)", cost),
             ("final loss", format_number(r["final_loss"])),
             ("final eval loss", format_number(r["final_eval_loss"])),
+            *([("peak device memory", format_bytes(r["device_peak_bytes"]))] if r["device_peak_bytes"] else []),
         ],
     )
     lines += [
@@ -202,6 +218,10 @@ def render_markdown(r: dict) -> str:
         [(PART_LABELS[p], f"{g['parts_s'][p]:,.2f}", f"{g['parts_pct'][p]:.1f}") for p in PARTS],
     )
     lines += [f"| **wall time** | **{g['wall_s']:,.2f}** | **100.0** |"]
+    hits = sum(s.get("compile_cache_hits", 0) for s in g["segments"])
+    if hits:
+        saved = sum(s.get("compile_time_saved_s", 0.0) for s in g["segments"])
+        lines += ["", f"The compilation cache saved {saved:,.1f} s of compilation ({hits} executables read back)."]
     if len(g["segments"]) > 1:
         lines += ["", "Processes (restarts):", ""] + _table(
             ("started", "steps", "wall s", "chips"),
@@ -220,6 +240,15 @@ def render_markdown(r: dict) -> str:
         ]
         if r["recoveries"]:
             lines += [""] + [f"- {describe(recovery)}" for recovery in r["recoveries"]]
+    if r["profiles"]:
+        lines += [
+            "",
+            "## Profile",
+            "",
+            f"`tensorboard --logdir {PROFILE_DIR}` (profile plugin), or a trace.json.gz in Perfetto:",
+            "",
+        ]
+        lines += [f"- [{path}]({path})" for path in r["profiles"]]
     plots = r.get("plots", {})
     titles = {
         "loss": "Loss",
