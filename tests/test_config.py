@@ -67,6 +67,8 @@ BAD_OVERRIDES = [
     (["train.batch_ramp=[[0, 32]]"], ["train.batch_ramp[0]", "positive"]),
     (["train.batch_size=16", "train.microbatches=3"], ["train.batch_size", "16", "train.microbatches=3"]),
     (["train.microbatches=2", "train.batch_ramp=[[10, 33]]"], ["train.batch_ramp[0]", "33", "microbatches=2"]),
+    (["train.microbatches=2", "train.microbatch_size=8"], ["train.microbatch_size", "8", "train.microbatches=2"]),
+    (["train.microbatch_size=6", "train.batch_ramp=[[10, 16]]"], ["train.batch_ramp[0]", "16", "microbatch_size=6"]),
     (["model=gpt3-175b", "data.seq_len=4096"], ["data.seq_len", "4096", "model.max_seq_len=2048"]),
     (["checkpoint.keep=0"], ["checkpoint.keep", "0", ">= 1"]),
     (["train={steps: 5, bogus: 1}"], ["train.bogus", "train."]),

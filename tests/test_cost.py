@@ -262,10 +262,27 @@ def test_suggests_remat_when_it_is_off():
     r = estimate_cost(cfg, chips=128).as_dict()
     assert not r["fits"]
     changes = [s["change"] for s in r["suggestions"]]
-    assert "model.remat=full" in changes and any(c.startswith("train.microbatches=") for c in changes)
-    assert r["suggestions"][0]["fits"] is False and "stops shrinking" in r["suggestions"][0]["note"]
+    assert "model.remat=full" in changes and any(c.startswith("train.microbatch_size=") for c in changes)
+    chips = r["suggestions"][changes.index("more chips")]
+    assert chips["fits"] is False and "stops shrinking" in chips["note"]
     remat = r["suggestions"][changes.index("model.remat=full")]
     assert remat["memory_per_chip_bytes"] < r["memory_per_chip_bytes"]["total"]
+
+
+def test_the_shipped_palm_540b_run_fits_and_one_fixed_microbatch_count_would_not(capsys):
+    """As shipped, microbatch_size=1024 follows the ramp 512 -> 1024 -> 2048. Without it the largest
+    stage does not fit, and no fixed count splits 512 rows over the 512-way batch axes: the
+    suggestion that fits with the least extra time is the microbatch size, not more chips."""
+    shipped = estimate(PALM).as_dict()
+    assert shipped["fits"], shipped["memory_per_chip_bytes"]
+    r = cost_json(capsys, PALM, "train.microbatch_size=0")
+    assert not r["fits"]
+    first = r["suggestions"][0]
+    assert first == {**first, "change": "train.microbatch_size=1024", "fits": True, "extra_flops_pct": 0.0}
+    assert first["memory_per_chip_bytes"] == shipped["memory_per_chip_bytes"]["total"]
+    assert meshtrain(["cost", PALM, "train.microbatch_size=0"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "to fit" in line)
+    assert "train.microbatch_size=1024" in line and line.endswith("<- least extra time")
 
 
 # ---------------------------------------------------------------------------------------------

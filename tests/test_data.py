@@ -205,7 +205,7 @@ def test_tokenizer_is_cached(cfg, sp):
 
 
 def test_rows_are_consistently_packed(cfg, sp):
-    batch = BatchStream(cfg, sp, seed=3, process_index=0, process_count=1).next_batch(64)
+    batch = BatchStream(cfg, sp, seed=3, feeder_index=0, feeder_count=1).next_batch(64)
     assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "weights"}
     for k, v in batch.items():
         assert v.shape == (64, SEQ_LEN)
@@ -226,7 +226,7 @@ def test_rows_are_consistently_packed(cfg, sp):
 
 
 def test_every_short_document_appears_whole(local_cfg, sp):
-    rows = _one_pass(local_cfg, sp, "validation", process_index=0, process_count=1)
+    rows = _one_pass(local_cfg, sp, "validation", feeder_index=0, feeder_count=1)
     val = open_split(local_cfg, "validation")
     assert sorted(_segments(rows, sp)) == sorted(val[i] for i in range(len(val)))
     last = rows["targets"][rows["segment_ids"] > 0]
@@ -234,7 +234,7 @@ def test_every_short_document_appears_whole(local_cfg, sp):
 
 
 def test_long_documents_are_cut_into_seq_len_chunks(cfg, sp):
-    rows = _one_pass(cfg, sp, "validation", process_index=0, process_count=1)
+    rows = _one_pass(cfg, sp, "validation", feeder_index=0, feeder_count=1)
     val = open_split(cfg, "validation")
     expected = sum(len(encode(sp, val[i])) for i in range(len(val)))  # ids + eos - 1 each.
     assert rows["weights"].sum() == expected
@@ -251,7 +251,7 @@ def _rows(stream, sizes):
 @pytest.mark.parametrize("sizes", [[16] * 6, [3, 9, 1, 16, 5, 7, 2, 11]])
 def test_resume_continues_exactly(local_cfg, sp, sizes):
     """Crosses several epochs of the 24-document train split (each epoch a new order)."""
-    make = lambda: BatchStream(local_cfg, sp, seed=7, process_index=0, process_count=1)
+    make = lambda: BatchStream(local_cfg, sp, seed=7, feeder_index=0, feeder_count=1)
     half = len(sizes) // 2
     expected = _rows(make(), sizes)
     b = make()
@@ -264,7 +264,7 @@ def test_resume_continues_exactly(local_cfg, sp, sizes):
 
 def test_epochs_reshuffle_and_seeds_differ(local_cfg, sp):
     def order(seed, n_rows):
-        stream = BatchStream(local_cfg, sp, seed=seed, process_index=0, process_count=1)
+        stream = BatchStream(local_cfg, sp, seed=seed, feeder_index=0, feeder_count=1)
         return _segments(stream.next_batch(n_rows), sp)
 
     docs = len(open_split(local_cfg, "train"))
@@ -275,14 +275,14 @@ def test_epochs_reshuffle_and_seeds_differ(local_cfg, sp):
 
 
 def test_set_state_rejects_another_stream(local_cfg, sp):
-    a = BatchStream(local_cfg, sp, seed=0, process_index=0, process_count=1)
-    b = BatchStream(local_cfg, sp, seed=0, process_index=0, process_count=2)
+    a = BatchStream(local_cfg, sp, seed=0, feeder_index=0, feeder_count=1)
+    b = BatchStream(local_cfg, sp, seed=0, feeder_index=0, feeder_count=2)
     with pytest.raises(DataError, match="num_shards"):
         b.set_state(a.get_state())
 
 
 def test_processes_read_disjoint_documents_covering_the_split(local_cfg, sp):
-    shards = [set(_segments(_one_pass(local_cfg, sp, "train", process_index=p, process_count=2), sp)) for p in range(2)]
+    shards = [set(_segments(_one_pass(local_cfg, sp, "train", feeder_index=p, feeder_count=2), sp)) for p in range(2)]
     train = open_split(local_cfg, "train")
     assert shards[0] and shards[1] and not shards[0] & shards[1]
     assert shards[0] | shards[1] == {train[i] for i in range(len(train))}
@@ -292,7 +292,7 @@ def test_fixed_shards_give_one_global_stream_on_any_process_count(local_cfg, sp)
     """With data.shards fixed, 1 process reads what 2 processes read together, and a state written
     by either resumes on the other: the data half of restoring onto another host count."""
     cfg = dataclasses.replace(local_cfg, shards=2)
-    make = lambda p, n: BatchStream(cfg, sp, seed=5, process_index=p, process_count=n)
+    make = lambda p, n: BatchStream(cfg, sp, seed=5, feeder_index=p, feeder_count=n)
     alone, pair = make(0, 1), [make(0, 2), make(1, 2)]
     for rows in (4, 8, 2):
         together = [stream.next_batch(rows // 2)["inputs"] for stream in pair]

@@ -233,7 +233,35 @@ def test_cli_writes_the_recipe(tmp_path, capsys):
     assert "TRAIN_CMD='meshtrain train palm-540b-v4-6144 train.steps=10 --no-progress'" in text
     assert "# Rendered by: meshtrain launch palm-540b-v4-6144 train.steps=10 --recipe tpu-vm" in text
     assert out.stat().st_mode & stat.S_IXUSR
-    assert meshtrain(["launch", "hardware.kind=h100", "hardware.chips=16", "--recipe", "jobset"]) == 0
+    assert (
+        meshtrain(["launch", "hardware.kind=h100", "hardware.chips=16", "train.batch_size=16", "--recipe", "jobset"])
+        == 0
+    )
     assert yaml.safe_load(capsys.readouterr().out)["kind"] == "JobSet"
     assert meshtrain(["launch", PALM, "--recipe", "slurm"]) == 2
     assert "meshtrain: error: --recipe slurm is for GPU hosts" in capsys.readouterr().err
+
+
+def test_a_job_that_would_not_start_or_not_fit_is_refused_naming_the_fix(capsys):
+    """The recipe is the start of the job: what would fail in its first minute fails here, in one line."""
+    assert meshtrain(["launch", "hardware.kind=h100", "hardware.chips=64", "--recipe", "slurm"]) == 2
+    error = capsys.readouterr().err
+    assert "the 64-chip job would not start" in error and "train.batch_size=8" in error and "multiples of 64" in error
+    assert meshtrain(["launch", PALM, "train.microbatch_size=0", "--recipe", "tpu-vm"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "the 6144-chip job would not fit" in error and error.endswith(
+        "train.microbatch_size=1024 fits (22.54 GiB per chip)"
+    )
+    # 1536 hosts feed a batch split 512 ways: each group of 3 hosts in one 12-chip tensor group loads the same rows.
+    assert meshtrain(["launch", PALM, "--recipe", "tpu-vm"]) == 0
+    capsys.readouterr()
+
+
+def test_the_readme_slurm_example_renders_a_job_that_starts(capsys, tmp_path, monkeypatch):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(
+        line for line in readme.splitlines() if line.startswith("meshtrain launch") and "--recipe slurm" in line
+    )
+    monkeypatch.chdir(tmp_path)  # it writes --out train.sbatch
+    assert meshtrain(shlex.split(line.split("#")[0])[1:]) == 0, capsys.readouterr().err
+    assert "#SBATCH" in (tmp_path / "train.sbatch").read_text()

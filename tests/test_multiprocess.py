@@ -37,12 +37,12 @@ def _free_port() -> int:
 MESH = {2: ["mesh.dcn_data=2", "mesh.ici_fsdp=-1"], 1: ["mesh.ici_data=2", "mesh.ici_fsdp=-1"]}
 
 
-def _train(run_dir: Path, train_command: list[str], processes: int, steps: int) -> None:
+def _train(run_dir: Path, train_command: list[str], processes: int, steps: int, mesh: list[str] | None = None) -> None:
     """`python -m meshtrain.tools train` as `processes` processes sharing 8 CPU devices between them."""
     args = [
         *train_command,
         f"run_dir={run_dir}",
-        *MESH[processes],
+        *(MESH[processes] if mesh is None else mesh),
         "data.shards=2",
         # Batches skipped by number: the same global batches on either process count, and on resume.
         "train.skip_batches=[[1, 2], [3, 5]]",
@@ -104,3 +104,13 @@ def test_two_processes_train_and_resume_like_one(train_command, tmp_path):
     _train(one_then_two, train_command, processes=2, steps=4)
     _assert_same_losses(_losses(two_then_one), _losses(one_then_two))
     assert sorted(_losses(two_then_one)) == [0, 1, 2, 3]
+
+
+def test_processes_holding_the_same_rows_load_the_same_rows(train_command, tmp_path):
+    """sequence=8 spans both processes, and no batch axis is split: every device holds every row,
+    so both processes are one feeder and load the whole batch (as PaLM's 3 hosts of one 12-chip
+    tensor group do). The losses are those of one process on the same layout."""
+    mesh = ["mesh.ici_fsdp=1", "mesh.ici_sequence=8"]
+    _train(tmp_path / "two", train_command, processes=2, steps=3, mesh=mesh)
+    _train(tmp_path / "one", train_command, processes=1, steps=3, mesh=mesh)
+    _assert_same_losses(_losses(tmp_path / "two"), _losses(tmp_path / "one"))

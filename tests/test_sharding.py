@@ -45,6 +45,9 @@ LAYOUTS = {
     "data=2,fsdp=2,tensor=2": ["mesh.ici_data=2", "mesh.ici_fsdp=2", "mesh.ici_tensor=2"],
     "fsdp=2,sequence=2,tensor=2": ["mesh.ici_fsdp=2", "mesh.ici_sequence=2", "mesh.ici_tensor=2"],
     "sequence=4,fsdp=2,microbatches=2": ["mesh.ici_sequence=4", "mesh.ici_fsdp=2", "train.microbatches=2"],
+    # data x sequence without fsdp: reported to deadlock XLA's CPU collectives after the first step
+    "data=4,sequence=2": ["mesh.ici_data=4", "mesh.ici_sequence=2", "mesh.ici_fsdp=1"],
+    "data=2,sequence=4": ["mesh.ici_data=2", "mesh.ici_sequence=4", "mesh.ici_fsdp=1"],
 }
 
 

@@ -77,6 +77,23 @@ def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, t
     assert logged(tmp_path / "ramp", "batch_size") == {0: 8, 1: 8, 2: 16, 3: 16, 4: 24}
 
 
+def test_microbatch_size_accumulates_only_where_the_ramp_needs_it(experiment, tmp_path):
+    """microbatch_size=8 over a ramp 8 -> 16: one microbatch, then two; the same losses as the ramp
+    without accumulation (to summation order), and the same batches."""
+    common = ["train.steps=4", "train.log_every=1", "train.batch_ramp=[[2, 16]]", "checkpoint.every=100"]
+    train(experiment(tmp_path / "whole", *common), progress=False)
+    train(experiment(tmp_path / "micro", *common, "train.microbatch_size=8"), progress=False)
+    assert (
+        logged(tmp_path / "micro", "batch_size")
+        == logged(tmp_path / "whole", "batch_size")
+        == {0: 8, 1: 8, 2: 16, 3: 16}
+    )
+    whole, micro = logged(tmp_path / "whole"), logged(tmp_path / "micro")
+    assert micro[0] == whole[0] and micro[1] == whole[1]  # one microbatch: the very same program
+    for step in (2, 3):
+        assert micro[step] == pytest.approx(whole[step], rel=1e-5)
+
+
 def test_run_directory_with_another_model_is_refused_and_left_alone(experiment, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     train(experiment(run_dir, "train.steps=1"), progress=False)

@@ -7,9 +7,10 @@ topology on this machine, and say whether it fits.
 The step is the real one, compiled by libtpu for compile-only devices of the topology: no TPU,
 no allocation (trainer/planning/aot_compile.py). Reported per chip: XLA's argument, output, aliased
 (donated), temporary and peak bytes against the chip's HBM (configs/hardware.yaml), the step's
-FLOPs, and the compile time.
+FLOPs, and the compile time. A batch ramp is compiled at each of its batch sizes (each stage is
+its own program); the JSON object is the largest stage's, with every stage under "stages".
 
-Exit status: 0 when the step fits; 3 when it does not (XLA ran out of HBM while compiling, reported
+Exit status: 0 when the step fits (at every stage); 3 when it does not (XLA ran out of HBM while compiling, reported
 with XLA's own message, or the peak exceeds the chip's HBM), the report still printed; 2 for bad
 input (a malformed topology, libtpu missing, a layout that does not divide); anything else is a bug.
 """
@@ -28,7 +29,7 @@ from meshtrain.tools.args import (
 from meshtrain.trainer.config.hardware import parse_topology
 from meshtrain.trainer.errors import ConfigError, UserError
 from meshtrain.trainer.formatting import format_bytes, format_mesh
-from meshtrain.trainer.planning.aot_compile import CompileReport, compile_report
+from meshtrain.trainer.planning.aot_compile import CompileReport, compile_stages
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -68,9 +69,19 @@ def check_target_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_target_arguments(args)
-    report = compile_report(experiment_from_args(args), topology=args.topology, num_slices=args.num_slices)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else format_compile_report(report))
-    return 0 if report.fits else EXIT_DOES_NOT_FIT
+    stages = compile_stages(experiment_from_args(args), topology=args.topology, num_slices=args.num_slices)
+    if args.json:
+        print(json.dumps({**stages[-1].as_dict(), "stages": [r.as_dict() for r in stages]}, indent=2))
+    else:
+        print("\n\n".join(format_compile_report(r) for r in stages))
+        if len(stages) > 1:
+            failing = [str(r.batch_size) for r in stages if not r.fits]
+            print(
+                f"\nevery stage of the batch ramp fits ({', '.join(str(r.batch_size) for r in stages)})"
+                if not failing
+                else f"\nthe stage(s) with batch {', '.join(failing)} do NOT fit"
+            )
+    return 0 if all(r.fits for r in stages) else EXIT_DOES_NOT_FIT
 
 
 def format_compile_report(report: CompileReport) -> str:

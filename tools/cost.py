@@ -373,7 +373,7 @@ def format_estimate(r: CostEstimate) -> str:
             text = (
                 f"{s.change}: {format_bytes(s.memory_per_chip_bytes)} per chip, "
                 f"{'fits' if s.fits else 'still does not fit'}" + (f" ({s.note})" if s.note else "")
-            )
+            ) + (" <- least extra time" if i == 0 and s.fits else "")
         add(("to fit" if i == 0 else "", text))
     width = max(len(label) for label, _ in rows)
     return "\n".join(

@@ -3,7 +3,10 @@ an experiment on its hardware, one `meshtrain train` process per host.
 
   meshtrain launch palm-540b-v4-6144 --recipe tpu-vm              # TPU VMs over gcloud ssh
   meshtrain launch palm-540b-v4-6144 --recipe jobset --out palm.yaml   # GKE JobSet (TPU or GPU)
-  meshtrain launch default hardware.kind=h100 hardware.chips=64 --recipe slurm   # sbatch, 8 nodes
+  meshtrain launch default hardware.kind=h100 hardware.chips=64 train.batch_size=64 --recipe slurm   # sbatch, 8 nodes
+
+Before anything is written, the job is checked: a batch that does not divide over its devices, or a
+step that does not fit in a chip's memory, is refused in one line naming the fix.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from meshtrain.tools.args import (
     split_experiment_and_overrides,
 )
 from meshtrain.trainer.errors import UserError
+from meshtrain.trainer.launch.preflight import check_job
 from meshtrain.trainer.launch.render import RECIPES, launch_shape, render, train_argv
 
 
@@ -49,6 +53,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     cfg = experiment_from_args(args)
+    shape = launch_shape(cfg)
+    check_job(cfg, shape.num_chips, shape.num_processes, shape.spec)
     experiment, overrides = split_experiment_and_overrides(args.args)
     argv = train_argv(experiment, overrides, args.gin_file, args.gin_param)
     shown = shlex.join(["meshtrain", "launch", *args.args, "--recipe", args.recipe])
@@ -61,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--out {out}: cannot write: {e.strerror}") from None
         if args.recipe != "jobset":
             out.chmod(out.stat().st_mode | 0o111)
-        shape = launch_shape(cfg)
         print(f"{out}: {args.recipe} recipe for {cfg.name}, {shape.num_processes} processes", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -1,4 +1,12 @@
-"""The global batch size at each step, with PaLM's batch-size ramp as the motivating case."""
+"""The global batch size at each step, with PaLM's batch-size ramp as the motivating case, and how
+each batch splits into microbatches for gradient accumulation.
+
+A fixed `train.microbatches` must serve every stage of a ramp, so the largest batch decides it and
+the smaller ones are split finer than they need be (or a count that fits the largest leaves the
+first stage needlessly small). `train.microbatch_size` fixes the rows of a microbatch instead: the
+count follows the ramp (PaLM 540B on 6144 chips: 512 and 1024 sequences in one microbatch, 2048
+in two), so every stage's activations are those of one microbatch_size-row microbatch.
+"""
 
 from __future__ import annotations
 
@@ -23,3 +31,21 @@ def tokens_through(cfg: TrainConfig, seq_len: int, steps: int) -> int:
 def batch_sizes(cfg: TrainConfig) -> tuple[int, ...]:
     """Every global batch size the run uses, in order (the sharding checks must hold for each)."""
     return (cfg.batch_size, *(size for start, size in cfg.batch_ramp if start < cfg.steps))
+
+
+def microbatches_at(cfg: TrainConfig, batch_size: int) -> int:
+    """How many microbatches a batch of `batch_size` sequences is split into: batch_size /
+    microbatch_size (at least 1) when train.microbatch_size is set, else train.microbatches."""
+    if cfg.microbatch_size:
+        return max(1, batch_size // cfg.microbatch_size)
+    return cfg.microbatches
+
+
+def largest_microbatch(cfg: TrainConfig) -> int:
+    """The largest microbatch of the run, in sequences (what activation memory is sized by)."""
+    return max(size // microbatches_at(cfg, size) for size in batch_sizes(cfg))
+
+
+def accumulates(cfg: TrainConfig) -> bool:
+    """Whether some stage accumulates gradients over more than one microbatch."""
+    return any(microbatches_at(cfg, size) > 1 for size in batch_sizes(cfg))

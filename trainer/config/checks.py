@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from meshtrain.model import config as model_config
+from meshtrain.trainer.config.batch_schedule import microbatches_at
 from meshtrain.trainer.config.errors_fmt import did_you_mean, show
 from meshtrain.trainer.config.hardware import TOPOLOGY_WANT, chips_in_topology, hardware_kinds, hardware_spec
 from meshtrain.trainer.config.schema import OPTIMIZERS, SCHEDULES, SPIKE_WINDOW_SLOTS, ExperimentConfig
@@ -38,6 +39,7 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "train.steps": _positive,
     "train.batch_size": _positive,
     "train.microbatches": _positive,
+    "train.microbatch_size": _non_negative,
     "train.log_every": _positive,
     "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = never)"),
     "train.eval_batches": _positive,
@@ -135,15 +137,35 @@ def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> 
     """Rules that tie two fields together; each message names both."""
     out = []
     train, micro = cfg.train, cfg.train.microbatches
-    if micro >= 1 and train.batch_size % micro:
-        out.append(_problem("train.batch_size", train.batch_size, f"a multiple of train.microbatches={micro}", sources))
+    if train.microbatch_size and micro != 1:
+        out.append(
+            _problem(
+                "train.microbatch_size",
+                train.microbatch_size,
+                f"0 when train.microbatches={micro} is set (give one of the two)",
+                sources,
+            )
+        )
+    rule = (
+        f"a multiple of train.microbatch_size={train.microbatch_size} (or smaller than it)"
+        if train.microbatch_size
+        else f"a multiple of train.microbatches={micro}"
+    )
+    splits = lambda size: (
+        size >= 1
+        and micro >= 1
+        and size % microbatches_at(train, size) == 0
+        and (not train.microbatch_size or size < train.microbatch_size or size % train.microbatch_size == 0)
+    )
+    if not splits(train.batch_size):
+        out.append(_problem("train.batch_size", train.batch_size, rule, sources))
     previous = 0
     for i, (step, size) in enumerate(train.batch_ramp):
         entry = f"train.batch_ramp[{i}]=[{step}, {size}]"
         if step <= previous:
             out.append(f"{entry}: steps must be positive and strictly increasing (expected a step > {previous})")
-        if size < 1 or (micro >= 1 and size % micro):
-            out.append(f"{entry}: expected a positive batch size divisible by train.microbatches={micro}")
+        if not splits(size):
+            out.append(f"{entry}: expected a positive batch size, {rule}")
         previous = max(previous, step)
     for i, (start, end) in enumerate(train.skip_batches):
         if not 0 <= start < end:

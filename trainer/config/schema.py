@@ -45,6 +45,7 @@ class TrainConfig:
     batch_size: int
     batch_ramp: tuple[tuple[int, int], ...]
     microbatches: int
+    microbatch_size: int
     log_every: int
     eval_every: int
     eval_batches: int

@@ -79,20 +79,20 @@ def _finish_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def process_shards(num_shards: int, process_index: int, process_count: int) -> tuple[int, ...]:
-    """The document shards process `process_index` reads: a contiguous block of num_shards / P.
+def process_shards(num_shards: int, feeder_index: int, feeder_count: int) -> tuple[int, ...]:
+    """The document shards feeder `feeder_index` reads: a contiguous block of num_shards / F.
 
-    num_shards = -1 means one per process. A fixed number makes the global stream independent of
+    num_shards = -1 means one per feeder. A fixed number makes the global stream independent of
     the process count, which is what lets a run resume on more or fewer hosts.
     """
-    num_shards = process_count if num_shards == -1 else num_shards
-    if num_shards % process_count:
+    num_shards = feeder_count if num_shards == -1 else num_shards
+    if num_shards % feeder_count:
         raise DataError(
-            f"data.shards={num_shards} does not split over {process_count} processes: "
-            f"use a multiple of {process_count}, or -1 for one shard per process"
+            f"data.shards={num_shards} does not split over {feeder_count} processes loading distinct rows: "
+            f"use a multiple of {feeder_count}, or -1 for one shard each"
         )
-    per_process = num_shards // process_count
-    return tuple(range(process_index * per_process, (process_index + 1) * per_process))
+    per_feeder = num_shards // feeder_count
+    return tuple(range(feeder_index * per_feeder, (feeder_index + 1) * per_feeder))
 
 
 class _ShardReader:
@@ -142,9 +142,11 @@ class BatchStream:
     StopIteration. Build a fresh eval stream for each evaluation to score the same rows.
 
     The documents are dealt into `cfg.shards` shards (document i to shard i mod shards), each
-    packed on its own; a batch takes equal rows from each of this process's shards, in shard
-    order. So the global batch (all processes' rows, in process order) is the same whatever the
-    process count, and hosts never read the same document.
+    packed on its own; a batch takes equal rows from each of this feeder's shards, in shard
+    order. A feeder is a process, or the processes that hold the same rows of a batch
+    (trainer/step/partition.py's Feeder): `feeder_index` of `feeder_count`, by default this
+    process of all of them. So the global batch (all feeders' rows, in feeder order) is the same
+    whatever the process count, and feeders never read the same document.
     """
 
     def __init__(
@@ -153,16 +155,16 @@ class BatchStream:
         tokenizer: spm.SentencePieceProcessor,
         seed: int,
         split: str = "train",
-        process_index: int | None = None,
-        process_count: int | None = None,
+        feeder_index: int | None = None,
+        feeder_count: int | None = None,
         repeat: bool | None = None,
     ):
         self.seq_len = cfg.seq_len
         self.split = split
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-        self.shards = process_shards(cfg.shards, process_index, process_count)
-        num_shards = len(self.shards) * process_count
+        feeder_index = jax.process_index() if feeder_index is None else feeder_index
+        feeder_count = jax.process_count() if feeder_count is None else feeder_count
+        self.shards = process_shards(cfg.shards, feeder_index, feeder_count)
+        num_shards = len(self.shards) * feeder_count
         source = open_split(cfg, split)
         everything = grain.MapDataset.source(source)
         if len(everything) < num_shards:

@@ -21,7 +21,7 @@ import jax
 from jax.experimental import topologies
 
 from meshtrain.model.dtypes import compute_dtype
-from meshtrain.trainer.config.batch_schedule import batch_sizes
+from meshtrain.trainer.config.batch_schedule import batch_sizes, microbatches_at
 from meshtrain.trainer.config.hardware import (
     HardwareSpec,
     chips_in_topology,
@@ -184,15 +184,26 @@ def topology_devices(topology: str, num_slices: int, spec: HardwareSpec | None =
         raise UserError(f"topology {topology!r}: libtpu rejects it: {_first_line(error)}") from None
 
 
-def compile_report(cfg: ExperimentConfig, topology: str | None = None, num_slices: int | None = None) -> CompileReport:
-    """Compiles cfg's train step for the topology (default hardware.topology x hardware.num_slices).
+def compile_stages(
+    cfg: ExperimentConfig, topology: str | None = None, num_slices: int | None = None
+) -> list[CompileReport]:
+    """compile_report for every distinct batch size of the schedule (each is its own program: a
+    batch ramp recompiles at each stage), smallest first."""
+    return [compile_report(cfg, topology, num_slices, size) for size in sorted(set(batch_sizes(cfg.train)))]
+
+
+def compile_report(
+    cfg: ExperimentConfig, topology: str | None = None, num_slices: int | None = None, batch_size: int | None = None
+) -> CompileReport:
+    """Compiles cfg's train step for the topology (default hardware.topology x hardware.num_slices)
+    at a batch of `batch_size` sequences (default: the largest of the schedule).
 
     Never through JAX's persistent compilation cache: the compile-only TPU client cannot load an
     executable back ("PjRtCompiler must be constructed with a Client to call
     DeserializeLoadedExecutable", jaxlib 0.10), so an entry would only cost disk and a warning at
     every later compile."""
     with _without_compilation_cache():
-        return _compile_report(cfg, topology, num_slices)
+        return _compile_report(cfg, topology, num_slices, batch_size or max(batch_sizes(cfg.train)))
 
 
 @contextlib.contextmanager
@@ -205,7 +216,9 @@ def _without_compilation_cache():
         jax.config.update("jax_enable_compilation_cache", enabled)
 
 
-def _compile_report(cfg: ExperimentConfig, topology: str | None, num_slices: int | None) -> CompileReport:
+def _compile_report(
+    cfg: ExperimentConfig, topology: str | None, num_slices: int | None, batch_size: int
+) -> CompileReport:
     topology, num_slices, spec = resolve_target(cfg, topology, num_slices)
     dtype = compute_dtype(cfg.model, spec.platform).name  # 'auto' as the TPU would run it, not this CPU
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
@@ -216,7 +229,7 @@ def _compile_report(cfg: ExperimentConfig, topology: str | None, num_slices: int
     per_chip = len(devices) // chips
     mesh = partition.make_mesh(cfg, devices, num_slices)
     start = time.perf_counter()
-    traced = partition.trace_train_step(cfg, mesh)
+    traced = partition.trace_train_step(cfg, mesh, batch_size)
     lowered = traced.lower()
     lower_seconds = round(time.perf_counter() - start, 2)
     flops = jaxpr_flops(traced.jaxpr.jaxpr) / chips
@@ -230,9 +243,9 @@ def _compile_report(cfg: ExperimentConfig, topology: str | None, num_slices: int
         num_chips=chips,
         devices_per_chip=per_chip,
         mesh=dict(mesh.shape),
-        batch_size=max(batch_sizes(cfg.train)),
+        batch_size=batch_size,
         seq_len=cfg.data.seq_len,
-        microbatches=cfg.train.microbatches,
+        microbatches=microbatches_at(cfg.train, batch_size),
         compute_dtype=dtype,
         hbm_bytes_per_chip=spec.hbm_bytes,
         lower_seconds=lower_seconds,

@@ -1,9 +1,18 @@
 """When a run does not fit in a chip's memory: what would, found by searching the analytic estimate.
 
-Three changes are tried, each reported with the memory per chip it gives: more chips (the fewest,
-in steps the mesh can absorb, by doubling then bisecting: memory per chip only falls as the mesh's
-filling axis grows), full rematerialization (when not already on), and more microbatches (the
-fewest, while each still splits evenly over the batch axes).
+Four changes are tried, each reported with the memory per chip it gives:
+- smaller microbatches: the fewest train.microbatches (doubling) while each still splits evenly
+  over the batch axes; with a batch ramp, the largest train.microbatch_size instead, so the count
+  follows the ramp (one fixed count must split the smallest batch too);
+- another split of the same chips: half of one ICI axis moved to the tensor or sequence axis
+  (activations are split by those, not by fsdp or data);
+- full rematerialization (when not already on);
+- more chips (the fewest, in steps the mesh can absorb, by doubling then bisecting: memory per
+  chip only falls as the mesh's filling axis grows).
+Those that fit come first, the one with the least extra time leading: accumulation adds no FLOPs
+(only one more gather of FSDP-split weights per microbatch), a new split adds collectives but no
+FLOPs, remat adds the recomputed forward pass (its extra hardware FLOPs are given), and more chips
+change the job itself.
 """
 
 from __future__ import annotations
@@ -15,11 +24,12 @@ from typing import Any
 from meshtrain.model import axes
 from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.sharding.rules import dimension_axes, split_ways
-from meshtrain.trainer.config.batch_schedule import batch_sizes
+from meshtrain.trainer.config.batch_schedule import batch_sizes, largest_microbatch, microbatches_at
 from meshtrain.trainer.config.hardware import HardwareSpec
 from meshtrain.trainer.config.mesh_shape import mesh_sizes
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.planning.flops import hardware_flops_per_token
 from meshtrain.trainer.planning.memory import memory_on_chips
 
 _MAX_CHIP_DOUBLINGS = 24  # the "more chips" search gives up beyond chips x 2^24
@@ -34,6 +44,7 @@ class Suggestion:
     memory_per_chip_bytes: int | None  # None: no figure (nothing to measure, or only XLA would know)
     chips: int | None = None  # for the "more chips" suggestion: how many
     note: str | None = None
+    extra_flops_pct: float | None = None  # hardware FLOPs the change adds per step, in % (None: not a per-step cost)
 
     def as_dict(self) -> dict[str, Any]:
         """The --json object: every field, the note only when there is one."""
@@ -89,59 +100,122 @@ def more_chips(cfg: ExperimentConfig, spec: HardwareSpec, chips: int, limit: int
 
 
 def fewest_microbatches(cfg: ExperimentConfig, chips: int, limit: int) -> Suggestion | None:
-    """The fewest train.microbatches above the current (doubling) that fits, or the last that still
-    splits every batch of the schedule evenly over the batch axes; None when none does."""
+    """The fewest microbatches that fit, or the smallest that still splits every batch of the
+    schedule evenly over the batch axes; None when no smaller microbatch does. With a ramp, as
+    train.microbatch_size (a count that follows the ramp), else as train.microbatches."""
     sizes = batch_sizes(cfg.train)
     ways = split_ways(dimension_axes((axes.BATCH,), cfg.mesh.rules)[0], mesh_sizes(cfg, chips))
-    micro, best = cfg.train.microbatches * 2, None
+    note = "no extra FLOPs; FSDP-split weights are gathered once more per microbatch"
+    best = None
+    if len(set(sizes)) > 1 or cfg.train.microbatch_size:
+        rows = largest_microbatch(cfg.train) // 2
+        while rows >= ways and rows % ways == 0 and all(size < rows or size % rows == 0 for size in sizes):
+            trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=1, microbatch_size=rows))
+            total = memory_on_chips(trial, chips).total
+            best = Suggestion(f"train.microbatch_size={rows}", total <= limit, total, note=note, extra_flops_pct=0.0)
+            if best.fits:
+                break
+            rows //= 2
+        return best
+    micro = cfg.train.microbatches * 2
     while all(size % micro == 0 and (size // micro) % ways == 0 for size in sizes):
         trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=micro))
         total = memory_on_chips(trial, chips).total
-        best = Suggestion(f"train.microbatches={micro}", total <= limit, total)
+        best = Suggestion(f"train.microbatches={micro}", total <= limit, total, note=note, extra_flops_pct=0.0)
         if best.fits:
             break
         micro *= 2
     return best
 
 
+def _splits_evenly(cfg: ExperimentConfig, chips: int) -> bool:
+    """Whether the tensor axis divides the heads, MLP and vocabulary, the sequence axis the sequence,
+    and the batch axes every microbatch (what a new split must keep true to be worth suggesting)."""
+    try:
+        sizes = mesh_sizes(cfg, chips)
+    except ConfigError:
+        return False
+    tensor, sequence = sizes.get("tensor", 1), sizes.get("sequence", 1)
+    model = cfg.model
+    if model.num_heads % tensor or model.d_ff % tensor or model.vocab_size % tensor or cfg.data.seq_len % sequence:
+        return False
+    ways = split_ways(dimension_axes((axes.BATCH,), cfg.mesh.rules)[0], sizes)
+    return all((size // microbatches_at(cfg.train, size)) % ways == 0 for size in batch_sizes(cfg.train))
+
+
+def another_split(cfg: ExperimentConfig, chips: int, limit: int) -> Suggestion | None:
+    """Half of one ICI axis moved to the tensor or sequence axis, on the same chips: the split that
+    fits with the least memory, or else the one with the least; None when no such split is valid."""
+    best = None
+    for source in MESH_AXES:
+        size = getattr(cfg.mesh, f"ici_{source}")
+        if size < 2 or size % 2:
+            continue
+        for target in ("tensor", "sequence"):
+            wanted = getattr(cfg.mesh, f"ici_{target}")
+            if target == source or wanted < 1:
+                continue
+            mesh = dataclasses.replace(cfg.mesh, **{f"ici_{source}": size // 2, f"ici_{target}": wanted * 2})
+            trial = dataclasses.replace(cfg, mesh=mesh)
+            if not _splits_evenly(trial, chips):
+                continue
+            total = memory_on_chips(trial, chips).total
+            change = f"mesh.ici_{source}={size // 2} mesh.ici_{target}={wanted * 2}"
+            found = Suggestion(
+                change, total <= limit, total, note="no extra FLOPs; more collectives", extra_flops_pct=0.0
+            )
+            if best is None or (found.fits, -found.memory_per_chip_bytes) > (best.fits, -best.memory_per_chip_bytes):
+                best = found
+    return best
+
+
 def suggestions(cfg: ExperimentConfig, spec: HardwareSpec, chips: int, limit: int) -> list[Suggestion]:
-    """What would make the run fit in `limit` bytes per chip: more chips, full remat, more microbatches."""
-    grown = more_chips(cfg, spec, chips, limit)
-    if grown is not None:
-        out = [grown]
-    elif chip_step(cfg, spec, chips) is None:
-        out = [
-            Suggestion(
-                "more chips",
-                False,
-                None,
-                note=f"the mesh fixes the chip count at {chips} (no "
-                f"mesh.ici_* axis is -1): set one to -1 (e.g. mesh.ici_fsdp=-1) to let it grow with the chips",
-            )
-        ]
-    else:
-        out = [
-            Suggestion(
-                "more chips",
-                False,
-                None,
-                note="more chips do not make it fit: the memory per chip "
-                "stops shrinking (what is not split over the mesh, e.g. one row's activations, is "
-                "already too large)",
-            )
-        ]
+    """What would make the run fit in `limit` bytes per chip (see the module docstring): those that
+    fit first, by least extra time; then the rest, nearest to fitting first."""
+    found = [fewest_microbatches(cfg, chips, limit), another_split(cfg, chips, limit)]
     if cfg.model.remat != "full":
         remat = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat="full"))
         total = memory_on_chips(remat, chips).total
-        out.append(
+        seq = cfg.data.seq_len
+        extra = hardware_flops_per_token(cfg.model, seq, "full") / hardware_flops_per_token(cfg.model, seq) - 1
+        found.append(
             Suggestion(
                 "model.remat=full",
                 total <= limit,
                 total,
-                note="recomputes each block's forward pass in the backward pass (more hardware FLOPs)",
+                note=f"recomputes each block's forward pass in the backward pass: +{100 * extra:.0f}% hardware FLOPs",
+                extra_flops_pct=100 * extra,
             )
         )
-    micro = fewest_microbatches(cfg, chips, limit)
-    if micro is not None:
-        out.append(micro)
-    return out
+    found.append(_more_chips_or_why_not(cfg, spec, chips, limit))
+    found = [s for s in found if s is not None]
+    rank = {id(s): i for i, s in enumerate(found)}  # ties keep the docstring's order
+    fitting = sorted(
+        (s for s in found if s.fits), key=lambda s: (s.extra_flops_pct is None, s.extra_flops_pct or 0, rank[id(s)])
+    )
+    rest = sorted(
+        (s for s in found if not s.fits), key=lambda s: (s.memory_per_chip_bytes is None, s.memory_per_chip_bytes or 0)
+    )
+    return fitting + rest
+
+
+def _more_chips_or_why_not(cfg: ExperimentConfig, spec: HardwareSpec, chips: int, limit: int) -> Suggestion:
+    grown = more_chips(cfg, spec, chips, limit)
+    if grown is not None:
+        return dataclasses.replace(grown, note="the same per-step work on a bigger job")
+    if chip_step(cfg, spec, chips) is None:
+        return Suggestion(
+            "more chips",
+            False,
+            None,
+            note=f"the mesh fixes the chip count at {chips} (no "
+            f"mesh.ici_* axis is -1): set one to -1 (e.g. mesh.ici_fsdp=-1) to let it grow with the chips",
+        )
+    return Suggestion(
+        "more chips",
+        False,
+        None,
+        note="more chips do not make it fit: the memory per chip "
+        "stops shrinking (what is not split over the mesh, e.g. one row's activations, is "
+        "already too large)",
+    )

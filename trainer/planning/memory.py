@@ -45,7 +45,7 @@ from meshtrain.model.config import REMAT_POLICIES, ModelConfig
 from meshtrain.model.dtypes import compute_dtype
 from meshtrain.model.params import abstract_decoder
 from meshtrain.sharding.rules import dimension_axes, partition_spec, split_ways
-from meshtrain.trainer.config.batch_schedule import batch_sizes
+from meshtrain.trainer.config.batch_schedule import accumulates, largest_microbatch
 from meshtrain.trainer.config.hardware import hardware_spec
 from meshtrain.trainer.config.mesh_shape import mesh_sizes as mesh_sizes_on
 from meshtrain.trainer.config.schema import ExperimentConfig
@@ -128,7 +128,7 @@ def state_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int]) -> tuple[i
     leaves = _param_leaves(cfg.model)
     param_bytes = sum(_local_bytes(p.shape, p.names, p.dtype, rules, mesh_sizes) for p in leaves)
     grad_bytes = sum(_local_bytes(p.shape, p.names, jnp.float32, rules, mesh_sizes) for p in leaves)
-    if cfg.train.microbatches > 1:
+    if accumulates(cfg.train):
         grad_bytes += param_bytes
     # A moment shaped like its parameter is split like it (as trainer/step/partition.py's plan_run lays the
     # state out); anything else (step counts, Adafactor's (1,)-shaped unfactored placeholders) is
@@ -289,7 +289,7 @@ def activation_bytes(
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}: one of {', '.join(REMAT_POLICIES)}")
     if microbatch_rows is None:
-        microbatch_rows = max(batch_sizes(cfg.train)) // cfg.train.microbatches
+        microbatch_rows = largest_microbatch(cfg.train)
     a = activation_sizes(cfg, mesh_sizes, microbatch_rows)
     model = cfg.model
     leaves = _param_leaves(model)
@@ -315,8 +315,8 @@ def memory_per_chip(
     """Bytes per chip of a training step of `cfg` on a mesh with axis sizes `mesh_sizes` ({"data":
     2, "fsdp": 256, "tensor": 12}; absent axes are 1), under `cfg.mesh.rules` and `cfg.model.remat`.
 
-    microbatch_rows: global rows per microbatch; default the largest batch of the schedule divided by
-    train.microbatches. See the module docstring for what each field counts.
+    microbatch_rows: global rows per microbatch; default the largest microbatch of the schedule
+    (train.microbatches or train.microbatch_size). See the module docstring for what each field counts.
     """
     params, grads, optimizer = state_bytes(cfg, mesh_sizes)
     activations = activation_bytes(cfg, mesh_sizes, microbatch_rows)

@@ -16,17 +16,18 @@ from meshtrain.trainer.errors import DataError
 from meshtrain.trainer.run.collective import gather_json
 
 
-def _eval_stream(cfg: ExperimentConfig, tokenizer) -> BatchStream:
-    return BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.eval_split)
+def _eval_stream(cfg: ExperimentConfig, tokenizer, feeder) -> BatchStream:
+    split = cfg.data.eval_split
+    return BatchStream(cfg.data, tokenizer, cfg.seed, split, feeder_index=feeder.index, feeder_count=feeder.count)
 
 
-def eval_batches_available(cfg: ExperimentConfig, tokenizer) -> int:
+def eval_batches_available(cfg: ExperimentConfig, tokenizer, feeder) -> int:
     """The number of eval batches every evaluation uses (0 when eval is off); raises DataError when
     the eval split cannot fill a single batch. A collective."""
     if not cfg.train.eval_every:
         return 0
-    stream = _eval_stream(cfg, tokenizer)
-    rows = cfg.train.batch_size // jax.process_count()
+    stream = _eval_stream(cfg, tokenizer, feeder)
+    rows = cfg.train.batch_size // feeder.count
     count = 0
     while count < cfg.train.eval_batches:
         try:
@@ -49,10 +50,10 @@ def eval_batches_available(cfg: ExperimentConfig, tokenizer) -> int:
     return count
 
 
-def evaluate(cfg: ExperimentConfig, tokenizer, eval_step, params, put, batches: int) -> float:
+def evaluate(cfg: ExperimentConfig, tokenizer, eval_step, params, put, feeder, batches: int) -> float:
     """Mean cross-entropy over the first `batches` batches of the eval split."""
-    stream = _eval_stream(cfg, tokenizer)
-    rows = cfg.train.batch_size // jax.process_count()
+    stream = _eval_stream(cfg, tokenizer, feeder)
+    rows = cfg.train.batch_size // feeder.count
     ce_sum, tokens = 0.0, 0.0
     for _ in range(batches):
         batch_ce, batch_tokens = eval_step(params, put(stream.next_batch(rows)))

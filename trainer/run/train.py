@@ -135,10 +135,10 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
     mesh = make_mesh(cfg)
     check_fits(cfg, mesh)
     tokenizer = _prepare_data(cfg)
-    eval_batches = eval_batches_available(cfg, tokenizer)
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, mesh)
+    eval_batches = eval_batches_available(cfg, tokenizer, plan.feeder)
     initial_weights = initial_weights_for(cfg, run_dir)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)
@@ -162,7 +162,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
     recoveries = load_recoveries(run_dir)
     skips = skip_list(cfg.train.skip_batches, recoveries)
     put = lambda local_batch: global_batch(plan, local_batch)
-    run = Trajectory(cfg, tokenizer, put, fresh_state, checkpoints, abstract)
+    run = Trajectory(cfg, tokenizer, put, plan.feeder, fresh_state, checkpoints, abstract)
     start = restored[0] if restored else 0
     summary = RunSummary(str(run_dir), start, start)
     if start >= cfg.train.steps:  # nothing to do, and nothing of the run is rewritten
@@ -320,7 +320,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                 jax.block_until_ready(run.state)
                 if eval_now:
                     with tracker.timed("evaluation"), watchdog.allowance("evaluating"):
-                        loss = evaluate(cfg, tokenizer, eval_step, run.state["params"], put, eval_batches)
+                        loss = evaluate(cfg, tokenizer, eval_step, run.state["params"], put, plan.feeder, eval_batches)
                     summary.last_eval_loss = loss
                     if log:
                         log.write(step, {"eval_loss": loss})

@@ -5,8 +5,6 @@ A rewind (trainer/run/recovery.py) replaces all of them at once, which is why th
 
 from __future__ import annotations
 
-import jax
-
 from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.data import BatchStream
@@ -18,14 +16,21 @@ class Trajectory:
     """Where the loop is: the state, its step, and the data stream and prefetcher that feed it.
     A rewind replaces all of them at once."""
 
-    def __init__(self, cfg: ExperimentConfig, tokenizer, put, fresh_state, checkpoints: Checkpoints, abstract):
-        self.cfg, self.tokenizer, self.put = cfg, tokenizer, put
+    def __init__(self, cfg: ExperimentConfig, tokenizer, put, feeder, fresh_state, checkpoints: Checkpoints, abstract):
+        self.cfg, self.tokenizer, self.put, self.feeder = cfg, tokenizer, put, feeder
         self.fresh_state, self.checkpoints, self.abstract = fresh_state, checkpoints, abstract
         self.prefetcher: Prefetcher | None = None
 
     def start(self, restored, skips) -> None:
         """From a restored (step, state, data_state), or from the initial state when None."""
-        self.stream = BatchStream(self.cfg.data, self.tokenizer, seed=self.cfg.seed, split=self.cfg.data.train_split)
+        self.stream = BatchStream(
+            self.cfg.data,
+            self.tokenizer,
+            seed=self.cfg.seed,
+            split=self.cfg.data.train_split,
+            feeder_index=self.feeder.index,
+            feeder_count=self.feeder.count,
+        )
         if restored:
             self.step, self.state, data_state = restored
             self.stream.set_state(data_state)
@@ -39,7 +44,7 @@ class Trajectory:
         if self.prefetcher:
             self.prefetcher.close()
         train = self.cfg.train
-        rows_at = lambda step: batch_size_at(train, step) // jax.process_count()
+        rows_at = lambda step: batch_size_at(train, step) // self.feeder.count
         self.prefetcher = Prefetcher(
             self.stream, rows_at, self.step, train.steps, self.cfg.data.prefetch, self.put, self.next_batch, skips
         )

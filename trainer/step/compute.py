@@ -43,11 +43,14 @@ def make_train_step(
     mdef: ModelDef,
     optimizer: optax.GradientTransformation,
     z_loss: float,
-    microbatches: int,
+    microbatches: Callable[[int], int],
     rule: SpikeRule,
     loss_fn: LossFn = cross_entropy_loss,
 ):
     """A function (state, batch) -> (state, metrics); the caller jits it and donates the state.
+
+    `microbatches(rows)` is how many microbatches a batch of that many rows accumulates over
+    (trainer/config/batch_schedule.py): the count is fixed per compiled batch shape.
 
     A step the spike guard (trainer/step/guard.py) judges bad leaves parameters and optimizer
     state as they were; the step counter still advances (it counts batches trained through)."""
@@ -60,6 +63,7 @@ def make_train_step(
 
     def train_step(state, batch):
         params = state["params"]
+        rows = batch["inputs"].shape[0]
 
         def accumulate(carry, micro):
             grads_sum, loss_sum, ce_sum, tokens = carry
@@ -73,7 +77,9 @@ def make_train_step(
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
-        (grads, loss_sum, ce_sum, tokens), _ = jax.lax.scan(accumulate, init, _split_microbatches(batch, microbatches))
+        (grads, loss_sum, ce_sum, tokens), _ = jax.lax.scan(
+            accumulate, init, _split_microbatches(batch, microbatches(rows))
+        )
         denominator = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denominator).astype(p.dtype), grads, params)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)

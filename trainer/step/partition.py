@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,7 +28,7 @@ from meshtrain.sharding.rules import (
     named_sharding,
     split_ways,
 )
-from meshtrain.trainer.config.batch_schedule import batch_sizes
+from meshtrain.trainer.config.batch_schedule import batch_sizes, microbatches_at
 from meshtrain.trainer.config.mesh_shape import mesh_shape
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import ConfigError
@@ -69,6 +69,17 @@ def _check_rules(rules) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Feeder:
+    """Which rows of every global batch this process loads: block `index` of `count` equal,
+    consecutive blocks. Processes whose devices hold the same rows (a tensor or sequence axis that
+    spans hosts, as PaLM 540B's 12-way tensor axis spans 3 TPU v4 hosts) are one feeder: each of
+    them loads those rows, so the global batch is the same whatever the number of processes."""
+
+    index: int
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardingPlan:
     """Where every array of a run lives, and the loss that suits the layout."""
 
@@ -78,6 +89,29 @@ class ShardingPlan:
     batch: NamedSharding  # every [rows, seq_len] feature of a batch
     replicated: NamedSharding
     loss_fn: Callable
+    feeder: Feeder
+
+
+def batch_feeder(sharding: NamedSharding, rows: int, seq_len: int, process: int) -> Feeder:
+    """The Feeder of process `process` under the batch sharding (rows: any batch size it divides).
+    A ConfigError when the processes' rows are not equal consecutive blocks."""
+    held: dict[int, set[tuple[int, int]]] = {}
+    for device, index in sharding.devices_indices_map((rows, seq_len)).items():
+        start, stop, _ = index[0].indices(rows)
+        held.setdefault(device.process_index, set()).add((start, stop))
+    spans = {}
+    for owner, blocks in held.items():
+        ordered = sorted(blocks)
+        if any(a[1] < b[0] for a, b in zip(ordered, ordered[1:])):
+            raise ConfigError(f"process {owner} would hold rows {ordered} of a batch, not one consecutive block")
+        spans[owner] = (ordered[0][0], max(stop for _, stop in ordered))
+    distinct = sorted(set(spans.values()))
+    consecutive = all(a[1] == b[0] for a, b in zip(distinct, distinct[1:]))
+    if not consecutive or len({stop - start for start, stop in distinct}) != 1:
+        raise ConfigError(
+            f"the batch axes give the processes overlapping or unequal rows of a batch: {sorted(spans.items())}"
+        )
+    return Feeder(distinct.index(spans[process]), len(distinct))
 
 
 def plan_run(
@@ -88,7 +122,8 @@ def plan_run(
     Raises ConfigError naming the tensor, dimension and axis of any split that is not even, and
     the batch sizes the batch-sharding axes do not divide.
     """
-    _check_batches(cfg, mesh)
+    feeder = _feeder(cfg, mesh)
+    _check_batches(cfg, mesh, feeder)
     layout = MeshLayout(mesh, cfg.mesh.rules, cfg.mesh.collective_matmul)
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract_params = abstract_state(cfg, mdef, optimizer)["params"]
@@ -123,7 +158,7 @@ def plan_run(
         if tensor_parallel
         else cross_entropy_loss
     )
-    return ShardingPlan(mesh, layout, state, batch, replicated, loss_fn)
+    return ShardingPlan(mesh, layout, state, batch, replicated, loss_fn, feeder)
 
 
 def _describe(mesh: Mesh) -> str:
@@ -134,22 +169,40 @@ def _largest_batch(cfg: ExperimentConfig) -> int:
     return max(batch_sizes(cfg.train))
 
 
-def _check_batches(cfg: ExperimentConfig, mesh: Mesh) -> None:
-    """Every batch size of the schedule splits into microbatches the batch axes divide, and into
-    equal shares for the processes that feed it."""
+def _feeder(cfg: ExperimentConfig, mesh: Mesh) -> Feeder:
+    ways = split_ways(dimension_axes(BATCH_NAMES, cfg.mesh.rules)[0], mesh.shape)
+    try:
+        probe = named_sharding("batch", (ways, cfg.data.seq_len), BATCH_NAMES, mesh, cfg.mesh.rules)
+    except MeshError as error:
+        raise ConfigError(f"{error} (mesh {_describe(mesh)}; change mesh.* or mesh.rules)") from None
+    return batch_feeder(probe, ways, cfg.data.seq_len, jax.process_index())
+
+
+def _check_batches(cfg: ExperimentConfig, mesh: Mesh, feeder: Feeder) -> None:
+    problem = batch_split_problem(cfg, mesh.shape, feeder.count)
+    if problem:
+        raise ConfigError(problem)
+
+
+def batch_split_problem(cfg: ExperimentConfig, mesh_shape: Mapping[str, int], feeders: int) -> str | None:
+    """Why some batch size of the schedule does not split into microbatches the batch axes of a
+    mesh of `mesh_shape` divide, or into equal shares for the `feeders` that load it (see Feeder);
+    None when every one does. (The run checks its own mesh; `meshtrain launch` the job it renders.)"""
     batch_axes = dimension_axes(BATCH_NAMES, cfg.mesh.rules)[0]
-    ways = split_ways(batch_axes, mesh.shape)
+    ways = split_ways(batch_axes, mesh_shape)
     for size in batch_sizes(cfg.train):
-        micro, rest = divmod(size, cfg.train.microbatches)
+        count = microbatches_at(cfg.train, size)
+        micro, rest = divmod(size, count)
         if rest or micro % ways:
-            raise ConfigError(
-                f"train.batch_size={size} with train.microbatches={cfg.train.microbatches} gives "
-                f"microbatches of {size / cfg.train.microbatches:g} rows, which the batch axes "
-                f"{' x '.join(batch_axes) or '(none)'} = {ways} of mesh {_describe(mesh)} do not "
-                f"divide: use a batch size that is a multiple of {ways * cfg.train.microbatches}"
+            return (
+                f"train.batch_size={size} in {count} microbatch(es) gives microbatches of {size / count:g} "
+                f"rows, which the batch axes {' x '.join(batch_axes) or '(none)'} = {ways} of mesh "
+                f"{format_mesh(mesh_shape)} do not divide: use batch sizes (and train.microbatch_size) that are "
+                f"multiples of {ways * (1 if cfg.train.microbatch_size else count)}"
             )
-        if size % jax.process_count():
-            raise ConfigError(f"train.batch_size={size} does not split evenly over {jax.process_count()} processes")
+        if size % feeders:
+            return f"train.batch_size={size} does not split evenly over the {feeders} processes that load distinct rows"
+    return None
 
 
 def abstract_sharded_state(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan):
@@ -185,7 +238,8 @@ def _traced_with_layout(fn: Callable, layout: MeshLayout) -> Callable:
 def jit_train_step(cfg: ExperimentConfig, mdef: ModelDef, optimizer, plan: ShardingPlan):
     """(state, batch) -> (state, metrics), jitted with explicit shardings; the state is donated."""
     rule = SpikeRule.from_config(cfg.spike)
-    step = make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, rule, plan.loss_fn)
+    microbatches = lambda rows: microbatches_at(cfg.train, rows)
+    step = make_train_step(mdef, optimizer, cfg.model.z_loss, microbatches, rule, plan.loss_fn)
     return jax.jit(
         _traced_with_layout(step, plan.layout),
         in_shardings=(plan.state, plan.batch),
@@ -205,25 +259,25 @@ def jit_eval_step(cfg: ExperimentConfig, mdef: ModelDef, plan: ShardingPlan):
 
 
 def global_batch(plan: ShardingPlan, local_batch: dict) -> dict:
-    """This process's rows -> the global batch as sharded arrays (each process feeds only its own
-    rows; `jax.make_array_from_process_local_data` places them on its devices)."""
+    """This process's rows -> the global batch as sharded arrays (each process feeds only its
+    feeder's rows; `jax.make_array_from_process_local_data` places them on its devices)."""
 
     def to_global(x):
-        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        shape = (x.shape[0] * plan.feeder.count, *x.shape[1:])
         return jax.make_array_from_process_local_data(plan.batch, x, shape)
 
     return {k: to_global(v) for k, v in local_batch.items()}
 
 
-def trace_train_step(cfg: ExperimentConfig, mesh: Mesh) -> jax.stages.Traced:
-    """The real train step, traced for `mesh` against abstract state and the largest batch of the
-    schedule (nothing is allocated). `.jaxpr` is the program to count; `.lower().compile()` is
-    what `meshtrain compile` builds for a TPU topology."""
+def trace_train_step(cfg: ExperimentConfig, mesh: Mesh, batch_size: int | None = None) -> jax.stages.Traced:
+    """The real train step, traced for `mesh` against abstract state and a batch of `batch_size`
+    sequences (default: the largest of the schedule); nothing is allocated. `.jaxpr` is the program
+    to count; `.lower().compile()` is what `meshtrain compile` builds for a TPU topology."""
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, mesh)
     state = abstract_sharded_state(cfg, mdef, optimizer, plan)
-    rows, length = _largest_batch(cfg), cfg.data.seq_len
+    rows, length = batch_size or _largest_batch(cfg), cfg.data.seq_len
     dtypes = {"inputs": "int32", "targets": "int32", "segment_ids": "int32", "positions": "int32", "weights": "float32"}
     batch = {k: jax.ShapeDtypeStruct((rows, length), d, sharding=plan.batch) for k, d in dtypes.items()}
     return jit_train_step(cfg, mdef, optimizer, plan).trace(state, batch)
