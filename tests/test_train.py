@@ -181,3 +181,45 @@ def test_a_second_run_of_the_same_shape_reads_its_executables_from_the_compilati
     segment = json.loads((tmp_path / "second" / "goodput.json").read_text())["segments"][-1]
     assert segment["compile_cache_hits"] >= 1 and segment["compile_time_saved_s"] > 0
     assert "The compilation cache saved" in (tmp_path / "second" / "report.md").read_text()
+
+
+def _wandb_records(path):
+    """The records of a .wandb file: W&B's 7-byte header, then LevelDB's log format (32 KiB blocks
+    of [crc32c 4][length 2][type 1][data] chunks, a record split over FIRST/MIDDLE/LAST chunks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, records, pending, block = path.read_bytes(), [], b"", 32768
+    position = 7
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
+        chunk, position = data[position + 7 : position + 7 + length], position + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk  # FULL or FIRST start a record
+        if kind in (1, 4):  # FULL or LAST end it
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_weights_and_biases_gets_the_metrics_config_and_report_offline(experiment, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # in the test extra; an optional extra for users
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    cfg = experiment(run_dir, "train.steps=4", "train.log_every=1", "tracking.wandb=true")
+    train(cfg, progress=False)
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    records = _wandb_records(next(offline.glob("run-*.wandb")))
+    history = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            if "loss" in items:
+                history[items["_step"]] = items
+    assert {step: h["loss"] for step, h in history.items()} == pytest.approx(logged(run_dir))
+    config = next(r.run.config for r in records if r.WhichOneof("record_type") == "run")
+    values = {i.key: json.loads(i.value_json) for i in config.update}
+    assert values["train"]["steps"] == 4 and values["model"]["d_model"] == cfg.model.d_model
+    assert (offline / "files" / "report.md").read_text() == (run_dir / "report.md").read_text()

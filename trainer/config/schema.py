@@ -144,6 +144,15 @@ class HardwareConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking beyond the run directory's own records (metrics.jsonl, TensorBoard)."""
+
+    wandb: bool
+    wandb_project: str
+    wandb_entity: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """A whole run. `model` is filled from a preset (configs/model/) and then overridden."""
 
@@ -159,6 +168,7 @@ class ExperimentConfig:
     mesh: MeshConfig
     distributed: DistributedConfig
     hardware: HardwareConfig
+    tracking: TrackingConfig
 
 
 # The sections whose change makes an existing run directory a different run (resuming it with

@@ -59,6 +59,7 @@ from meshtrain.trainer.step.state import model_def, optimizer_for
 from meshtrain.trainer.tracking.metrics_log import MetricsLog
 from meshtrain.trainer.tracking.recoveries import describe, load_recoveries, record_recovery
 from meshtrain.trainer.tracking.tracker import Tracker
+from meshtrain.trainer.tracking.wandb_log import WandbLog
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
             f"{decay_steps}, fixed when the run started): steps {max(start, decay_steps)}-{cfg.train.steps} "
             f"train at its final learning rate {float(schedule(cfg.train.steps)):.3g}"
         )
-    log = MetricsLog(run_dir) if primary else None
+    log = MetricsLog(run_dir, WandbLog(cfg, run_dir) if cfg.tracking.wandb else None) if primary else None
     bar = tqdm(
         total=cfg.train.steps,
         initial=start,

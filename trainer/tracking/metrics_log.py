@@ -35,10 +35,13 @@ for _scheme in URL_BACKENDS:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: epath.Path):
+    """metrics.jsonl and TensorBoard, and Weights & Biases when `wandb` is given."""
+
+    def __init__(self, run_dir: epath.Path, wandb=None):
         self.path = as_path(run_dir) / "metrics.jsonl"
         self._jsonl = AppendLog(self.path)
         self._tensorboard = SummaryWriter(str(as_path(run_dir) / "tensorboard"))
+        self._wandb = wandb
 
     def write(self, step: int, metrics: dict) -> None:
         record = without_nonfinite({"step": step, **metrics})
@@ -52,10 +55,15 @@ class MetricsLog:
         for name, value in record.items():
             if isinstance(value, (int, float)) and name != "step":
                 self._tensorboard.add_scalar(name, value, step)
+        if self._wandb is not None:
+            self._wandb.log(step, {k: v for k, v in record.items() if k != "step"})
 
     def close(self) -> None:
+        """After the report is written: W&B's run takes it with it."""
         self._jsonl.close()
         self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def without_nonfinite(record: dict) -> dict:
