@@ -29,7 +29,11 @@ def train(run_dir: Path, steps: int, cache: str | None, overrides: list[str]) ->
     cache_setting = f"train.compilation_cache={cache}" if cache else "train.compilation_cache=null"
     argv = [sys.executable, "-m", "meshtrain.tools", "train", *BASE, *overrides, cache_setting]
     start = time.perf_counter()
-    subprocess.run([*argv, f"run_dir={run_dir}", f"train.steps={steps}"], env=env, check=True, capture_output=True)
+    done = subprocess.run(
+        [*argv, f"run_dir={run_dir}", f"train.steps={steps}"], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        sys.exit(f"meshtrain train failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return time.perf_counter() - start
 
 

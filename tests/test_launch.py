@@ -246,7 +246,7 @@ def test_a_job_that_would_not_start_or_not_fit_is_refused_naming_the_fix(capsys)
     """The recipe is the start of the job: what would fail in its first minute fails here, in one line."""
     assert meshtrain(["launch", "hardware.kind=h100", "hardware.chips=64", "--recipe", "slurm"]) == 2
     error = capsys.readouterr().err
-    assert "the 64-chip job would not start" in error and "train.batch_size=8" in error and "multiples of 64" in error
+    assert "the 64-chip job would not start" in error and "train.batch_size=8" in error and "a multiple of 64" in error
     assert meshtrain(["launch", PALM, "train.microbatch_size=0", "--recipe", "tpu-vm"]) == 2
     error = capsys.readouterr().err.strip()
     assert "the 6144-chip job would not fit" in error and error.endswith(

@@ -21,7 +21,8 @@ PACKAGES = ("model", "sharding", "trainer", "tools")
 LAYERS = {
     "model": 0,
     "sharding": 1,
-    "trainer": 2,  # trainer/errors.py, atomic.py, formatting.py: what every trainer room uses
+    "trainer": 2,  # trainer/errors.py, formatting.py: what every trainer room uses
+    "trainer.storage": 2,  # local paths and object-store URLs, for every room
     "trainer.config": 3,
     "trainer.data": 4,
     "trainer.step": 5,

@@ -197,8 +197,12 @@ def batch_split_problem(cfg: ExperimentConfig, mesh_shape: Mapping[str, int], fe
             return (
                 f"train.batch_size={size} in {count} microbatch(es) gives microbatches of {size / count:g} "
                 f"rows, which the batch axes {' x '.join(batch_axes) or '(none)'} = {ways} of mesh "
-                f"{format_mesh(mesh_shape)} do not divide: use batch sizes (and train.microbatch_size) that are "
-                f"multiples of {ways * (1 if cfg.train.microbatch_size else count)}"
+                f"{format_mesh(mesh_shape)} do not divide: make "
+                + (
+                    f"every batch size and train.microbatch_size a multiple of {ways}"
+                    if cfg.train.microbatch_size
+                    else f"every batch size a multiple of {ways * count}"
+                )
             )
         if size % feeders:
             return f"train.batch_size={size} does not split evenly over the {feeders} processes that load distinct rows"
