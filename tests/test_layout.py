@@ -22,7 +22,7 @@ LAYERS = {
     "model": 0,
     "sharding": 1,
     "trainer": 2,  # trainer/errors.py, formatting.py: what every trainer room uses
-    "trainer.storage": 2,  # local paths and object-store URLs, for every room
+    "trainer.storage": 2.5,  # local paths and object-store URLs: above errors.py, below every room
     "trainer.config": 3,
     "trainer.data": 4,
     "trainer.step": 5,
