@@ -99,5 +99,7 @@ def test_a_lost_coordinator_ends_the_other_process_at_once_without_a_core_dump(t
     if other.returncode == 4:  # its collective failed first: meshtrain's own line
         assert "meshtrain: error: process 1: a step failed across processes" in stderr, stderr[-3000:]
     else:  # jax's error poller aborted it first: a note and the Python stacks, no core file
-        note = (run_dir / "stacks" / "process-1-abort.txt").read_text()
+        abort = run_dir / "stacks" / "process-1-abort.txt"
+        assert abort.is_file(), f"exit {other.returncode}, no abort note:\n{stderr[-3000:]}"
+        note = abort.read_text()
         assert "the coordinator (process 0) or a peer was lost" in note

@@ -365,7 +365,8 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
         # On the way out of a failure, closing must not replace the failure's own message (a full
         # disk also fails the last metrics flush): the close errors are then only logged.
         failing = sys.exc_info()[1] is not None
-        closers = [watchdog.close, profiler.stop, run.close, bar.close, lambda: _report(tracker, status, summary)]
+        closers = [lambda: watchdog.close(failing=failing), profiler.stop, run.close, bar.close]
+        closers.append(lambda: _report(tracker, status, summary))
         closers += [log.close] if log else []
         closers.append(checkpoints.close)
         _close_all(closers, quiet=failing)

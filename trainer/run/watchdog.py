@@ -147,8 +147,11 @@ class Watchdog:
             self._allowance = None
             self._last_beat = time.monotonic()
 
-    def close(self) -> None:
-        if getattr(self, "_abort_file", None) is not None:
+    def close(self, *, failing: bool = False) -> None:
+        """Stops the threads. On a clean end the abort note goes too; while a failure is on its way
+        out (`failing`: a lost peer's collective error, say) it stays armed, since the runtime may
+        still abort this process before it exits, and the note must then be there."""
+        if getattr(self, "_abort_file", None) is not None and not failing:
             faulthandler.disable()
             self._abort_file.close()
             Path(self._abort_file.name).unlink(missing_ok=True)  # no abort happened: nothing to keep
