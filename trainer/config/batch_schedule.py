@@ -41,6 +41,14 @@ def microbatches_at(cfg: TrainConfig, batch_size: int) -> int:
     return cfg.microbatches
 
 
+def splits_into_microbatches(cfg: TrainConfig, batch_size: int) -> bool:
+    """Whether a batch of `batch_size` sequences splits into equal microbatches: a multiple of
+    train.microbatch_size (or smaller than it: one microbatch), else of train.microbatches."""
+    if cfg.microbatch_size:
+        return batch_size < cfg.microbatch_size or batch_size % cfg.microbatch_size == 0
+    return cfg.microbatches >= 1 and batch_size % cfg.microbatches == 0
+
+
 def largest_microbatch(cfg: TrainConfig) -> int:
     """The largest microbatch of the run, in sequences (what activation memory is sized by)."""
     return max(size // microbatches_at(cfg, size) for size in batch_sizes(cfg))

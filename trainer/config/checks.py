@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from meshtrain.model import config as model_config
-from meshtrain.trainer.config.batch_schedule import microbatches_at
+from meshtrain.trainer.config.batch_schedule import splits_into_microbatches
 from meshtrain.trainer.config.errors_fmt import did_you_mean, show
 from meshtrain.trainer.config.hardware import TOPOLOGY_WANT, chips_in_topology, hardware_kinds, hardware_spec
 from meshtrain.trainer.config.schema import OPTIMIZERS, SCHEDULES, SPIKE_WINDOW_SLOTS, ExperimentConfig
@@ -151,12 +151,7 @@ def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> 
         if train.microbatch_size
         else f"a multiple of train.microbatches={micro}"
     )
-    splits = lambda size: (
-        size >= 1
-        and micro >= 1
-        and size % microbatches_at(train, size) == 0
-        and (not train.microbatch_size or size < train.microbatch_size or size % train.microbatch_size == 0)
-    )
+    splits = lambda size: size >= 1 and splits_into_microbatches(train, size)
     if not splits(train.batch_size):
         out.append(_problem("train.batch_size", train.batch_size, rule, sources))
     previous = 0

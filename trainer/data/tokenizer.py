@@ -126,8 +126,8 @@ def tokenizer_path(cfg: DataConfig, vocab_size: int) -> str:
 
 def existing_tokenizer(cfg: DataConfig, vocab_size: int) -> str | None:
     """The tokenizer file a run used (cfg.tokenizer or the cached one), or None; never trains one."""
-    path = cfg.tokenizer or tokenizer_path(cfg, vocab_size)
-    return os.fspath(as_path(path)) if as_path(path, "data.tokenizer").is_file() else None
+    path = as_path(cfg.tokenizer or tokenizer_path(cfg, vocab_size), "data.tokenizer")
+    return os.fspath(path) if path.is_file() else None
 
 
 def tokenizer_for(cfg: DataConfig, vocab_size: int) -> spm.SentencePieceProcessor:

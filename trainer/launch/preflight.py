@@ -10,21 +10,20 @@ fits with the least extra time (trainer/planning/fit_search.py).
 
 from __future__ import annotations
 
-from meshtrain.sharding.rules import dimension_axes, split_ways
 from meshtrain.trainer.config.mesh_shape import mesh_sizes
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.formatting import format_bytes, format_mesh
 from meshtrain.trainer.planning.fit_search import suggestions
 from meshtrain.trainer.planning.memory import memory_on_chips
-from meshtrain.trainer.step.partition import BATCH_NAMES, batch_split_problem
+from meshtrain.trainer.step.partition import batch_split_problem, batch_ways
 
 
 def check_job(cfg: ExperimentConfig, chips: int, processes: int, spec) -> None:
     """Raises a one-line ConfigError when the run would not start or fit on `chips` chips fed by
     `processes` processes."""
     sizes = mesh_sizes(cfg, chips)
-    ways = split_ways(dimension_axes(BATCH_NAMES, cfg.mesh.rules)[0], sizes)
+    ways = batch_ways(cfg, sizes)
     # Processes load distinct rows, or groups of them share rows (trainer/step/partition.py's Feeder).
     if ways % processes and processes % ways:
         raise ConfigError(

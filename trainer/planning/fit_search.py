@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any
 
-from meshtrain.model import axes
 from meshtrain.sharding.mesh import MESH_AXES
-from meshtrain.sharding.rules import dimension_axes, split_ways
-from meshtrain.trainer.config.batch_schedule import batch_sizes, largest_microbatch, microbatches_at
+from meshtrain.trainer.config.batch_schedule import batch_sizes, largest_microbatch, splits_into_microbatches
 from meshtrain.trainer.config.hardware import HardwareSpec
 from meshtrain.trainer.config.mesh_shape import mesh_sizes
-from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.config.schema import ExperimentConfig, TrainConfig
 from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.planning.flops import hardware_flops_per_token
 from meshtrain.trainer.planning.memory import memory_on_chips
+from meshtrain.trainer.step.partition import batch_split_problem
 
 _MAX_CHIP_DOUBLINGS = 24  # the "more chips" search gives up beyond chips x 2^24
 
@@ -99,32 +99,37 @@ def more_chips(cfg: ExperimentConfig, spec: HardwareSpec, chips: int, limit: int
     return Suggestion(f"--chips {high * step}", True, _fits(cfg, high * step, limit)[1], chips=high * step)
 
 
+def _smaller_microbatches(train: TrainConfig) -> Iterator[tuple[TrainConfig, str]]:
+    """(train config, the override) for ever smaller microbatches: train.microbatch_size halved
+    with a ramp (so the count follows it), train.microbatches doubled without one."""
+    if len(set(batch_sizes(train))) > 1 or train.microbatch_size:
+        rows = largest_microbatch(train) // 2
+        while rows >= 1:
+            yield dataclasses.replace(train, microbatches=1, microbatch_size=rows), f"train.microbatch_size={rows}"
+            rows //= 2
+        return
+    micro = train.microbatches * 2
+    while micro <= max(batch_sizes(train)):
+        yield dataclasses.replace(train, microbatches=micro), f"train.microbatches={micro}"
+        micro *= 2
+
+
 def fewest_microbatches(cfg: ExperimentConfig, chips: int, limit: int) -> Suggestion | None:
     """The fewest microbatches that fit, or the smallest that still splits every batch of the
-    schedule evenly over the batch axes; None when no smaller microbatch does. With a ramp, as
-    train.microbatch_size (a count that follows the ramp), else as train.microbatches."""
-    sizes = batch_sizes(cfg.train)
-    ways = split_ways(dimension_axes((axes.BATCH,), cfg.mesh.rules)[0], mesh_sizes(cfg, chips))
+    schedule evenly over the batch axes; None when no smaller microbatch does."""
+    sizes = mesh_sizes(cfg, chips)
     note = "no extra FLOPs; FSDP-split weights are gathered once more per microbatch"
     best = None
-    if len(set(sizes)) > 1 or cfg.train.microbatch_size:
-        rows = largest_microbatch(cfg.train) // 2
-        while rows >= ways and rows % ways == 0 and all(size < rows or size % rows == 0 for size in sizes):
-            trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=1, microbatch_size=rows))
-            total = memory_on_chips(trial, chips).total
-            best = Suggestion(f"train.microbatch_size={rows}", total <= limit, total, note=note, extra_flops_pct=0.0)
-            if best.fits:
-                break
-            rows //= 2
-        return best
-    micro = cfg.train.microbatches * 2
-    while all(size % micro == 0 and (size // micro) % ways == 0 for size in sizes):
-        trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=micro))
+    for train, change in _smaller_microbatches(cfg.train):
+        trial = dataclasses.replace(cfg, train=train)
+        if not all(splits_into_microbatches(train, s) for s in batch_sizes(train)) or batch_split_problem(
+            trial, sizes, 1
+        ):
+            break
         total = memory_on_chips(trial, chips).total
-        best = Suggestion(f"train.microbatches={micro}", total <= limit, total, note=note, extra_flops_pct=0.0)
+        best = Suggestion(change, total <= limit, total, note=note, extra_flops_pct=0.0)
         if best.fits:
             break
-        micro *= 2
     return best
 
 
@@ -139,8 +144,7 @@ def _splits_evenly(cfg: ExperimentConfig, chips: int) -> bool:
     model = cfg.model
     if model.num_heads % tensor or model.d_ff % tensor or model.vocab_size % tensor or cfg.data.seq_len % sequence:
         return False
-    ways = split_ways(dimension_axes((axes.BATCH,), cfg.mesh.rules)[0], sizes)
-    return all((size // microbatches_at(cfg.train, size)) % ways == 0 for size in batch_sizes(cfg.train))
+    return batch_split_problem(cfg, sizes, 1) is None
 
 
 def another_split(cfg: ExperimentConfig, chips: int, limit: int) -> Suggestion | None:

@@ -41,7 +41,7 @@ def check_run_dir(path: epath.Path) -> None:
         )
 
 
-def _saved_run(path: epath.Path) -> ExperimentConfig | None:
+def saved_run(path: epath.Path) -> ExperimentConfig | None:
     """The config of the run `path` holds, None when it holds nothing to resume (no checkpoint)."""
     saved_path = path / "config.yaml"
     if not saved_path.is_file() or not _has_checkpoint(path):
@@ -49,15 +49,14 @@ def _saved_run(path: epath.Path) -> ExperimentConfig | None:
     return load_config_file(saved_path)
 
 
-def pin_schedule(cfg: ExperimentConfig, path: epath.Path) -> ExperimentConfig:
+def pin_schedule(cfg: ExperimentConfig, saved: ExperimentConfig | None) -> ExperimentConfig:
     """cfg with the learning-rate schedule's decay length fixed: `optimizer.decay_steps: null`
     means train.steps when the run starts, and that number is the run's from then on (it is
     written into config.yaml). Raising train.steps later extends the run at the schedule's final
     value instead of stretching the decay, which would raise the learning rate at the resume step
-    (rewriting the history the checkpoints were trained under)."""
+    (rewriting the history the checkpoints were trained under). `saved`: the run's saved_run()."""
     if cfg.optimizer.decay_steps is not None:
         return cfg
-    saved = _saved_run(path)
     if saved is None:
         decay_steps = cfg.train.steps
     else:  # a run from before the length was pinned decayed over the train.steps it last ran with
@@ -66,12 +65,11 @@ def pin_schedule(cfg: ExperimentConfig, path: epath.Path) -> ExperimentConfig:
     return dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, decay_steps=decay_steps))
 
 
-def check_same_run(cfg: ExperimentConfig, path: epath.Path) -> None:
+def check_same_run(cfg: ExperimentConfig, saved: ExperimentConfig | None, path: epath.Path) -> None:
     """Raises when `path` holds a run whose identity (model, data, seed, optimizer) differs from `cfg`.
 
     A directory without a checkpoint holds nothing to resume (a start that failed, or a run killed
-    before its first save): its config.yaml does not bind the next command."""
-    saved = _saved_run(path)
+    before its first save): its config.yaml does not bind the next command. `saved`: saved_run(path)."""
     if saved is None:
         return
     differences = config_differences(saved, cfg, RUN_IDENTITY_SECTIONS)
@@ -90,7 +88,7 @@ def _has_checkpoint(path: epath.Path) -> bool:
 def open_run_dir(cfg: ExperimentConfig) -> epath.Path:
     """Creates (or reopens) the run directory and writes the resolved config into it."""
     path = run_dir_path(cfg)
-    check_same_run(cfg, path)
+    check_same_run(cfg, saved_run(path), path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, path / "config.yaml")

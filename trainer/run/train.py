@@ -38,7 +38,14 @@ from meshtrain.trainer.run.evaluation import eval_batches_available, evaluate
 from meshtrain.trainer.run.memory_check import check_fits, device_memory, out_of_memory
 from meshtrain.trainer.run.profiler import StepProfiler
 from meshtrain.trainer.run.recovery import DivergedError, rewind_target, skip_list
-from meshtrain.trainer.run.run_dir import check_run_dir, check_same_run, open_run_dir, pin_schedule, run_dir_path
+from meshtrain.trainer.run.run_dir import (
+    check_run_dir,
+    check_same_run,
+    open_run_dir,
+    pin_schedule,
+    run_dir_path,
+    saved_run,
+)
 from meshtrain.trainer.run.saved_weights import initial_weights_for, restore_params
 from meshtrain.trainer.run.signals import StopRequest
 from meshtrain.trainer.run.trajectory import Trajectory
@@ -125,14 +132,15 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     primary = jax.process_index() == 0
     run_dir = run_dir_path(cfg)
     check_run_dir(run_dir)
-    cfg = pin_schedule(cfg, run_dir)
+    saved = saved_run(run_dir)  # read once: it pins the schedule and binds the run's identity
+    cfg = pin_schedule(cfg, saved)
+    check_same_run(cfg, saved, run_dir)
     use_compilation_cache(cfg.train.compilation_cache)
     with StopRequest("nothing was trained since the newest checkpoint; the same command resumes") as stop:
         return _train(cfg, run_dir, primary, started_at, stop, progress)
 
 
 def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, stop: StopRequest, progress: bool):
-    check_same_run(cfg, run_dir)
     mesh = make_mesh(cfg)
     check_fits(cfg, mesh)
     tokenizer = _prepare_data(cfg)

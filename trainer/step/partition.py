@@ -169,8 +169,13 @@ def _largest_batch(cfg: ExperimentConfig) -> int:
     return max(batch_sizes(cfg.train))
 
 
+def batch_ways(cfg: ExperimentConfig, mesh_shape: Mapping[str, int]) -> int:
+    """Into how many row blocks the batch axes split a batch on a mesh of `mesh_shape`."""
+    return split_ways(dimension_axes(BATCH_NAMES, cfg.mesh.rules)[0], mesh_shape)
+
+
 def _feeder(cfg: ExperimentConfig, mesh: Mesh) -> Feeder:
-    ways = split_ways(dimension_axes(BATCH_NAMES, cfg.mesh.rules)[0], mesh.shape)
+    ways = batch_ways(cfg, mesh.shape)
     try:
         probe = named_sharding("batch", (ways, cfg.data.seq_len), BATCH_NAMES, mesh, cfg.mesh.rules)
     except MeshError as error:
@@ -189,7 +194,7 @@ def batch_split_problem(cfg: ExperimentConfig, mesh_shape: Mapping[str, int], fe
     mesh of `mesh_shape` divide, or into equal shares for the `feeders` that load it (see Feeder);
     None when every one does. (The run checks its own mesh; `meshtrain launch` the job it renders.)"""
     batch_axes = dimension_axes(BATCH_NAMES, cfg.mesh.rules)[0]
-    ways = split_ways(batch_axes, mesh_shape)
+    ways = batch_ways(cfg, mesh_shape)
     for size in batch_sizes(cfg.train):
         count = microbatches_at(cfg.train, size)
         micro, rest = divmod(size, count)

@@ -163,6 +163,7 @@ class Goodput:
         parts = {part: previous["parts_s"].get(part, 0.0) + self.parts[part] for part in PARTS}
         parts["other"] += elapsed - sum(self.parts.values())
         wall = previous["wall_s"] + elapsed
+        cache = cache_totals()
         segment = {
             "start_step": self.start_step,
             "end_step": steps_done,
@@ -170,8 +171,8 @@ class Goodput:
             "chips": self.chips,
             "hardware": self.hardware,
             "started_at": self.started_iso,
-            "compile_cache_hits": cache_totals()["hits"] - self._cache_at_start["hits"],
-            "compile_time_saved_s": cache_totals()["saved_s"] - self._cache_at_start["saved_s"],
+            "compile_cache_hits": cache["hits"] - self._cache_at_start["hits"],
+            "compile_time_saved_s": cache["saved_s"] - self._cache_at_start["saved_s"],
         }
         percent = lambda seconds: 100.0 * seconds / wall if wall > 0 else 0.0
         return {
