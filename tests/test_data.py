@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from meshtrain.trainer.config.schema import DataConfig
-from meshtrain.trainer.data import BatchStream, encode, merge_states, open_split, prepare_dataset, tokenizer_for
+from meshtrain.trainer.data import FEATURES, PROVENANCE, BatchStream, merge_states, open_split, prepare_dataset, tokenizer_for
 from meshtrain.trainer.data.tokenizer import tokenizer_path
 from meshtrain.trainer.errors import DataError
 
@@ -32,6 +32,8 @@ def _cfg(data_dir, **overrides) -> DataConfig:
         shuffle=True,
         shards=-1,
         prefetch=2,
+        mixture=(),
+        mixture_schedule=(),
     )
     return dataclasses.replace(base, **overrides)
 
@@ -183,11 +185,11 @@ TRICKY = [
 
 def test_tokenizer_round_trips_exactly(cfg, sp):
     for text in TRICKY:
-        assert sp.decode(encode(sp, text)) == text, repr(text)
+        assert sp.decode(sp.encode(text)) == text, repr(text)
     val = open_split(cfg, "validation")
     for i in range(len(val)):
-        assert sp.decode(encode(sp, val[i])) == val[i]
-    assert sp.pad_id() == 0 and sp.eos_id() == 1 and sp.get_piece_size() <= 1024
+        assert sp.decode(sp.encode(val[i])) == val[i]
+    assert sp.pad_id == 0 and sp.eos_id == 1 and sp.size <= 1024
 
 
 def test_tokenizer_is_cached(cfg, sp):
@@ -206,8 +208,10 @@ def test_tokenizer_is_cached(cfg, sp):
 
 def test_rows_are_consistently_packed(cfg, sp):
     batch = BatchStream(cfg, sp, seed=3, feeder_index=0, feeder_count=1).next_batch(64)
-    assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "weights"}
-    for k, v in batch.items():
+    assert set(batch) == {*FEATURES, *PROVENANCE}
+    assert batch["sources"].shape == (64,) and (batch["sources"] == 0).all()
+    for k in FEATURES + ("documents",):
+        v = batch[k]
         assert v.shape == (64, SEQ_LEN)
         assert v.dtype == (np.float32 if k == "weights" else np.int32)
     seg, pos = batch["segment_ids"], batch["positions"]
@@ -222,21 +226,21 @@ def test_rows_are_consistently_packed(cfg, sp):
         same = (seg[r][1:] == seg[r][:-1]) & real[1:]
         np.testing.assert_array_equal(batch["inputs"][r][1:][same], batch["targets"][r][:-1][same])
         assert np.all(batch["inputs"][r][~real] == 0) and np.all(batch["targets"][r][~real] == 0)
-    assert (batch["targets"] == sp.eos_id()).any()  # Documents end in eos.
+    assert (batch["targets"] == sp.eos_id).any()  # Documents end in eos.
 
 
 def test_every_short_document_appears_whole(local_cfg, sp):
-    rows = _one_pass(local_cfg, sp, "validation", feeder_index=0, feeder_count=1)
+    rows = _one_pass(local_cfg, sp, "eval", feeder_index=0, feeder_count=1)
     val = open_split(local_cfg, "validation")
     assert sorted(_segments(rows, sp)) == sorted(val[i] for i in range(len(val)))
     last = rows["targets"][rows["segment_ids"] > 0]
-    assert (last == sp.eos_id()).sum() == len(val)
+    assert (last == sp.eos_id).sum() == len(val)
 
 
 def test_long_documents_are_cut_into_seq_len_chunks(cfg, sp):
-    rows = _one_pass(cfg, sp, "validation", feeder_index=0, feeder_count=1)
+    rows = _one_pass(cfg, sp, "eval", feeder_index=0, feeder_count=1)
     val = open_split(cfg, "validation")
-    expected = sum(len(encode(sp, val[i])) for i in range(len(val)))  # ids + eos - 1 each.
+    expected = sum(len(sp.encode(val[i])) for i in range(len(val)))  # ids + eos - 1 each.
     assert rows["weights"].sum() == expected
     assert rows["weights"].sum(axis=1).max() == SEQ_LEN
 

@@ -19,12 +19,13 @@ _GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips on a TPU VM's PCI bus
 
 SUBCOMMANDS = {
     "train": "train an experiment (default: configs/experiment/default.yaml)",
-    "tokenizer": "train a sentencepiece tokenizer on an experiment's dataset",
+    "tokenizer": "train a sentencepiece tokenizer on an experiment's data (its mixture's sources)",
     "launch": "write a TPU VM, JobSet or SLURM recipe that runs an experiment on many hosts",
     "compile": "compile an experiment's train step for a TPU topology here; does it fit in HBM?",
     "cost": "estimate an experiment's FLOPs, time, chip-hours, dollars and memory per chip before launch",
     "convert": "convert weights between Hugging Face and meshtrain, dtypes and meshes; --verify",
     "sample": "greedy text from a run or converted checkpoint, with a KV cache",
+    "data": "what a run's step trained on: `data show RUN --step N` (sources, documents, text)",
 }
 
 

@@ -1,9 +1,10 @@
 """`meshtrain sample RUN_OR_CHECKPOINT --prompt "..."` (also `python -m meshtrain.tools sample`): greedy text
 from a trained run or a converted checkpoint, decoded with a KV cache (model/generate.py).
 
-The prompt is encoded with the checkpoint's sentencepiece tokenizer (the run's, or the
-tokenizer.model a conversion copied), with the tokenizer's BOS first when it has one, as Llama's
-tokenizers do. The output ends at the tokenizer's EOS, as transformers' generate() does (the
+The prompt is encoded with the tokenizer the checkpoint carries (the one a run trained with, or the
+tokenizer.model / tokenizer.json a conversion copied), or the one --tokenizer names; never another
+one that happens to have the right size. It is encoded as transformers' `tokenizer(prompt)` would:
+BOS first where the tokenizer adds one. The output ends at the tokenizer's EOS, as transformers' generate() does (the
 compiled program runs all --max-new-tokens steps; what follows the EOS is dropped).
 """
 
@@ -18,9 +19,9 @@ import jax.numpy as jnp
 
 from meshtrain.model.generate import greedy_generate
 from meshtrain.tools.args import command_main, quiet_libraries
-from meshtrain.trainer.data.tokenizer import encode, existing_tokenizer, load_tokenizer
+from meshtrain.trainer.data.tokenizer_kinds import load_tokenizer
 from meshtrain.trainer.errors import UserError
-from meshtrain.trainer.run.saved_weights import find_checkpoint, load_decoder
+from meshtrain.trainer.run.saved_weights import carried_tokenizer, find_checkpoint, load_decoder
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -35,8 +36,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     prompt.add_argument("--prompt-ids", help="token ids to continue, comma-separated (no tokenizer needed)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    parser.add_argument("--tokenizer", help="a sentencepiece .model (default: the checkpoint's)")
-    parser.add_argument("--no-bos", action="store_true", help="do not put the tokenizer's BOS first")
+    parser.add_argument("--tokenizer", help="a sentencepiece .model or a tokenizer.json (default: the checkpoint's)")
+    parser.add_argument("--no-bos", action="store_true", help="encode the prompt without special tokens (no BOS)")
     parser.add_argument("--json", action="store_true", help="print ids, text and speed as JSON")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
@@ -50,18 +51,22 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "args", None):
         raise UserError(f"meshtrain sample takes no key=value overrides (got {' '.join(args.args)})")
     model_cfg = saved.config.model
-    tokenizer_file = args.tokenizer or existing_tokenizer(saved.config.data, model_cfg.vocab_size)
+    tokenizer_file = args.tokenizer or carried_tokenizer(saved)
     tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
+    if tokenizer is not None and tokenizer.size > model_cfg.vocab_size:
+        raise UserError(
+            f"tokenizer {tokenizer.path} has {tokenizer.size} ids but the model's vocabulary has "
+            f"{model_cfg.vocab_size}: it is not the model's tokenizer"
+        )
     if args.prompt_ids is not None:
         prompt_ids = _parse_ids(args.prompt_ids, model_cfg.vocab_size)
     else:
         if tokenizer is None:
             raise UserError(
-                f"{saved.directory} has no tokenizer to encode --prompt with: pass "
-                f"--tokenizer PATH.model, or --prompt-ids"
+                f"{saved.directory} carries no tokenizer to encode --prompt with: pass "
+                f"--tokenizer (the .model or tokenizer.json the weights were trained with), or --prompt-ids"
             )
-        bos = [] if args.no_bos or tokenizer.bos_id() < 0 else [tokenizer.bos_id()]
-        prompt_ids = bos + encode(tokenizer, args.prompt)
+        prompt_ids = tokenizer.encode_prompt(args.prompt, specials=not args.no_bos)
     if not prompt_ids:
         raise UserError("the prompt is empty: generation needs at least one token to continue")
     if len(prompt_ids) + args.max_new_tokens > model_cfg.max_seq_len:
@@ -76,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     generated = [int(t) for t in greedy_generate(model, jnp.asarray([prompt_ids]), args.max_new_tokens)[0]]
     seconds = time.perf_counter() - started
-    eos = tokenizer.eos_id() if tokenizer is not None else -1
-    if eos >= 0 and eos in generated:
+    eos = tokenizer.eos_id if tokenizer is not None else None
+    if eos is not None and eos in generated:
         generated = generated[: generated.index(eos) + 1]
     text = tokenizer.decode(generated) if tokenizer is not None else None
     if args.json:

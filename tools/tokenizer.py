@@ -16,14 +16,8 @@ from meshtrain.tools.args import (
     experiment_from_args,
     quiet_libraries,
 )
-from meshtrain.trainer.data import (
-    encode,
-    load_tokenizer,
-    open_split,
-    prepare_dataset,
-    train_tokenizer,
-)
-from meshtrain.trainer.data.tokenizer import tokenizer_path
+from meshtrain.trainer.data import load_tokenizer, prepare_dataset, sources_of, train_tokenizer
+from meshtrain.trainer.data.tokenizer import padding_note, tokenizer_path, training_texts
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -37,17 +31,21 @@ def run(args: argparse.Namespace) -> int:
     cfg = experiment_from_args(args)
     quiet_libraries()
     prepare_dataset(cfg.data)
-    source = open_split(cfg.data, cfg.data.train_split)
     output = args.output or tokenizer_path(cfg.data, cfg.model.vocab_size)
-    train_tokenizer((source[i] for i in range(len(source))), cfg.model.vocab_size, output)
+    texts = []  # the documents trained on, kept to measure the result on the first one
+    train_tokenizer((texts.append(t) or t for t in training_texts(cfg.data)), cfg.model.vocab_size, output)
     tokenizer = load_tokenizer(output)
-    sample = source[0]
-    ids = encode(tokenizer, sample)
+    sample = texts[0]
+    ids = tokenizer.encode(sample)
+    names = ", ".join(repr(s.name) for s in sources_of(cfg.data))
     print(
-        f"{output}: {tokenizer.get_piece_size()} pieces, trained on {len(source)} documents of "
-        f"{cfg.data.dataset!r}; {len(sample) / max(len(ids), 1):.2f} characters per token on the "
-        f"first document, round trip {'exact' if tokenizer.decode(ids) == sample else 'NOT exact'}"
+        f"{output}: {tokenizer.size} pieces, trained on {len(texts)} documents of {names}; "
+        f"{len(sample) / max(len(ids), 1):.2f} characters per token on the first document, round trip "
+        f"{'exact' if tokenizer.decode(ids) == sample else 'NOT exact'}"
     )
+    note = padding_note(tokenizer.size, cfg.model.vocab_size)
+    if note:
+        print(f"meshtrain: {note}", file=sys.stderr)
     return 0
 
 

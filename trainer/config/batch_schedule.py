@@ -10,6 +10,8 @@ in two), so every stage's activations are those of one microbatch_size-row micro
 
 from __future__ import annotations
 
+import math
+
 from meshtrain.trainer.config.schema import TrainConfig
 
 
@@ -57,3 +59,18 @@ def largest_microbatch(cfg: TrainConfig) -> int:
 def accumulates(cfg: TrainConfig) -> bool:
     """Whether some stage accumulates gradients over more than one microbatch."""
     return any(microbatches_at(cfg, size) > 1 for size in batch_sizes(cfg))
+
+
+def data_shards(cfg: TrainConfig, shards: int) -> int:
+    """The number of data shards a run's documents are dealt into (data.shards resolved).
+
+    0 (the default) is the greatest common divisor of every batch size the run may ever use
+    (train.batch_size and every ramp entry, whatever train.steps is, so extending a run never
+    changes it). Each step takes batch/shards rows from every shard in shard order, and any
+    process count that can split every batch divides this number: so the global batch, and the
+    data order, are the same on 1, 2 or 64 processes. -1 is one shard per process (the order then
+    depends on the process count); a positive number is used as given. Returns -1 unresolved.
+    """
+    if shards:
+        return shards
+    return math.gcd(cfg.batch_size, *(size for _, size in cfg.batch_ramp))

@@ -6,6 +6,7 @@ impossible setting stops the run before a directory is created or a step is comp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 from meshtrain.model import config as model_config
@@ -34,7 +35,7 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "data.eval_fraction": _unit,
     "data.tokenizer": _non_empty,
     "data.seq_len": _positive,
-    "data.shards": (lambda v: v == -1 or v >= 1, "-1 (one per process) or a positive integer"),
+    "data.shards": (lambda v: v >= -1, "0 (from the batch sizes), -1 (one per process) or a positive integer"),
     "data.prefetch": _non_negative,
     "train.steps": _positive,
     "train.batch_size": _positive,
@@ -177,10 +178,11 @@ def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> 
                 sources,
             )
         )
-    if cfg.data.dataset == "local_text" and cfg.data.text_dir is None:
+    if cfg.data.dataset == "local_text" and cfg.data.text_dir is None and not cfg.data.mixture:
         out.append(
             _problem("data.text_dir", None, "a directory of .txt/.jsonl files when data.dataset=local_text", sources)
         )
+    out.extend(_data_problems(cfg, sources))
     opt = cfg.optimizer
     if opt.schedule == "cosine" and opt.decay_steps is not None and opt.decay_steps <= opt.warmup_steps:
         out.append(
@@ -208,6 +210,54 @@ def _cross_field_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> 
             )
         )
     out.extend(_hardware_problems(cfg, sources))
+    return out
+
+
+def _data_problems(cfg: ExperimentConfig, sources: Mapping[str, str]) -> list[str]:
+    """The mixture, its schedule and a fixed shard count against the batch sizes."""
+    out, data = [], cfg.data
+    if data.shards >= 1:
+        for size in dict.fromkeys((cfg.train.batch_size, *(s for _, s in cfg.train.batch_ramp))):
+            if size % data.shards:
+                out.append(
+                    _problem(
+                        "data.shards",
+                        data.shards,
+                        f"a divisor of every batch size (batch size {size} is not "
+                        "a multiple), or 0 to derive it from the batch sizes",
+                        sources,
+                    )
+                )
+                break
+    names = []
+    for i, source in enumerate(data.mixture):
+        entry = f"data.mixture[{i}] ({source.name or source.dataset})"
+        if not source.dataset.strip():
+            out.append(f"{entry}: dataset is empty; expected python_docs, python_source, local_text or a TFDS name")
+        if not (math.isfinite(source.weight) and source.weight >= 0):
+            out.append(f"{entry}: weight={source.weight} must be a number >= 0")
+        if source.dataset == "local_text" and not (source.text_dir or data.text_dir):
+            out.append(f"{entry}: a local_text source needs text_dir (its own, or data.text_dir)")
+        names.append(source.name or source.dataset)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        out.append(
+            f"data.mixture: sources named {', '.join(map(repr, repeated))} more than once: give each entry a distinct name"
+        )
+    if data.mixture and not sum(s.weight for s in data.mixture) > 0:
+        out.append("data.mixture: every weight is 0; at least one source needs a positive weight")
+    if data.mixture_schedule and not data.mixture:
+        out.append("data.mixture_schedule is set but data.mixture is empty: a schedule changes the mixture's weights")
+    previous = 0
+    for i, (step, weights) in enumerate(data.mixture_schedule):
+        entry = f"data.mixture_schedule[{i}]=[{step}, {list(weights)}]"
+        if step <= previous:
+            out.append(f"{entry}: steps must be positive and strictly increasing (expected a step > {previous})")
+        previous = max(previous, step)
+        if data.mixture and len(weights) != len(data.mixture):
+            out.append(f"{entry}: expected {len(data.mixture)} weights, one per data.mixture entry")
+        elif not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+            out.append(f"{entry}: weights must be numbers >= 0, at least one positive")
     return out
 
 

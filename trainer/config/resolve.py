@@ -142,11 +142,23 @@ def resolve_layers(layers: Sequence[Layer]) -> ExperimentConfig:
         fields = normalize_layer(where, {"model": preset_fields(preset, preset_source)})
         fields["model"].pop("preset", None)
         _merge(merged, sources, where, fields)
-    for source, layer in layers:
+    set_by = {}  # dotted key -> index of the last layer that set it
+    for index, (source, layer) in enumerate(layers):
         layer = copy.deepcopy(layer)
         layer.get("model", {}).pop("preset", None)
         _merge(merged, sources, source, layer)
+        set_by.update(dict.fromkeys(flatten(layer), index))
+    _latest_data_wins(merged, sources, set_by)
     return build(merged, sources)
+
+
+def _latest_data_wins(merged: dict, sources: dict[str, str], set_by: dict[str, int]) -> None:
+    """data.dataset and data.mixture both say what to train on: the one a later layer set wins, so
+    `data.dataset=c4` on the command line trains on c4 even though the default experiment declares a
+    mixture (within one layer, as in a saved config.yaml, the mixture wins)."""
+    if set_by.get("data.dataset", -1) > set_by.get("data.mixture", -1) and merged["data"].get("mixture"):
+        merged["data"]["mixture"] = []
+        sources["data.mixture"] = f"cleared by data.dataset ({sources.get('data.dataset')})"
 
 
 def _merge(merged: dict, sources: dict[str, str], source: str, layer: Mapping) -> None:
@@ -174,8 +186,8 @@ def build(data: Mapping, sources: Mapping[str, str] | None = None, source: str =
     for key, tp in tree.leaf_types().items():
         try:
             values[key] = tree.coerce(flat[key], tp)
-        except tree.TypeMismatch:
-            problems.append(tree.mismatch_message(key, flat[key], tp, sources.get(key, source)))
+        except tree.TypeMismatch as mismatch:
+            problems.append(tree.mismatch_message(key, flat[key], tp, sources.get(key, source), str(mismatch)))
     if problems:
         raise ConfigError("; ".join(problems))
     kwargs = {}

@@ -19,6 +19,25 @@ SCHEDULES = ("cosine", "rsqrt", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """One source of a data mixture (`data.mixture`).
+
+    The one dataclass here with defaults: a mixture entry is a mapping inside a list, where
+    base.yaml cannot hold a default per key. A key left out (null) takes the data section's own
+    value, so an entry names only what differs: its dataset and weight, and for local_text its
+    text_dir. `name` labels the source in metrics (eval_loss/<name>) and defaults to the dataset.
+    """
+
+    dataset: str
+    weight: float
+    name: str | None = None
+    text_dir: str | None = None
+    text_key: str | None = None
+    train_split: str | None = None
+    eval_split: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where text comes from, how it is tokenized and packed into rows."""
 
@@ -35,6 +54,8 @@ class DataConfig:
     shuffle: bool
     shards: int
     prefetch: int
+    mixture: tuple[SourceConfig, ...]
+    mixture_schedule: tuple[tuple[int, tuple[float, ...]], ...]
 
 
 @dataclasses.dataclass(frozen=True)

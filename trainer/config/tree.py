@@ -25,6 +25,10 @@ _EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _TYPE_HINTS = {
     "train.batch_ramp": "a list of [step, batch_size] integer pairs, e.g. [[1000, 64]]",
     "train.skip_batches": "a list of [start, end] global batch numbers, e.g. [[1200, 1500]]",
+    "data.mixture": "a list of sources like {dataset: python_docs, weight: 0.7} (keys: dataset, weight, "
+    "name, text_dir, text_key, train_split, eval_split)",
+    "data.mixture_schedule": "a list of [step, [weight, ...]] with one weight per data.mixture entry, "
+    "e.g. [[1000, [0.5, 0.5]]]",
 }
 
 
@@ -93,6 +97,8 @@ def coerce(value: object, tp: object) -> object:
         if len(value) != len(args):
             raise TypeMismatch
         return tuple(coerce(v, a) for v, a in zip(value, args))
+    if dataclasses.is_dataclass(tp):
+        return _coerce_record(value, tp)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -114,10 +120,35 @@ def coerce(value: object, tp: object) -> object:
     raise TypeError(f"meshtrain bug: no coercion for field type {tp!r}")
 
 
-def mismatch_message(key: str, value: object, tp: object, source: str) -> str:
-    """One line: the key, the value and its type, where it came from, and what was expected."""
+def _coerce_record(value: object, tp: type) -> object:
+    """A mapping -> the dataclass `tp` (a list element such as a mixture source): every key one of
+    its fields and of that field's type; a key left out takes the field's default, if it has one."""
+    if not isinstance(value, dict):
+        raise TypeMismatch
+    fields = {f.name: f for f in dataclasses.fields(tp)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise TypeMismatch(f"unknown key {unknown[0]!r} in {show(value)}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in value:
+            try:
+                kwargs[name] = coerce(value[name], field_types(tp)[name])
+            except TypeMismatch:
+                raise TypeMismatch(
+                    f"{name}={show(value[name])} in {show(value)} is not {describe(name, field_types(tp)[name])}"
+                ) from None
+        elif field.default is dataclasses.MISSING:
+            raise TypeMismatch(f"{show(value)} has no {name!r}")
+    return tp(**kwargs)
+
+
+def mismatch_message(key: str, value: object, tp: object, source: str, detail: str = "") -> str:
+    """One line: the key, the value and its type, where it came from, what was expected, and
+    (for a list of records) which entry was wrong."""
     hint = ""
     if typing.get_args(tp) and str in typing.get_args(tp) or tp is str:
         if isinstance(value, (int, float, bool)):
             hint = f" (quote it to mean text: {key}='{value}')"
-    return f"{key}={show(value)} ({type(value).__name__}, from {source}): expected {describe(key, tp)}{hint}"
+    detail = f" ({detail})" if detail else ""
+    return f"{key}={show(value)} ({type(value).__name__}, from {source}): expected {describe(key, tp)}{hint}{detail}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import os
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -30,9 +30,8 @@ from meshtrain.trainer.convert.meshtrain_format import (
     release_freed_memory,
 )
 from meshtrain.trainer.convert.safetensors_reader import open_weights
+from meshtrain.trainer.data.tokenizer_kinds import copy_tokenizer, tokenizer_in
 from meshtrain.trainer.errors import UserError
-
-TOKENIZER_FILE = "tokenizer.model"  # a sentencepiece model, as Llama checkpoints carry
 
 
 def read_hf_config(source: Path) -> dict:
@@ -77,7 +76,7 @@ def stored_dtype(reader, names) -> str:
 
 
 def converted_config(
-    family: Family, hf_config: dict, destination: Path, dtype: str, has_tokenizer: bool
+    family: Family, hf_config: dict, destination: Path, dtype: str, tokenizer: str | None
 ) -> ExperimentConfig:
     """The default experiment with the Hugging Face model in it, starting from `destination`."""
     base = dataclasses.replace(load_experiment(None), name=destination.name)
@@ -88,7 +87,11 @@ def converted_config(
             "config.json gives a model meshtrain cannot build: "
             + "; ".join(f"{key}={value!r} must be {valid}" for key, value, valid in errors)
         )
-    data = dataclasses.replace(base.data, tokenizer=str(destination / TOKENIZER_FILE)) if has_tokenizer else base.data
+    data = (
+        dataclasses.replace(base.data, tokenizer=str(destination / os.path.basename(tokenizer)))
+        if tokenizer
+        else base.data
+    )
     return dataclasses.replace(
         base, model=model, data=data, checkpoint=dataclasses.replace(base.checkpoint, init_from=str(destination))
     )
@@ -101,9 +104,9 @@ def convert_from_hf(
     returns its config and the dtype the source stored. `progress` counts the source tensors read."""
     hf_config = read_hf_config(source)
     family = family_for_architectures(hf_config.get("architectures"))
-    has_tokenizer = (source / TOKENIZER_FILE).is_file()
+    tokenizer = tokenizer_in(source)
     with open_weights(source, allow_pickle=allow_pickle) as reader:
-        cfg = converted_config(family, hf_config, destination, dtype or "float32", has_tokenizer)
+        cfg = converted_config(family, hf_config, destination, dtype or "float32", tokenizer)
         source_dtype = stored_dtype(reader, [n for n in reader.names() if not family.ignored(n, cfg.model)])
         if dtype is None:
             if source_dtype not in ("float32", "bfloat16", "float16"):
@@ -121,8 +124,8 @@ def convert_from_hf(
             writer.write(_assemble(group, reader, shapes, cfg.model.num_layers, progress))
             release_freed_memory()
         writer.close()
-    if has_tokenizer:
-        shutil.copyfile(source / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    if tokenizer:
+        copy_tokenizer(tokenizer, staging)
     dump_config(cfg, staging / "config.yaml")
     return cfg, source_dtype
 

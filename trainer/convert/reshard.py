@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from meshtrain.trainer.config import config_differences, dump_config, load_experiment
 from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.data.tokenizer_kinds import copy_tokenizer
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.run.checksums import array_checksums
 from meshtrain.trainer.run.saved_weights import (
@@ -26,6 +27,7 @@ from meshtrain.trainer.run.saved_weights import (
     DATA_ITEM,
     STATE_ITEM,
     SavedCheckpoint,
+    carried_tokenizer,
     check_same_architecture,
     restore_params,
 )
@@ -82,4 +84,7 @@ def convert_meshtrain(saved: SavedCheckpoint, staging: Path, cfg: ExperimentConf
     with ocp.CheckpointManager(staging / CHECKPOINTS_DIR, options=ocp.CheckpointManagerOptions(create=True)) as out:
         out.save(saved.step, args=ocp.args.Composite(**items))
         out.wait_until_finished()
+    tokenizer = carried_tokenizer(saved)  # the new directory carries what the ids mean too
+    if tokenizer:
+        copy_tokenizer(tokenizer, staging)
     dump_config(cfg, staging / CONFIG_FILE)

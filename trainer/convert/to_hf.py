@@ -17,16 +17,14 @@ from tqdm import tqdm
 
 from meshtrain.trainer.convert.families import family_for_model
 from meshtrain.trainer.convert.family_base import TensorGroup, hf_tensor_shapes
-from meshtrain.trainer.convert.from_hf import TOKENIZER_FILE
 from meshtrain.trainer.convert.meshtrain_format import (
     param_shapes,
     read_param,
     release_freed_memory,
 )
 from meshtrain.trainer.convert.safetensors_writer import SafetensorsWriter
-from meshtrain.trainer.data.tokenizer import existing_tokenizer, load_tokenizer
-from meshtrain.trainer.run.saved_weights import SavedCheckpoint
-from meshtrain.trainer.storage.paths import as_path
+from meshtrain.trainer.data.tokenizer_kinds import copy_tokenizer, load_tokenizer
+from meshtrain.trainer.run.saved_weights import SavedCheckpoint, carried_tokenizer
 
 
 def convert_to_hf(
@@ -46,10 +44,10 @@ def convert_to_hf(
             _write_group(writer, group, saved, shapes, model.num_layers, progress)
             release_freed_memory()
     hf_config = family.hf_config(model, out_dtype.name)
-    tokenizer = existing_tokenizer(saved.config.data, model.vocab_size)
+    tokenizer = carried_tokenizer(saved)
     if tokenizer:
         hf_config.update(_special_tokens(tokenizer))
-        (staging / TOKENIZER_FILE).write_bytes(as_path(tokenizer).read_bytes())
+        copy_tokenizer(tokenizer, staging)  # a .model goes under the name Llama's loaders look for
     (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return family.architecture
 
@@ -69,7 +67,7 @@ def _write_group(
 
 
 def _special_tokens(tokenizer_file: str) -> dict:
-    """bos/eos/pad ids of the run's sentencepiece tokenizer, for config.json."""
+    """bos/eos/pad ids of the run's tokenizer, for config.json."""
     tokenizer = load_tokenizer(tokenizer_file)
-    ids = {"bos_token_id": tokenizer.bos_id(), "eos_token_id": tokenizer.eos_id(), "pad_token_id": tokenizer.pad_id()}
-    return {key: value for key, value in ids.items() if value >= 0}
+    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    return {key: value for key, value in ids.items() if value is not None}

@@ -1,4 +1,4 @@
-"""TFDS builders for the two built-in datasets: python_docs and local_text.
+"""TFDS builders for the built-in datasets: python_docs, python_source and local_text.
 
 Both produce {"text": Text} with a train and a validation split. Each builder's config name is a
 hash of everything that decides its content (source text, eval_fraction, text_key), so two
@@ -74,6 +74,18 @@ class PythonDocs(_TextBuilder):
 
     def _split_generators(self, dl_manager):
         return _split_generators(self, documents.python_docs_documents, "python_docs")
+
+
+class PythonSource(_TextBuilder):
+    """The standard library's own source: its small top-level modules, cut at top-level statements."""
+
+    @classmethod
+    def make_config(cls, eval_fraction: float) -> TextConfig:
+        name = _config_name(documents.python_source_fingerprint(), eval_fraction)
+        return TextConfig(name=name, eval_fraction=eval_fraction, description="CPython standard library source")
+
+    def _split_generators(self, dl_manager):
+        return _split_generators(self, documents.python_source_documents, "python_source")
 
 
 class LocalText(_TextBuilder):

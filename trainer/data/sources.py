@@ -1,6 +1,6 @@
 """Turning a DataConfig into a prepared dataset and a random-access source of document texts.
 
-`python_docs` and `local_text` are built here on first use; any other `data.dataset` is a TFDS
+`python_docs`, `python_source` and `local_text` are built here on first use; any other `data.dataset` is a TFDS
 name that must already be prepared (as array_record) in `data.data_dir`. Nothing here downloads:
 an unprepared name fails at once with the command that would prepare it.
 
@@ -16,12 +16,13 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import read_only_builder
 
 from meshtrain.trainer.config.schema import DataConfig
-from meshtrain.trainer.data.builders import LocalText, PythonDocs
+from meshtrain.trainer.data.builders import LocalText, PythonDocs, PythonSource
+from meshtrain.trainer.data.mixture import sources_of
 from meshtrain.trainer.errors import DataError
 from meshtrain.trainer.storage.paths import absolute, is_url, url_scheme
 from meshtrain.trainer.storage.transfer import copy_tree, stage_locally
 
-BUILT_IN = ("python_docs", "local_text")
+BUILT_IN = ("python_docs", "python_source", "local_text")
 
 
 def data_dir(cfg: DataConfig) -> str:
@@ -40,10 +41,10 @@ def _local_root(cfg: DataConfig) -> str:
 
 
 def _built_in_builder(cfg: DataConfig, root: str) -> tfds.core.DatasetBuilder:
-    """The builder for python_docs or local_text in `root`, configured (and so keyed) by cfg."""
-    if cfg.dataset == "python_docs":
-        config = PythonDocs.make_config(cfg.eval_fraction)
-        return PythonDocs(config=config, data_dir=root, file_format="array_record")
+    """The builder for a built-in dataset in `root`, configured (and so keyed) by cfg."""
+    for builder in (PythonDocs, PythonSource):
+        if cfg.dataset == builder.name:
+            return builder(config=builder.make_config(cfg.eval_fraction), data_dir=root, file_format="array_record")
     if not cfg.text_dir:
         raise DataError(
             "data.dataset is local_text but data.text_dir is not set: set it to a directory of .txt and/or .jsonl files"
@@ -61,13 +62,43 @@ def dataset_key(cfg: DataConfig) -> str:
 
 
 def prepare_dataset(cfg: DataConfig) -> None:
-    """Prepares a built-in dataset if it is not yet in data_dir; checks any other name is there.
+    """Prepares each built-in source that is not yet in data_dir; checks every other one is there.
+    All unprepared TFDS sources are named in one error, each with the command that prepares it.
 
     Idempotent and cheap the second time: TFDS finds the finished folder and returns. TFDS writes
     into an `incomplete.*` folder and renames it when done, so a killed run leaves nothing that
     looks prepared.
     """
-    _ready_builder(cfg)
+    missing = []
+    for source in sources_of(cfg):
+        if source.data.dataset in BUILT_IN:
+            _ready_builder(source.data)
+        elif not _is_prepared(source.data):
+            root = _local_root(source.data)
+            missing.append(f"{source.name} ({source.data.dataset!r}: {_build_command(source.data.dataset, root)})")
+    if missing:
+        raise DataError(
+            f"{len(missing)} of the data's {len(sources_of(cfg))} source(s) are not prepared in data_dir "
+            f"{data_dir(cfg)!r}: {'; '.join(missing)}; prepare them (on a machine with TensorFlow), or set "
+            "data.data_dir to where they are"
+        )
+
+
+class NotPrepared(DataError):
+    """A TFDS name that data_dir does not hold."""
+
+
+def _is_prepared(cfg: DataConfig) -> bool:
+    """Whether a TFDS name can be opened from data_dir (staging it first when that is a URL)."""
+    try:
+        _ready_builder(cfg)
+    except NotPrepared:
+        return False
+    return True
+
+
+def _build_command(dataset: str, root: str) -> str:
+    return f"tfds build {dataset} --data_dir {root} --file_format array_record"
 
 
 def _ready_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
@@ -104,11 +135,10 @@ def _prepared_builder(cfg: DataConfig, root: str) -> tfds.core.DatasetBuilder:
     try:
         return read_only_builder.builder_from_files(cfg.dataset, data_dir=root)
     except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
-        raise DataError(
+        raise NotPrepared(
             f"dataset {cfg.dataset!r} is not prepared in data_dir {root!r} ({type(e).__name__}): "
-            f"prepare it first with `tfds build {cfg.dataset} --data_dir {root} "
-            "--file_format array_record` (on a machine with TensorFlow), or set data.data_dir to "
-            "where it is prepared"
+            f"prepare it first with `{_build_command(cfg.dataset, root)}` (on a machine with TensorFlow), "
+            "or set data.data_dir to where it is prepared"
         ) from e
 
 

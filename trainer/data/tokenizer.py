@@ -1,4 +1,4 @@
-"""Training, loading and caching sentencepiece tokenizers that round-trip text exactly.
+"""Training and caching the sentencepiece tokenizers meshtrain makes, which round-trip text exactly.
 
 Exactness (decode(encode(x)) == x) matters because a language model trained on a lossy
 tokenization can never produce the lost text: whitespace runs, tabs, newlines and leading spaces
@@ -10,6 +10,7 @@ no bos. The model has at most `vocab_size` pieces: `hard_vocab_limit=False` lets
 yield fewer, so an embedding table of `vocab_size` rows always covers it.
 """
 
+import hashlib
 import io
 import os
 from collections.abc import Iterable, Iterator
@@ -17,15 +18,14 @@ from collections.abc import Iterable, Iterator
 import sentencepiece as spm
 
 from meshtrain.trainer.config.schema import DataConfig
+from meshtrain.trainer.data.mixture import sources_of
 from meshtrain.trainer.data.sources import data_dir, dataset_key, open_split
+from meshtrain.trainer.data.tokenizer_kinds import Tokenizer, load_tokenizer
 from meshtrain.trainer.errors import DataError
 from meshtrain.trainer.storage.atomic import write_atomic
 from meshtrain.trainer.storage.paths import absolute, as_path
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-# sentencepiece turns spaces into U+2581 internally and back on decode, so a literal U+2581 in
-# the text would come back as a space; `encode` writes it as its three UTF-8 byte pieces instead.
-_META_SPACE = "\u2581"
 # Training reads at most this many characters of the split (its first documents; TFDS stores a
 # split in a hashed, effectively random order): piece statistics settle long before that, and
 # training time and memory grow with the input.
@@ -91,51 +91,58 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_path: str) -> 
     return os.fspath(output)
 
 
-def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
-    """Loads a .model file (local or on an object store); a missing or unreadable one is a
-    DataError naming it."""
-    path = absolute(path, "data.tokenizer")
-    if not path.is_file():
-        raise DataError(
-            f"tokenizer {os.fspath(path)!r} does not exist: set data.tokenizer to a sentencepiece "
-            ".model file, or to null to train one on the dataset"
-        )
-    try:
-        return spm.SentencePieceProcessor(model_proto=path.read_bytes())
-    except (RuntimeError, OSError) as e:
-        raise DataError(f"tokenizer {path!r} is not a sentencepiece model ({e})") from e
+def _mixture_key(cfg: DataConfig) -> str:
+    """dataset_key of the data: its one dataset's, or for a mixture a hash of its sources and weights."""
+    sources = sources_of(cfg)
+    if not cfg.mixture:
+        return dataset_key(sources[0].data)
+    parts = "\0".join(f"{dataset_key(s.data)}:{s.data.train_split}:{s.weight!r}" for s in sources)
+    return "mixture-" + hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
-def encode(sp: spm.SentencePieceProcessor, text: str) -> list[int]:
-    """sp.encode(text), except that a literal U+2581 survives the round trip (see _META_SPACE)."""
-    if _META_SPACE not in text:
-        return sp.encode(text)
-    meta_bytes = [sp.piece_to_id(f"<0x{b:02X}>") for b in _META_SPACE.encode()]
-    ids: list[int] = []
-    for i, part in enumerate(text.split(_META_SPACE)):
-        if i:
-            ids.extend(meta_bytes)
-        ids.extend(sp.encode(part))
-    return ids
+def training_texts(cfg: DataConfig) -> Iterator[str]:
+    """The documents a tokenizer for this data is trained on: each source's train split, drawn so
+    that each source's share of the characters follows its weight (a source with weight 0 gives
+    none); what _training_slices reads of it stops at MAX_TRAINING_CHARS."""
+    sources = [s for s in sources_of(cfg) if s.weight > 0]
+    splits = [open_split(s.data, s.data.train_split) for s in sources]
+    taken, next_doc = [0] * len(sources), [0] * len(sources)
+    while True:
+        open_ = [k for k, split in enumerate(splits) if next_doc[k] < len(split)]
+        if not open_:
+            return
+        k = min(open_, key=lambda k: taken[k] / sources[k].weight)
+        text = splits[k][next_doc[k]]
+        next_doc[k] += 1
+        taken[k] += len(text)
+        yield text
 
 
 def tokenizer_path(cfg: DataConfig, vocab_size: int) -> str:
-    """Where tokenizer_for caches the tokenizer it trains for this dataset and vocab size."""
-    return os.fspath(as_path(data_dir(cfg)) / "tokenizers" / f"{dataset_key(cfg)}-{vocab_size}.model")
+    """Where tokenizer_for caches the tokenizer it trains for this data and vocab size."""
+    return os.fspath(as_path(data_dir(cfg)) / "tokenizers" / f"{_mixture_key(cfg)}-{vocab_size}.model")
 
 
-def existing_tokenizer(cfg: DataConfig, vocab_size: int) -> str | None:
-    """The tokenizer file a run used (cfg.tokenizer or the cached one), or None; never trains one."""
-    path = as_path(cfg.tokenizer or tokenizer_path(cfg, vocab_size), "data.tokenizer")
-    return os.fspath(path) if path.is_file() else None
-
-
-def tokenizer_for(cfg: DataConfig, vocab_size: int) -> spm.SentencePieceProcessor:
-    """cfg.tokenizer if set; else the cached one for this dataset, trained on its train split."""
+def tokenizer_for(cfg: DataConfig, vocab_size: int) -> Tokenizer:
+    """cfg.tokenizer if set; else the cached one for this data, trained on its train split(s)."""
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
     path = tokenizer_path(cfg, vocab_size)
     if not as_path(path).is_file():
-        source = open_split(cfg, cfg.train_split)
-        train_tokenizer((source[i] for i in range(len(source))), vocab_size, path)
+        train_tokenizer(training_texts(cfg), vocab_size, path)
     return load_tokenizer(path)
+
+
+def padding_note(pieces: int, vocab_size: int, multiple: int = 128) -> str | None:
+    """One line when a tokenizer has fewer pieces than model.vocab_size asked for: sentencepiece
+    stops short on a small corpus (hard_vocab_limit=False), and the embedding then keeps unused
+    rows. Says how many, and the smallest vocab_size that holds the pieces padded to `multiple`
+    (a multiple of 128 keeps the embedding and logits evenly shardable over a tensor axis)."""
+    if pieces >= vocab_size:
+        return None
+    fitted = -(-pieces // multiple) * multiple
+    return (
+        f"the tokenizer has {pieces} pieces, fewer than model.vocab_size={vocab_size} asked for (the corpus "
+        f"does not hold more): the embedding keeps {vocab_size - pieces} unused rows; model.vocab_size={fitted} "
+        f"holds the {pieces} pieces padded to a multiple of {multiple}"
+    )

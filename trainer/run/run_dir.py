@@ -8,13 +8,18 @@ optimizer would silently continue training something else, so that is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from etils import epath
 
 from meshtrain.trainer.config import config_differences, dump_config, load_config_file
 from meshtrain.trainer.config.schema import RUN_IDENTITY_SECTIONS, ExperimentConfig
-from meshtrain.trainer.errors import ConfigError, UserError
+from meshtrain.trainer.data import sources_of
+from meshtrain.trainer.data.sources import dataset_key
+from meshtrain.trainer.data.tokenizer_kinds import Tokenizer, copy_tokenizer, tokenizer_in
+from meshtrain.trainer.errors import ConfigError, DataError, UserError
+from meshtrain.trainer.storage.atomic import write_atomic
 from meshtrain.trainer.storage.paths import as_path, is_url
 
 
@@ -80,6 +85,42 @@ def check_same_run(cfg: ExperimentConfig, saved: ExperimentConfig | None, path: 
         )
 
 
+DATA_SOURCES_FILE = "data_sources.json"
+
+
+def data_identity(cfg: ExperimentConfig) -> dict[str, str]:
+    """Source name -> what it was prepared as: a built-in dataset's key is a hash of its text (a
+    local_text directory's file names and bytes), a TFDS name is itself. Costs one read of a
+    local_text directory, no preparation."""
+    return {source.name: dataset_key(source.data) for source in sources_of(cfg.data)}
+
+
+def check_same_data(cfg: ExperimentConfig, saved: ExperimentConfig | None, path: epath.Path) -> None:
+    """Raises before any preparation work when a resumed run's data changed under it (a file added
+    to, removed from or edited in a local_text directory): its data state would not resume, and
+    the run would train on other documents than it says. `saved`: saved_run(path)."""
+    recorded = path / DATA_SOURCES_FILE
+    if saved is None or not recorded.is_file():
+        return
+    before, now = json.loads(recorded.read_text()), data_identity(cfg)
+    changed = [name for name in now if name in before and before[name] != now[name]]
+    if changed:
+        shown = "; ".join(
+            f"source {name!r} ({_where(cfg, name)}) was {before[name]} when the run started and is {now[name]} now"
+            for name in changed
+        )
+        raise DataError(
+            f"run_dir={path}: the run's data changed ({shown}): a file was added, removed or edited; restore it as "
+            "it was to resume, or start a new run_dir"
+        )
+
+
+def _where(cfg: ExperimentConfig, name: str) -> str:
+    source = next(s for s in sources_of(cfg.data) if s.name == name)
+    text_dir = f", text_dir {source.data.text_dir}" if source.data.dataset == "local_text" else ""
+    return f"{source.data.dataset}{text_dir}"
+
+
 def _has_checkpoint(path: epath.Path) -> bool:
     checkpoints = path / "checkpoints"
     return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
@@ -92,6 +133,14 @@ def open_run_dir(cfg: ExperimentConfig) -> epath.Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, path / "config.yaml")
+        write_atomic(path / DATA_SOURCES_FILE, json.dumps(data_identity(cfg), indent=1) + "\n")
     except OSError as error:
         raise UserError(f"run_dir={path}: cannot write the run directory: {error}") from None
     return path
+
+
+def keep_tokenizer(run_dir: epath.Path, tokenizer: Tokenizer) -> None:
+    """Copies the run's tokenizer into the run directory, once: the run then carries what its ids
+    mean, for `sample`, `data show` and `convert`, wherever the cache it came from goes."""
+    if not tokenizer_in(run_dir):
+        copy_tokenizer(tokenizer.path, run_dir)

@@ -10,6 +10,7 @@ shards each device needs and casts on the way.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -19,9 +20,10 @@ from flax import nnx
 from meshtrain.model.config import ModelConfig
 from meshtrain.trainer.config import load_config_file
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.errors import ConfigError, UserError
+from meshtrain.trainer.data.tokenizer_kinds import load_tokenizer, tokenizer_in
+from meshtrain.trainer.errors import ConfigError, DataError, UserError
 from meshtrain.trainer.step.state import model_def
-from meshtrain.trainer.storage.paths import absolute
+from meshtrain.trainer.storage.paths import absolute, as_path
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -126,6 +128,44 @@ def initial_weights_for(cfg: ExperimentConfig, run_dir: epath.Path) -> SavedChec
     saved = find_checkpoint(cfg.checkpoint.init_from)
     check_same_architecture(saved.config.model, cfg.model, f"checkpoint.init_from={cfg.checkpoint.init_from}")
     return saved
+
+
+def carried_tokenizer(saved: SavedCheckpoint) -> str | None:
+    """The tokenizer a checkpoint directory carries: the tokenizer.model or tokenizer.json in it
+    (a conversion copies the source's; a run copies the one it trained with), else the file its
+    config names, if that exists. Never a cached tokenizer that merely has the right size."""
+    inside = tokenizer_in(saved.directory)
+    if inside:
+        return inside
+    named = saved.config.data.tokenizer
+    return named if named and as_path(named).is_file() else None
+
+
+def check_tokenizer_for_weights(cfg: ExperimentConfig, initial: SavedCheckpoint | None) -> None:
+    """A run starting from `checkpoint.init_from` weights must tokenize as they were trained: with
+    the tokenizer they carry, or one with the same pieces. A new tokenizer (data.tokenizer null)
+    would give ids that mean nothing to the embedding, and train silently anyway."""
+    if initial is None:
+        return
+    carried = carried_tokenizer(initial)
+    where = f"checkpoint.init_from={cfg.checkpoint.init_from}"
+    if cfg.data.tokenizer is None:
+        need = (
+            f"data.tokenizer={carried}"
+            if carried
+            else "data.tokenizer to the tokenizer those weights were trained with"
+        )
+        has = f"carries the tokenizer {carried}" if carried else "carries no tokenizer"
+        raise DataError(
+            f"{where} {has}, but data.tokenizer is null, which would train a new tokenizer whose ids mean "
+            f"nothing to those weights: set {need}"
+        )
+    if carried and os.fspath(as_path(carried)) != os.fspath(as_path(cfg.data.tokenizer)):
+        if load_tokenizer(carried).pieces() != load_tokenizer(cfg.data.tokenizer).pieces():
+            raise DataError(
+                f"data.tokenizer={cfg.data.tokenizer} has another vocabulary than the tokenizer {where} carries "
+                f"({carried}): its ids would mean other tokens to those weights; use data.tokenizer={carried}"
+            )
 
 
 def load_decoder(saved: SavedCheckpoint, compute_dtype: str | None = None):

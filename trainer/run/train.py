@@ -30,23 +30,26 @@ from tqdm import tqdm
 from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.data import prepare_dataset, tokenizer_for
+from meshtrain.trainer.data.tokenizer import padding_note
 from meshtrain.trainer.errors import DataError, PeerFailure
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process_each
 from meshtrain.trainer.run.distributed import initialize
-from meshtrain.trainer.run.evaluation import eval_batches_available, evaluate
+from meshtrain.trainer.run.evaluation import eval_batches_available, eval_line, evaluate
 from meshtrain.trainer.run.memory_check import check_fits, device_memory, out_of_memory
 from meshtrain.trainer.run.profiler import StepProfiler
 from meshtrain.trainer.run.recovery import DivergedError, rewind_target, skip_list
 from meshtrain.trainer.run.run_dir import (
     check_run_dir,
+    check_same_data,
     check_same_run,
+    keep_tokenizer,
     open_run_dir,
     pin_schedule,
     run_dir_path,
     saved_run,
 )
-from meshtrain.trainer.run.saved_weights import initial_weights_for, restore_params
+from meshtrain.trainer.run.saved_weights import check_tokenizer_for_weights, initial_weights_for, restore_params
 from meshtrain.trainer.run.signals import StopRequest
 from meshtrain.trainer.run.trajectory import Trajectory
 from meshtrain.trainer.run.watchdog import Watchdog
@@ -63,6 +66,7 @@ from meshtrain.trainer.step.partition import (
     plan_run,
 )
 from meshtrain.trainer.step.state import model_def, optimizer_for
+from meshtrain.trainer.tracking.data_ledger import DataLedger
 from meshtrain.trainer.tracking.metrics_log import MetricsLog
 from meshtrain.trainer.tracking.recoveries import describe, load_recoveries, record_recovery
 from meshtrain.trainer.tracking.tracker import Tracker
@@ -87,9 +91,9 @@ class RunSummary:
 
 def _load_tokenizer(cfg: ExperimentConfig):
     tokenizer = tokenizer_for(cfg.data, cfg.model.vocab_size)
-    if tokenizer.get_piece_size() > cfg.model.vocab_size:
+    if tokenizer.size > cfg.model.vocab_size:
         raise DataError(
-            f"tokenizer has {tokenizer.get_piece_size()} pieces but model.vocab_size="
+            f"tokenizer {tokenizer.path} has {tokenizer.size} ids but model.vocab_size="
             f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
         )
     return tokenizer
@@ -100,7 +104,10 @@ def _prepare_data(cfg: ExperimentConfig):
     wait for it, then every process opens them."""
     if jax.process_index() == 0:
         prepare_dataset(cfg.data)
-        _load_tokenizer(cfg)
+        tokenizer = _load_tokenizer(cfg)
+        note = padding_note(tokenizer.size, cfg.model.vocab_size) if cfg.data.tokenizer is None else None
+        if note:
+            print(f"meshtrain: {note}")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("meshtrain: dataset and tokenizer ready")
         prepare_dataset(cfg.data)
@@ -135,6 +142,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     saved = saved_run(run_dir)  # read once: it pins the schedule and binds the run's identity
     cfg = pin_schedule(cfg, saved)
     check_same_run(cfg, saved, run_dir)
+    check_same_data(cfg, saved, run_dir)
     use_compilation_cache(cfg.train.compilation_cache)
     with StopRequest("nothing was trained since the newest checkpoint; the same command resumes") as stop:
         return _train(cfg, run_dir, primary, started_at, stop, progress)
@@ -143,12 +151,13 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
 def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, stop: StopRequest, progress: bool):
     mesh = make_mesh(cfg)
     check_fits(cfg, mesh)
+    initial_weights = initial_weights_for(cfg, run_dir)
+    check_tokenizer_for_weights(cfg, initial_weights)
     tokenizer = _prepare_data(cfg)
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, mesh)
     eval_batches = eval_batches_available(cfg, tokenizer, plan.feeder)
-    initial_weights = initial_weights_for(cfg, run_dir)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.checkpoint)
     tracker = Tracker(cfg, run_dir, primary=primary, started_at=started_at)
@@ -187,6 +196,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
     run.start(restored, skips)
     if primary:
         open_run_dir(cfg)  # the resolved config of what runs now (a resume may change the mesh)
+        keep_tokenizer(run_dir, tokenizer)
 
     train_step = jit_train_step(cfg, mdef, optimizer, plan)
     eval_step = jit_eval_step(cfg, mdef, plan)
@@ -199,6 +209,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
             f"train at its final learning rate {float(schedule(cfg.train.steps)):.3g}"
         )
     log = MetricsLog(run_dir, WandbLog(cfg, run_dir) if cfg.tracking.wandb else None) if primary else None
+    ledger = DataLedger(run_dir, plan.feeder.index, plan.feeder.count) if plan.feeder.leads else None
     bar = tqdm(
         total=cfg.train.steps,
         initial=start,
@@ -269,7 +280,8 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
         while run.step < cfg.train.steps:
             step = run.step
             with tracker.timed("data_wait"):
-                batch, run.data_state = run.prefetcher.next()
+                fed = run.prefetcher.next()
+            batch, run.data_state = fed.batch, fed.data_state
             checkpoints.check_errors()  # a failed background save stops the run now, not steps later
             profiler.before_step(step)
             run.state, metrics = train_step(run.state, batch)
@@ -303,6 +315,8 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                     continue
                 if step > trouble_seen_at:  # healthy past the last trouble: that rewind worked
                     rewinds_in_a_row = 0
+            if log_now and ledger:
+                ledger.record(step, fed.batch_number, fed.state_before)
             if log_now or stopping:
                 record = {
                     "loss": metrics["loss"],
@@ -329,12 +343,14 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                 jax.block_until_ready(run.state)
                 if eval_now:
                     with tracker.timed("evaluation"), watchdog.allowance("evaluating"):
-                        loss = evaluate(cfg, tokenizer, eval_step, run.state["params"], put, plan.feeder, eval_batches)
-                    summary.last_eval_loss = loss
+                        losses = evaluate(
+                            cfg, tokenizer, eval_step, run.state["params"], put, plan.feeder, eval_batches
+                        )
+                    summary.last_eval_loss = losses["eval_loss"]
                     if log:
-                        log.write(step, {"eval_loss": loss})
+                        log.write(step, losses)
                     if primary:
-                        bar.write(f"step {step + 1}: eval loss {loss:.4f}")
+                        bar.write(f"step {step + 1}: {eval_line(losses)}")
                 if save_now and metrics["bad_streak"] > 0:
                     if primary:
                         bar.write(
@@ -376,6 +392,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
         closers = [lambda: watchdog.close(failing=failing), profiler.stop, run.close, bar.close]
         closers.append(lambda: _report(tracker, status, summary))
         closers += [log.close] if log else []
+        closers += [ledger.close] if ledger else []
         closers.append(checkpoints.close)
         _close_all(closers, quiet=failing)
     return summary

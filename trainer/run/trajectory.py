@@ -5,7 +5,7 @@ A rewind (trainer/run/recovery.py) replaces all of them at once, which is why th
 
 from __future__ import annotations
 
-from meshtrain.trainer.config.batch_schedule import batch_size_at
+from meshtrain.trainer.config.batch_schedule import batch_size_at, data_shards
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.data import BatchStream
 from meshtrain.trainer.run.checkpoint import Checkpoints
@@ -27,7 +27,8 @@ class Trajectory:
             self.cfg.data,
             self.tokenizer,
             seed=self.cfg.seed,
-            split=self.cfg.data.train_split,
+            split="train",
+            num_shards=data_shards(self.cfg.train, self.cfg.data.shards),
             feeder_index=self.feeder.index,
             feeder_count=self.feeder.count,
         )

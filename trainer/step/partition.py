@@ -77,6 +77,7 @@ class Feeder:
 
     index: int
     count: int
+    leads: bool = True  # the lowest-numbered process of its feeder: the one that records its data ledger
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +112,8 @@ def batch_feeder(sharding: NamedSharding, rows: int, seq_len: int, process: int)
         raise ConfigError(
             f"the batch axes give the processes overlapping or unequal rows of a batch: {sorted(spans.items())}"
         )
-    return Feeder(distinct.index(spans[process]), len(distinct))
+    leader = min(owner for owner, span in spans.items() if span == spans[process])
+    return Feeder(distinct.index(spans[process]), len(distinct), leads=leader == process)
 
 
 def plan_run(

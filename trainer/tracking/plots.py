@@ -31,7 +31,7 @@ def _save(figure, path: epath.Path) -> None:
 def write_plots(
     run_dir: epath.Path, train: dict[int, dict], evals: dict[int, dict], *, skip_throughput: set[int], priced: bool
 ) -> dict[str, str]:
-    """loss.png (loss, eval loss), throughput.png (tokens/s and MFU; steps in `skip_throughput`, a
+    """loss.png (loss, eval loss and, for a mixture, each source's), throughput.png (tokens/s and MFU; steps in `skip_throughput`, a
     process's first, whose interval holds its compilation, left out) and cost.png (cumulative dollars,
     or chip-hours when `priced` is false) under run_dir/plots; returns {name: path relative to run_dir}."""
     out = as_path(run_dir) / PLOTS_DIR
@@ -50,6 +50,10 @@ def write_plots(
             label="eval loss",
             color="tab:orange",
         )
+        sources = sorted({k for r in evals.values() for k in r if k.startswith("eval_loss/")})
+        for source in sources if len(sources) > 1 else []:  # a mixture: each source beside the total
+            points = {s: r[source] for s, r in evals.items() if source in r}
+            ax.plot([s + 1 for s in points], list(points.values()), ".--", label=source.replace("eval_loss/", "eval: "))
     ax.set(xlabel="step", ylabel="loss", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()

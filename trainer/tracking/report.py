@@ -17,7 +17,8 @@ report.json fields:
       left out (it holds the compilation)
   mfu_over_wall: model FLOPs / (chips x peak x the whole wall time): utilization net of goodput
   goodput: wall_s, parts_s, parts_pct, goodput_pct, steps_redone, segments (trainer/tracking/goodput.py)
-  final_loss, final_eval_loss, plots {loss, throughput, cost} (paths relative to the run directory)
+  final_loss, final_eval_loss, final_eval_loss_by_source {source: loss},
+      plots {loss, throughput, cost} (paths relative to the run directory)
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ PART_LABELS = {
 
 def _mean_median(values: list[float]) -> tuple[float | None, float | None]:
     return (statistics.fmean(values), statistics.median(values)) if values else (None, None)
+
+
+def _by_source(eval_record: dict) -> dict[str, float]:
+    """{source: eval loss} of an eval record's eval_loss/<source> entries."""
+    return {k.split("/", 1)[1]: v for k, v in eval_record.items() if k.startswith("eval_loss/")}
 
 
 def build_report(
@@ -126,6 +132,7 @@ def build_report(
         "recoveries": load_recoveries(run_dir),
         "final_loss": train[max(train)]["loss"] if train else None,
         "final_eval_loss": evals[max(evals)]["eval_loss"] if evals else None,
+        "final_eval_loss_by_source": _by_source(evals[max(evals)]) if evals else {},
         "device_peak_bytes": max(
             (r["device_peak_bytes"] for r in train.values() if "device_peak_bytes" in r), default=None
         ),
@@ -186,6 +193,11 @@ def render_markdown(r: dict) -> str:
             ("cost (on-demand)", cost),
             ("final loss", format_number(r["final_loss"])),
             ("final eval loss", format_number(r["final_eval_loss"])),
+            *(
+                (f"final eval loss, {name}", format_number(loss))
+                for name, loss in r["final_eval_loss_by_source"].items()
+                if len(r["final_eval_loss_by_source"]) > 1
+            ),
             *([("peak device memory", format_bytes(r["device_peak_bytes"]))] if r["device_peak_bytes"] else []),
         ],
     )
