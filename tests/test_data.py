@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from meshtrain.trainer.config.schema import DataConfig
-from meshtrain.trainer.data import FEATURES, PROVENANCE, BatchStream, merge_states, open_split, prepare_dataset, tokenizer_for
+from meshtrain.trainer.data import (
+    FEATURES,
+    PROVENANCE,
+    BatchStream,
+    merge_states,
+    open_split,
+    prepare_dataset,
+    tokenizer_for,
+)
 from meshtrain.trainer.data.tokenizer import tokenizer_path
 from meshtrain.trainer.errors import DataError
 

@@ -73,7 +73,9 @@ def step_batches(run_dir, steps: range, rows: int | None = None) -> Iterator[Ste
     ledger = read_ledger(run_dir)
     logged = [s for s in ledger if s <= steps.start]
     if not logged:
-        first = f"; its first logged step is {min(ledger)}" if ledger else " (it has no data ledger: a run from before it)"
+        first = (
+            f"; its first logged step is {min(ledger)}" if ledger else " (it has no data ledger: a run from before it)"
+        )
         raise UserError(f"{run_dir}: no logged step at or before step {steps.start}{first}")
     record = ledger[logged[-1]]
     tokenizer = _run_tokenizer(run_dir, cfg)
