@@ -45,7 +45,10 @@ FEATURES = ("inputs", "targets", "segment_ids", "positions", "weights")
 PROVENANCE = ("documents", "sources")
 # Rows packed together before any is emitted: more bins = less padding but more read-ahead.
 _PACKING_BINS = 16
-# Documents read ahead by grain's reader threads (which also tokenize: the map runs there).
+# Documents read ahead by grain's reader threads (which also tokenize: the map runs there), for the
+# whole stream: shared among its readers (shards x sources), so that 16 readers do not tokenize 16
+# times as far ahead, or start 16 times the threads, of one. With more readers than threads each
+# reads in the caller's thread (the trainer's prefetch thread), and the shards interleave anyway.
 _READ_THREADS = 2
 _READ_AHEAD = 64
 # Source k's documents are shuffled with seed + k * _SOURCE_SEED_STRIDE: independent orders per source.
@@ -123,7 +126,9 @@ def process_shards(num_shards: int, feeder_index: int, feeder_count: int) -> tup
 class _Reader:
     """Packed rows of one source's documents [shard::num_shards] of one split."""
 
-    def __init__(self, texts, shard: int, num_shards: int, cfg: DataConfig, tokenizer, seed: int, repeat: bool):
+    def __init__(
+        self, texts, shard: int, num_shards: int, cfg: DataConfig, tokenizer, seed: int, repeat: bool, readers: int
+    ):
         docs = grain.MapDataset.range(len(texts))[shard::num_shards]
         self.documents = len(docs)
         if repeat:
@@ -131,7 +136,10 @@ class _Reader:
                 docs = docs.shuffle(seed)  # Reseeded per epoch by grain (seed + epoch).
             docs = docs.repeat()
         docs = docs.map(_tokenize(tokenizer, texts))
-        rows = docs.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_AHEAD))
+        read = grain.ReadOptions(
+            num_threads=_READ_THREADS // readers, prefetch_buffer_size=max(1, _READ_AHEAD // readers)
+        )
+        rows = docs.to_iter_dataset(read)
         rows = grain.experimental.FlatMapIterDataset(rows, _ChunkDocument(cfg.seq_len))
         rows = grain.experimental.FirstFitPackIterDataset(
             rows,
@@ -231,7 +239,10 @@ class BatchStream:
                 )
             for shard in self.shards:
                 source_seed = seed + k * _SOURCE_SEED_STRIDE
-                self._readers[shard, k] = _Reader(texts, shard, self.num_shards, data, tokenizer, source_seed, repeat)
+                readers = len(self.shards) * len(self._used)
+                self._readers[shard, k] = _Reader(
+                    texts, shard, self.num_shards, data, tokenizer, source_seed, repeat, readers
+                )
         self._position = _Position()
         self._identity = {
             "split": split,
