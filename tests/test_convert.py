@@ -222,8 +222,15 @@ NEOX = [
 def llama_with_tokenizer(tmp_path_factory, data_dir):
     """A Llama over the test corpus tokenizer (512 pieces, eos 1), exported to Hugging Face (with
     the tokenizer) and converted back: (root, root/hf, root/mt)."""
+    from meshtrain.trainer.config import load_experiment
+    from meshtrain.trainer.data.tokenizer import tokenizer_path
+
     root = tmp_path_factory.mktemp("llama512")
-    write_random_meshtrain(root / "random", *LLAMA, "model.vocab_size=512", f"data.data_dir={data_dir}")
+    data = load_experiment(None, ["model.vocab_size=512", f"data.data_dir={data_dir}"]).data
+    tokenizer = tokenizer_path(data, 512)  # the session's cached tokenizer, named: a run carries its tokenizer
+    write_random_meshtrain(
+        root / "random", *LLAMA, "model.vocab_size=512", f"data.data_dir={data_dir}", f"data.tokenizer={tokenizer}"
+    )
     assert convert([str(root / "random"), str(root / "hf"), "--no-progress"]) == 0
     assert convert([str(root / "hf"), str(root / "mt"), "--no-progress"]) == 0
     return root

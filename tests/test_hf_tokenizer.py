@@ -91,7 +91,7 @@ def test_sample_equals_transformers_from_the_same_prompt_text(converted, capsys)
 def test_sample_never_substitutes_a_tokenizer(converted, tmp_path, capsys):
     root, _ = converted
     bare = tmp_path / "bare"
-    convert([str(root / "mt"), str(bare), "--no-progress"])
+    assert convert([str(root / "mt"), str(bare), "--to", "meshtrain", "--params-only", "--no-progress"]) == 0
     (bare / "tokenizer.json").unlink()
     (bare / "tokenizer_config.json").unlink()
     config = (bare / "config.yaml").read_text().replace(str(root / "mt" / "tokenizer.json"), "null")
