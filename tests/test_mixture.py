@@ -182,3 +182,46 @@ def test_a_source_with_its_own_splits(mixture):
     source = sources_of(data)[0]
     assert isinstance(data.mixture[0], SourceConfig)
     assert (source.name, source.data.eval_split, source.data.train_split) == ("docs_on_train", "train", "train")
+
+
+def test_eval_reports_each_source_beside_the_weighted_total(small_experiment, tmp_path):
+    from meshtrain.trainer.run.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = small_experiment(f"run_dir={run_dir}", "train.steps=2", "train.eval_every=2", "train.eval_batches=2")
+    summary = train(cfg, progress=False)
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line]
+    (record,) = evals
+    docs, source = record["eval_loss/python_docs"], record["eval_loss/python_source"]
+    assert docs != source and record["eval_loss"] == pytest.approx(0.7 * docs + 0.3 * source)
+    assert summary.last_eval_loss == record["eval_loss"]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["final_eval_loss_by_source"] == {"python_docs": docs, "python_source": source}
+    assert "final eval loss, python_source" in (run_dir / "report.md").read_text()
+    events = b"".join(p.read_bytes() for p in (run_dir / "tensorboard").glob("*tfevents*"))
+    assert b"eval_loss/python_docs" in events and b"eval_loss/python_source" in events
+
+
+def test_a_changed_local_text_directory_is_refused_before_preparing_it(small_experiment, tmp_path):
+    from meshtrain.trainer.run.train import train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"{i}.txt").write_text(f"document number {i} " * 5)
+    data_dir = tmp_path / "data"
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        "data.dataset=local_text",
+        f"data.text_dir={corpus}",
+        f"data.data_dir={data_dir}",
+        "train.eval_every=0",
+        "data.eval_fraction=0.2",
+    ]
+    train(small_experiment(*overrides, "train.steps=2"), progress=False)
+    prepared = sorted(p.name for p in (data_dir / "local_text").iterdir())
+    (corpus / "new.txt").write_text("one more document")
+    with pytest.raises(DataError, match=r"the run's data changed \(source 'local_text'") as error:
+        train(small_experiment(*overrides, "train.steps=4"), progress=False)
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in (data_dir / "local_text").iterdir()) == prepared  # nothing prepared again

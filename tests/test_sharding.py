@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from meshtrain.trainer.data import BatchStream, tokenizer_for
+from meshtrain.trainer.config.batch_schedule import data_shards
+from meshtrain.trainer.data import FEATURES, BatchStream, tokenizer_for
 from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.step.partition import (
@@ -51,16 +52,22 @@ LAYOUTS = {
 }
 
 
+def _features(batch: dict) -> dict:
+    """What the train step takes of a batch (the provenance arrays stay on the host)."""
+    return {k: batch[k] for k in FEATURES}
+
+
 def _train(cfg, devices, steps=STEPS):
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg, devices))
     state = init_sharded_state(cfg, mdef, optimizer, plan)
     step = jit_train_step(cfg, mdef, optimizer, plan)
-    stream = BatchStream(cfg.data, tokenizer_for(cfg.data, cfg.model.vocab_size), seed=cfg.seed)
+    shards = data_shards(cfg.train, cfg.data.shards)
+    stream = BatchStream(cfg.data, tokenizer_for(cfg.data, cfg.model.vocab_size), seed=cfg.seed, num_shards=shards)
     losses = []
     for _ in range(steps):
-        state, metrics = step(state, global_batch(plan, stream.next_batch(cfg.train.batch_size)))
+        state, metrics = step(state, global_batch(plan, _features(stream.next_batch(cfg.train.batch_size))))
         losses.append(float(metrics["loss"]))
     return losses, state, plan
 

@@ -31,7 +31,7 @@ from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.data import prepare_dataset, tokenizer_for
 from meshtrain.trainer.data.tokenizer import padding_note
-from meshtrain.trainer.errors import DataError, PeerFailure
+from meshtrain.trainer.errors import DataError, PeerFailure, UserError
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process_each
 from meshtrain.trainer.run.distributed import initialize
@@ -316,7 +316,11 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                 if step > trouble_seen_at:  # healthy past the last trouble: that rewind worked
                     rewinds_in_a_row = 0
             if log_now and ledger:
-                ledger.record(step, fed.batch_number, fed.state_before)
+                try:
+                    ledger.record(step, fed.batch_number, fed.state_before)
+                except UserError:  # a full disk fails a pending checkpoint too, whose error says by how much
+                    checkpoints.wait()
+                    raise
             if log_now or stopping:
                 record = {
                     "loss": metrics["loss"],

@@ -22,6 +22,7 @@ from typing import Any
 from etils import epath
 
 from meshtrain.trainer.data import merge_states
+from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.storage.append_log import AppendLog, read_log
 from meshtrain.trainer.storage.paths import as_path
 
@@ -44,8 +45,13 @@ class DataLedger:
     def record(self, step: int, batch: int, state: dict[str, Any]) -> None:
         """`state`: the stream's state before it read the batch numbered `batch`, trained by `step`."""
         line = {"step": step, "batch": batch, "time": time.time(), "state": state}
-        self._log.write(json.dumps(line, separators=(",", ":")) + "\n")
-        self._log.flush()
+        try:
+            self._log.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self._log.flush()
+        except OSError as error:  # a full disk, a run directory that went away
+            raise UserError(
+                f"cannot append to {self._log.path}: {error}; the run stops (the same command resumes)"
+            ) from None
 
     def close(self) -> None:
         self._log.close()
