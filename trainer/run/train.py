@@ -24,16 +24,14 @@ import sys
 import time
 
 import jax
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.data import prepare_dataset, tokenizer_for
-from meshtrain.trainer.data.tokenizer import padding_note
-from meshtrain.trainer.errors import DataError, PeerFailure, UserError
+from meshtrain.trainer.errors import PeerFailure, UserError
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process_each
+from meshtrain.trainer.run.data_setup import prepare_data
 from meshtrain.trainer.run.distributed import initialize
 from meshtrain.trainer.run.evaluation import eval_batches_available, eval_line, evaluate
 from meshtrain.trainer.run.memory_check import check_fits, device_memory, out_of_memory
@@ -89,31 +87,6 @@ class RunSummary:
     report: str | None = None  # report.md, written by process 0 when the loop ends
 
 
-def _load_tokenizer(cfg: ExperimentConfig):
-    tokenizer = tokenizer_for(cfg.data, cfg.model.vocab_size)
-    if tokenizer.size > cfg.model.vocab_size:
-        raise DataError(
-            f"tokenizer {tokenizer.path} has {tokenizer.size} ids but model.vocab_size="
-            f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
-        )
-    return tokenizer
-
-
-def _prepare_data(cfg: ExperimentConfig):
-    """Process 0 builds the dataset and tokenizer (once, into the shared data_dir); the others
-    wait for it, then every process opens them."""
-    if jax.process_index() == 0:
-        prepare_dataset(cfg.data)
-        tokenizer = _load_tokenizer(cfg)
-        note = padding_note(tokenizer.size, cfg.model.vocab_size) if cfg.data.tokenizer is None else None
-        if note:
-            print(f"meshtrain: {note}")
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("meshtrain: dataset and tokenizer ready")
-        prepare_dataset(cfg.data)
-    return _load_tokenizer(cfg)
-
-
 def _report(tracker: Tracker, status: str, summary: RunSummary) -> None:
     report = tracker.finish(status=status)
     summary.report = None if report is None else str(report)
@@ -153,7 +126,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
     check_fits(cfg, mesh)
     initial_weights = initial_weights_for(cfg, run_dir)
     check_tokenizer_for_weights(cfg, initial_weights)
-    tokenizer = _prepare_data(cfg)
+    tokenizer = prepare_data(cfg)
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, mesh)
