@@ -128,7 +128,7 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(
         "train",
         f"data.data_dir={data_dir}",
         *small_model,
-        "train.steps=200",
+        "train.steps=80",
         "train.log_every=1",
         "train.eval_every=0",
         "checkpoint.every=7",
@@ -152,7 +152,7 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(
     process.wait()
     resumed = meshtrain(*common, f"run_dir={killed_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    resumed_from = int(re.search(r"steps (\d+)->200", resumed.stdout).group(1))
+    resumed_from = int(re.search(r"steps (\d+)->80", resumed.stdout).group(1))
     assert resumed_from > 0 and resumed_from % 7 == 0
     whole = meshtrain(*common, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
@@ -161,7 +161,7 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint_as_if_never_killed(
         return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
     assert last_losses(killed_dir) == last_losses(tmp_path / "whole")
-    assert (killed_dir / "checkpoints" / "200").is_dir()
+    assert (killed_dir / "checkpoints" / "80").is_dir()
     from meshtrain.trainer.config import load_experiment
 
     _, killed_state, _ = final_state(load_experiment(str(killed_dir / "config.yaml")))

@@ -1,11 +1,16 @@
-"""Real multi-process training on localhost: 2 processes x 4 CPU devices against 1 process x 8.
+"""Real multi-process training on localhost: 1 process x 8 CPU devices, 2 x 4 and 4 x 2.
 
 `meshtrain train` runs as separate processes that find each other through JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID, each feeding only its own rows of the global batch. With a
-fixed number of data shards the global batch is the same on any process count, so:
-  - 2 processes train with the losses of 1 process over the same 8 devices, skipping the same
-    batches by number (train.skip_batches);
-  - a checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 2, continuing
+JAX_NUM_PROCESSES and JAX_PROCESS_ID, each feeding only its own rows of the global batch. With the
+default number of data shards (data.shards=0: the gcd of the batch sizes) the global batch is the
+same on any process count that splits it, so:
+  - 1, 2 and 4 processes train on identical global batches: rebuilt from each run's data ledger
+    (`meshtrain data show`'s reader) they are equal token for token, and the losses are equal,
+    skipping the same batches by number (train.skip_batches);
+  - on 4 processes a sequence axis spans pairs of them: the two processes of a pair hold the same
+    rows, so they are one feeder that loads those rows (as PaLM's 3 hosts of one 12-chip tensor
+    group are), and only its first process writes the feeder's ledger;
+  - a checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 4, continuing
     with the losses of each other's runs.
 """
 
@@ -18,7 +23,10 @@ import socket
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from meshtrain.trainer.run.provenance import step_batches
 
 pytestmark = pytest.mark.slow  # several training processes on localhost
 
@@ -31,19 +39,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# The same layout, data=2 x fsdp=4, built two ways: across 2 processes the data axis is the DCN level
-# of a hybrid mesh whose granules are processes (as hosts are on a GPU cluster); in 1 process it
-# is all ICI.
-MESH = {2: ["mesh.dcn_data=2", "mesh.ici_fsdp=-1"], 1: ["mesh.ici_data=2", "mesh.ici_fsdp=-1"]}
+# data=2 x fsdp=4 on 1 and 2 processes: across 2 the data axis is the DCN level of a hybrid mesh
+# whose granules are processes (as hosts are on a GPU cluster); in 1 process it is all ICI. On 4,
+# data=2 x sequence=2 over DCN and fsdp=2 inside each process: rows split 4 ways, by process pairs.
+MESH = {
+    1: ["mesh.ici_data=2", "mesh.ici_fsdp=-1"],
+    2: ["mesh.dcn_data=2", "mesh.ici_fsdp=-1"],
+    4: ["mesh.dcn_data=2", "mesh.dcn_sequence=2", "mesh.ici_fsdp=-1"],
+}
+FEEDERS = {1: 1, 2: 2, 4: 2}
 
 
-def _train(run_dir: Path, train_command: list[str], processes: int, steps: int, mesh: list[str] | None = None) -> None:
+def _train(run_dir: Path, train_command: list[str], processes: int, steps: int) -> None:
     """`python -m meshtrain.tools train` as `processes` processes sharing 8 CPU devices between them."""
     args = [
         *train_command,
         f"run_dir={run_dir}",
-        *(MESH[processes] if mesh is None else mesh),
-        "data.shards=2",
+        *MESH[processes],
         # Batches skipped by number: the same global batches on either process count, and on resume.
         "train.skip_batches=[[1, 2], [3, 5]]",
         f"train.steps={steps}",
@@ -90,27 +102,31 @@ def _assert_same_losses(actual: dict, expected: dict) -> None:
         assert actual[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
 
 
-def test_two_processes_train_and_resume_like_one(train_command, tmp_path):
-    two, one = tmp_path / "two", tmp_path / "one"
-    _train(two, train_command, processes=2, steps=2)
-    _train(one, train_command, processes=1, steps=2)
-    _assert_same_losses(_losses(two), _losses(one))
+def _global_batches(run_dir: Path, steps: range) -> list[dict[str, np.ndarray]]:
+    """Each step's global batch as the run's data ledger rebuilds it, with the batch number."""
+    return [{**b.arrays, "batch": np.int64(b.batch)} for b in step_batches(run_dir, steps)]
 
-    # Each run's step-2 checkpoint resumes on the other process count.
-    two_then_one, one_then_two = tmp_path / "two_then_one", tmp_path / "one_then_two"
-    shutil.copytree(two, two_then_one)
-    shutil.copytree(one, one_then_two)
+
+def test_one_two_and_four_processes_train_on_the_same_batches_and_resume(train_command, tmp_path):
+    runs = {n: tmp_path / f"{n}_processes" for n in (1, 2, 4)}
+    for processes, run_dir in runs.items():
+        _train(run_dir, train_command, processes=processes, steps=2)
+    one = _global_batches(runs[1], range(2))
+    assert [int(b["batch"]) for b in one] == [0, 2]  # batch 1 skipped by number
+    for processes in (2, 4):
+        # Each feeder's first process recorded its rows' ledger; together the files rebuild the batch.
+        assert len(list((runs[processes] / "data_ledger").iterdir())) == FEEDERS[processes]
+        for step, (a, b) in enumerate(zip(_global_batches(runs[processes], range(2)), one)):
+            assert a.keys() == b.keys()
+            for feature in a:
+                np.testing.assert_array_equal(a[feature], b[feature], err_msg=f"{processes} processes, step {step}")
+        _assert_same_losses(_losses(runs[processes]), _losses(runs[1]))
+
+    # A step-2 checkpoint resumes on another process count: 2 -> 1 and 1 -> 4.
+    two_then_one, one_then_four = tmp_path / "two_then_one", tmp_path / "one_then_four"
+    shutil.copytree(runs[2], two_then_one)
+    shutil.copytree(runs[1], one_then_four)
     _train(two_then_one, train_command, processes=1, steps=4)
-    _train(one_then_two, train_command, processes=2, steps=4)
-    _assert_same_losses(_losses(two_then_one), _losses(one_then_two))
+    _train(one_then_four, train_command, processes=4, steps=4)
+    _assert_same_losses(_losses(two_then_one), _losses(one_then_four))
     assert sorted(_losses(two_then_one)) == [0, 1, 2, 3]
-
-
-def test_processes_holding_the_same_rows_load_the_same_rows(train_command, tmp_path):
-    """sequence=8 spans both processes, and no batch axis is split: every device holds every row,
-    so both processes are one feeder and load the whole batch (as PaLM's 3 hosts of one 12-chip
-    tensor group do). The losses are those of one process on the same layout."""
-    mesh = ["mesh.ici_fsdp=1", "mesh.ici_sequence=8"]
-    _train(tmp_path / "two", train_command, processes=2, steps=3, mesh=mesh)
-    _train(tmp_path / "one", train_command, processes=1, steps=3, mesh=mesh)
-    _assert_same_losses(_losses(tmp_path / "two"), _losses(tmp_path / "one"))

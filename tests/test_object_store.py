@@ -71,6 +71,9 @@ def test_a_dataset_prepared_for_an_object_store_is_uploaded_and_staged_by_the_ne
     _no_local_url_folders(tmp_path, os.getcwd())
 
 
+STEPS = 100  # checkpoints every 20; killed after 40 logged steps
+
+
 @pytest.fixture(scope="module")
 def killed_and_whole(gcs, data_dir, small_model, tmp_path_factory):
     """A run on gs:// killed with SIGKILL mid-run and resumed, and the same run uninterrupted on
@@ -79,14 +82,14 @@ def killed_and_whole(gcs, data_dir, small_model, tmp_path_factory):
     copy_tree(data_dir, "gs://bucket/data")
     common = [
         sys.executable, "-m", "meshtrain.tools", "train", "--no-progress", *small_model,
-        "data.data_dir=gs://bucket/data", "train.steps=200", "train.log_every=1", "train.eval_every=100",
+        "data.data_dir=gs://bucket/data", f"train.steps={STEPS}", "train.log_every=1", "train.eval_every=50",
         "checkpoint.every=20",
     ]  # fmt: skip
     killed = [*common, "run_dir=gs://bucket/runs/killed", f"data.stage_dir={work / 'staged-a'}"]
     process = subprocess.Popen(killed, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     metrics = "gs://bucket/runs/killed/metrics.jsonl"
-    while time.time() < deadline and process.poll() is None and len(read_log(metrics).splitlines()) < 50:
+    while time.time() < deadline and process.poll() is None and len(read_log(metrics).splitlines()) < 40:
         time.sleep(0.2)
     assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
     process.kill()
@@ -105,7 +108,7 @@ def test_a_run_on_gcs_killed_and_resumed_equals_an_uninterrupted_one_bitwise(
     work, resumed, whole = killed_and_whole
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert whole.returncode == 0, whole.stderr[-3000:]
-    resumed_from = int(re.search(r"steps (\d+)->200", resumed.stdout).group(1))
+    resumed_from = int(re.search(rf"steps (\d+)->{STEPS}", resumed.stdout).group(1))
     assert resumed_from > 0 and resumed_from % 20 == 0
 
     def losses(run_dir):
@@ -116,7 +119,7 @@ def test_a_run_on_gcs_killed_and_resumed_equals_an_uninterrupted_one_bitwise(
     killed = load_experiment("gs://bucket/runs/killed/config.yaml")
     step_a, state_a, data_a = final_state(killed)
     step_b, state_b, data_b = final_state(load_experiment(str(work / "whole" / "config.yaml")))
-    assert step_a == step_b == 200 and data_a == data_b
+    assert step_a == step_b == STEPS and data_a == data_b
     assert_trees_equal(state_a, state_b)
 
     run = as_path("gs://bucket/runs/killed")
@@ -136,6 +139,6 @@ def test_convert_reads_and_writes_meshtrain_checkpoints_on_gcs(killed_and_whole,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     converted = as_path("gs://bucket/bf16")
-    assert (converted / "config.yaml").is_file() and (converted / "checkpoints" / "200").is_dir()
+    assert (converted / "config.yaml").is_file() and (converted / "checkpoints" / str(STEPS)).is_dir()
     assert "bfloat16" in (converted / "config.yaml").read_text()
     _no_local_url_folders(work, os.getcwd())
