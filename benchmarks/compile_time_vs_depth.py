@@ -1,10 +1,10 @@
 """Does compile time stay flat with depth when layers are stacked and scanned?
 
 configs/base.yaml claims `model.scan_layers: true` ("scan over stacked layers so compile time does
-not grow with depth"). For each depth this builds the default experiment's train step with the
-library's own functions (model_def, optimizer_for, make_train_step) and times
-`jax.jit(step).lower(abstract_state, abstract_batch).compile()` (tracing + lowering + XLA compile;
-nothing is executed), once scanned and once unrolled over the same stacked parameters.
+not grow with depth"). For each depth this times `trace_train_step(cfg, mesh).lower().compile()`,
+the run's own step (trainer/step/partition.py, as `meshtrain compile` builds it) against abstract
+state and batch (tracing + lowering + XLA compile; nothing is executed), once scanned and once
+unrolled over the same stacked parameters.
 
     python3 benchmarks/compile_time_vs_depth.py [--layers 2 4 8 16] [--remat full] [--repeats 2]
 
@@ -18,41 +18,21 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 
 from meshtrain.trainer.config import load_experiment
-from meshtrain.trainer.step.compute import make_train_step
-from meshtrain.trainer.step.guard import SpikeRule
-from meshtrain.trainer.step.state import abstract_state, model_def, optimizer_for
+from meshtrain.trainer.step.partition import make_mesh, trace_train_step
 
 jax.config.update("jax_enable_compilation_cache", False)
 
 
-def abstract_batch(batch_size: int, seq_len: int) -> dict:
-    ints = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
-    return {
-        "inputs": ints,
-        "targets": ints,
-        "segment_ids": ints,
-        "positions": ints,
-        "weights": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32),
-    }
-
-
 def compile_seconds(num_layers: int, scan: bool, remat: str, repeats: int) -> float:
-    """Fastest of `repeats` lower+compile times of the train step at this depth."""
+    """Fastest of `repeats` trace+lower+compile times of the train step at this depth."""
     cfg = load_experiment(None, [f"model.num_layers={num_layers}", f"model.scan_layers={scan}", f"model.remat={remat}"])
     best = float("inf")
+    mesh = make_mesh(cfg)
     for _ in range(repeats):
-        mdef = model_def(cfg)
-        optimizer = optimizer_for(cfg, mdef)
-        step = make_train_step(
-            mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, SpikeRule.from_config(cfg.spike)
-        )
-        state = abstract_state(cfg, mdef, optimizer)
-        batch = abstract_batch(cfg.train.batch_size, cfg.data.seq_len)
         start = time.perf_counter()
-        jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+        trace_train_step(cfg, mesh).lower().compile()
         best = min(best, time.perf_counter() - start)
     return best
 

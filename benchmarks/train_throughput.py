@@ -1,17 +1,15 @@
-"""How fast is the default experiment's train step, and can the data pipeline keep up with it?
+"""How fast is the default experiment's train step, and how do remat and accumulation change it?
 
-Builds the default experiment's step exactly as trainer/run/train.py does (model_def, optimizer_for,
-init_state, jax.jit(make_train_step(...), donate_argnums=0)) and feeds it one fixed real batch
-from BatchStream over python_docs with the default tokenizer. After --warmup steps, --steps steps
+Builds the default experiment's step exactly as trainer/run/train.py does (make_mesh, plan_run,
+init_sharded_state, jit_train_step: jitted with the plan's shardings, the state donated) and feeds
+it one fixed real batch, the run's first (the default mixture and tokenizer), placed by global_batch. After --warmup steps, --steps steps
 are dispatched back to back and waited on once at the end; the best of --repeats such blocks counts.
 Variants: the baseline model.remat=none (speed ratios are against it), the default experiment's
-step (remat=full), remat=save_dots, and the default with microbatches=2. Then the data pipeline
-alone, on a fresh stream: BatchStream.next_batch(batch_size) calls per second (best of --repeats
-blocks of --data-batches calls, after --warmup), and data time per batch as a fraction of the
-default step time (< 1: loading can keep up).
+step (remat=full), remat=save_dots, and the default with microbatches=2. Whether the input
+pipeline keeps up with the step is benchmarks/input_pipeline.py's question (it imports
+step_seconds from here).
 
-    python3 benchmarks/train_throughput.py [--steps 50] [--warmup 5] [--repeats 3]
-                                           [--data-batches 200] [key=value ...]
+    python3 benchmarks/train_throughput.py [--steps 50] [--warmup 5] [--repeats 3] [key=value ...]
 """
 
 from __future__ import annotations
@@ -23,10 +21,10 @@ import jax
 
 from meshtrain.tools.args import quiet_libraries
 from meshtrain.trainer.config import load_experiment
-from meshtrain.trainer.data import BatchStream, prepare_dataset, tokenizer_for
-from meshtrain.trainer.step.compute import make_train_step
-from meshtrain.trainer.step.guard import SpikeRule
-from meshtrain.trainer.step.state import init_state, model_def, optimizer_for
+from meshtrain.trainer.config.batch_schedule import data_shards
+from meshtrain.trainer.data import FEATURES, BatchStream, prepare_dataset, tokenizer_for
+from meshtrain.trainer.step.partition import global_batch, init_sharded_state, jit_train_step, make_mesh, plan_run
+from meshtrain.trainer.step.state import model_def, optimizer_for
 
 BASELINE = "remat=none (baseline)"
 DEFAULT = "default (remat=full)"
@@ -38,16 +36,15 @@ VARIANTS = {
 }
 
 
-def step_seconds(overrides: list[str], batch, args) -> float:
+def step_seconds(overrides: list[str], local_batch: dict, args) -> float:
     """Best mean seconds per step over `repeats` blocks of `steps` back-to-back steps."""
     cfg = load_experiment(None, overrides)
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
-    state = jax.jit(lambda: init_state(cfg, mdef, optimizer))()
-    step = jax.jit(
-        make_train_step(mdef, optimizer, cfg.model.z_loss, cfg.train.microbatches, SpikeRule.from_config(cfg.spike)),
-        donate_argnums=0,
-    )
+    plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
+    state = init_sharded_state(cfg, mdef, optimizer, plan)
+    step = jit_train_step(cfg, mdef, optimizer, plan)
+    batch = global_batch(plan, local_batch)
     for _ in range(args.warmup):  # The first call compiles.
         state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
@@ -61,18 +58,11 @@ def step_seconds(overrides: list[str], batch, args) -> float:
     return best
 
 
-def data_seconds(cfg, tokenizer, args) -> float:
-    """Best mean seconds per BatchStream.next_batch(batch_size) on a fresh train stream."""
-    stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.train_split)
-    for _ in range(args.warmup):
-        stream.next_batch(cfg.train.batch_size)
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.data_batches):
-            stream.next_batch(cfg.train.batch_size)
-        best = min(best, (time.perf_counter() - start) / args.data_batches)
-    return best
+def first_batch(cfg, tokenizer) -> dict:
+    """The run's first global batch, as the train step receives it (FEATURES only)."""
+    stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, num_shards=data_shards(cfg.train, cfg.data.shards))
+    batch = stream.next_batch(cfg.train.batch_size, step=0)
+    return {k: batch[k] for k in FEATURES}
 
 
 def main() -> None:
@@ -80,7 +70,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed steps (and batches) per block")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks; the fastest counts")
-    parser.add_argument("--data-batches", type=int, default=200, help="timed batches per data block")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every variant")
     args = parser.parse_args()
     quiet_libraries()
@@ -88,8 +77,7 @@ def main() -> None:
     cfg = load_experiment(None, args.overrides)
     prepare_dataset(cfg.data)
     tokenizer = tokenizer_for(cfg.data, cfg.model.vocab_size)
-    stream = BatchStream(cfg.data, tokenizer, seed=cfg.seed, split=cfg.data.train_split)
-    batch = jax.device_put(stream.next_batch(cfg.train.batch_size))
+    batch = first_batch(cfg, tokenizer)
     tokens = cfg.train.batch_size * cfg.data.seq_len
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}; default experiment "
@@ -104,11 +92,6 @@ def main() -> None:
     print(f"{'-' * 22}-|-{'-' * 8}-|-{'-' * 9}-|-{'-' * 17}")
     for name, seconds in times.items():
         print(f"{name:<22} | {seconds * 1e3:>8.2f} | {tokens / seconds:>9,.0f} | {baseline / seconds:>16.2f}x")
-
-    data = data_seconds(cfg, tokenizer, args)
-    print(f"\n{'data pipeline':<22} | {'ms/batch':>8} | {'batches/s':>9} | {'data / default step':>19}")
-    print(f"{'-' * 22}-|-{'-' * 8}-|-{'-' * 9}-|-{'-' * 19}")
-    print(f"{'BatchStream.next_batch':<22} | {data * 1e3:>8.2f} | {1 / data:>9,.1f} | {data / times[DEFAULT]:>18.3f}x")
 
 
 if __name__ == "__main__":
