@@ -9,11 +9,12 @@ Two cases, each a fresh BatchStream exactly as a run's feeder builds it, timed t
 - palm: one feeder's share of PaLM 540B's batch. configs/experiment/palm-540b-v4-6144.yaml's data
   section (six sources with Table 2's weights, seq_len 2048), each source read from an embedded
   corpus (PaLM's are not public: five prose sources on python_docs, github on python_source), with
-  the default tokenizer. Rows per step = the ramp's last batch (2048) / the feeders its mesh splits
-  the batch into on 6144 chips (batch_ways: data 2 x fsdp 256 = 512, so 4 rows of 2048 tokens),
-  from one shard of six sources, as each PaLM feeder reads data.shards / 512 = 1 shard. Demand:
-  the paper's 238.3K tokens/s (Appendix B, Table 3) / 512 feeders; the 3 hosts of a feeder (its
-  12 chips of the tensor axis) each load the same rows, so this is every host's demand.
+  the default tokenizer. The feeders are those of the run's own plan on the experiment's mesh over
+  compile-only TPU v4 devices (libtpu: pip install -e ".[tpu]"): 2 x 3072 chips on 1536 hosts,
+  the hosts along the 12-way tensor axis holding the same rows. A feeder reads the ramp's last
+  batch (2048) / feeders rows per step, from data.shards / feeders shards of each source. Demand:
+  the paper's 238.3K tokens/s (Appendix B, Table 3) / feeders; every host of a feeder loads the
+  same rows, so this is each host's demand.
 
 For each: the first batch of a fresh stream (opening the splits, the first documents tokenized:
 what a restart waits for), then steady state: the best of --repeats blocks of --batches calls
@@ -36,12 +37,11 @@ from train_throughput import first_batch, step_seconds
 from meshtrain.tools.args import quiet_libraries
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.config.batch_schedule import batch_sizes, data_shards
-from meshtrain.trainer.config.hardware import hardware_spec
-from meshtrain.trainer.config.mesh_shape import mesh_sizes
 from meshtrain.trainer.config.schema import SourceConfig
 from meshtrain.trainer.data import BatchStream, prepare_dataset, tokenizer_for
-from meshtrain.trainer.planning.cost_estimate import resolve_chips
-from meshtrain.trainer.step.partition import batch_ways
+from meshtrain.trainer.planning.aot_compile import resolve_target, topology_devices
+from meshtrain.trainer.step.partition import make_mesh, plan_run
+from meshtrain.trainer.step.state import model_def, optimizer_for
 
 PALM_EXPERIMENT = "palm-540b-v4-6144"
 PALM_TOKENS_PER_SEC = 238.3e3  # PaLM 540B on 6144 TPU v4 chips (Chowdhery et al. 2022, Appendix B, Table 3)
@@ -73,16 +73,19 @@ def measure(data_cfg, tokenizer, seed: int, rows: int, args) -> Measured:
 
 
 def palm_share(default_cfg) -> tuple:
-    """PaLM's data section on embedded corpora, its rows per feeder per step and its feeder count."""
+    """PaLM's data section on embedded corpora, its rows per feeder per step, its feeder count and chips."""
     cfg = load_experiment(PALM_EXPERIMENT, [])
-    chips = resolve_chips(cfg, hardware_spec(cfg.hardware.kind))
-    feeders = batch_ways(cfg, mesh_sizes(cfg, chips))
+    topology, num_slices, spec = resolve_target(cfg, None, None)
+    devices = topology_devices(topology, num_slices, spec)
+    mdef = model_def(cfg)
+    feeders = plan_run(cfg, mdef, optimizer_for(cfg, mdef), make_mesh(cfg, devices, num_slices)).feeder.count
     mixture = tuple(
         SourceConfig(dataset=EMBEDDED.get(s.dataset, "python_docs"), weight=s.weight, name=s.dataset)
         for s in cfg.data.mixture
     )
-    data = dataclasses.replace(cfg.data, mixture=mixture, shards=1, data_dir=default_cfg.data.data_dir)
-    return data, max(batch_sizes(cfg.train)) // feeders, feeders, chips
+    shards = data_shards(cfg.train, cfg.data.shards) // feeders
+    data = dataclasses.replace(cfg.data, mixture=mixture, shards=shards, data_dir=default_cfg.data.data_dir)
+    return data, max(batch_sizes(cfg.train)) // feeders, feeders, len(devices)
 
 
 def main() -> None:

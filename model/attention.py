@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtrain.model import axes
+from meshtrain.model.attention_kernels import attention_kernel, fused_attention
 from meshtrain.model.config import ModelConfig
 from meshtrain.model.kv_cache import KVCache
 from meshtrain.model.layers import Dense
@@ -51,7 +52,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
 
 
 class Attention(nnx.Module):
-    """Query, key, value and output projections around dot_product_attention."""
+    """Query, key, value and output projections around dot_product_attention or a fused kernel
+    (model.attention, model/attention_kernels.py)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, h, hkv, d = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -62,14 +64,16 @@ class Attention(nnx.Module):
         self.out = Dense(cfg, (h, d), (e,), (axes.HEADS, axes.KV, axes.EMBED), use_bias=cfg.use_bias, rngs=rngs)
         self.rope_theta = cfg.rope_theta if cfg.positions == "rope" else None
         self.rotary_dims = cfg.rotary_dims
+        self.kernel = cfg.attention
 
     def __call__(
         self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
     ) -> tuple[jax.Array, KVCache | None]:
         """Returns (output, cache). Training passes no cache: keys and values are the ones of x and
-        mask is [batch, T, T]. Decoding passes this layer's cache: the new (rotated) keys and values
-        are written at slots positions[0, 0].., the queries attend to the whole cache, and mask is
-        [batch, T, max_len]; the updated cache comes back."""
+        mask is [batch, T, T], or for a fused kernel the segment ids [batch, T]. Decoding passes
+        this layer's cache: the new (rotated) keys and values are written at slots
+        positions[0, 0].., the queries attend to the whole cache, and mask is [batch, T, max_len];
+        the updated cache comes back."""
         q, k, v = self.query(x), self.key(x), self.value(x)
         if self.rope_theta is not None:
             q = apply_rope(q, positions, self.rope_theta, self.rotary_dims)
@@ -81,5 +85,9 @@ class Attention(nnx.Module):
         # (multi-query) their head axis cannot be split like the query heads.
         head_axes = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
         q = axes.constrain(q, head_axes)
-        out = axes.constrain(dot_product_attention(q, k, v, mask), head_axes)
+        if mask.ndim == 2:  # segment ids: the decoder chose a fused kernel
+            out = fused_attention(attention_kernel(self.kernel, axes.platform(), q.shape[1]), q, k, v, mask)
+        else:
+            out = dot_product_attention(q, k, v, mask)
+        out = axes.constrain(out, head_axes)
         return self.out(out), cache

@@ -42,6 +42,17 @@ class Layout(Protocol):
         """h [batch, length, mlp] @ kernel [mlp, embed] with explicit collectives, or None for
         the compiler's own."""
 
+    @property
+    def platform(self) -> str:
+        """The platform of the mesh's devices (the target of an AOT compile, not this host's)."""
+
+    def split_ways(self, name: str) -> int:
+        """Into how many parts the mesh splits a dimension named `name`."""
+
+    def per_shard(self, fn, args: tuple, in_names: tuple, out_names: tuple):
+        """fn applied to each device's shard of `args` (a shard_map), along logical axes
+        `in_names` (one tuple per argument; None = never split) and `out_names`."""
+
 
 _LAYOUT: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("layout", default=None)
 
@@ -73,6 +84,25 @@ def mlp_output(h: jax.Array, kernel: jax.Array) -> jax.Array:
     layout = _LAYOUT.get()
     y = None if layout is None else layout.mlp_output(h, kernel)
     return jnp.einsum("blf,fe->ble", h, kernel) if y is None else y
+
+
+def platform() -> str:
+    """The platform the traced program will run on: the installed mesh's devices, else this backend."""
+    layout = _LAYOUT.get()
+    return jax.default_backend() if layout is None else layout.platform
+
+
+def split_ways(name: str) -> int:
+    """Into how many parts the installed Layout splits a dimension named `name` (1 without one)."""
+    layout = _LAYOUT.get()
+    return 1 if layout is None else layout.split_ways(name)
+
+
+def per_shard(fn, args: tuple, in_names: tuple, out_names: tuple):
+    """fn(*args) on each device's shard of the arguments, for code the compiler cannot partition
+    (a Pallas kernel); without a Layout, fn(*args) on the whole arrays."""
+    layout = _LAYOUT.get()
+    return fn(*args) if layout is None else layout.per_shard(fn, args, in_names, out_names)
 
 
 def logical_axes(params_state: nnx.State) -> nnx.State:

@@ -15,6 +15,7 @@ NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "dot_product", "splash", "flash_gpu")  # model/attention_kernels.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ModelConfig:
     param_dtype: str
     remat: str
     scan_layers: bool
+    attention: str
 
     @property
     def rotary_dims(self) -> int:
@@ -64,6 +66,7 @@ def model_config_errors(cfg: ModelConfig) -> list[tuple[str, object, str]]:
         ("remat", REMAT_POLICIES),
         ("dtype", DTYPES),
         ("param_dtype", DTYPES[1:]),
+        ("attention", ATTENTION),
     ):
         value = getattr(cfg, key)
         if value not in allowed:

@@ -8,6 +8,7 @@ from flax import nnx
 
 from meshtrain.model import axes
 from meshtrain.model.attention import attention_mask
+from meshtrain.model.attention_kernels import attention_kernel
 from meshtrain.model.block import Block
 from meshtrain.model.config import ModelConfig, model_config_errors
 from meshtrain.model.embedding import Embed
@@ -66,7 +67,10 @@ class Decoder(nnx.Module):
         (0 = padding), and attention never crosses from one to another.
         """
         x = axes.constrain(self.embed(tokens, positions), (axes.BATCH, axes.LENGTH, axes.EMBED))
-        x, _ = self._apply_layers(x, positions, attention_mask(segment_ids))
+        # dot_product takes the mask built here once for every layer; a fused kernel builds its own
+        # from the segment ids, block by block.
+        dense = attention_kernel(self.cfg.attention, axes.platform(), tokens.shape[1]) == "dot_product"
+        x, _ = self._apply_layers(x, positions, attention_mask(segment_ids) if dense else segment_ids)
         return self._logits(x)
 
     def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:

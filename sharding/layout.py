@@ -13,7 +13,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 
 from meshtrain.sharding.collectives import ring_matmul_applicable, ring_reduce_scatter_matmul
-from meshtrain.sharding.rules import partition_spec
+from meshtrain.sharding.rules import partition_spec, split_ways
 
 
 class MeshLayout:
@@ -32,3 +32,16 @@ class MeshLayout:
         if self.collective_matmul and ring_matmul_applicable(h.shape, self.mesh, self.rules):
             return ring_reduce_scatter_matmul(h, kernel, mesh=self.mesh, rules=self.rules)
         return None
+
+    @property
+    def platform(self) -> str:
+        return self.mesh.devices.flat[0].platform
+
+    def split_ways(self, name: str) -> int:
+        return split_ways(partition_spec((name,), self.rules)[0], self.mesh.shape)
+
+    def per_shard(self, fn, args: tuple, in_names: tuple, out_names: tuple):
+        specs = tuple(partition_spec(names, self.rules) for names in in_names)
+        return jax.shard_map(
+            fn, mesh=self.mesh, in_specs=specs, out_specs=partition_spec(out_names, self.rules), check_vma=False
+        )(*args)

@@ -163,3 +163,38 @@ def test_flops_counted_from_the_jaxpr_agree_with_xla_on_an_unscanned_step():
     xla = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
     counted = jaxpr_flops(traced.jaxpr.jaxpr)
     assert counted == pytest.approx(xla, rel=0.05)
+
+
+PALM_FEEDERS = """
+import json
+from meshtrain.tools.args import quiet_libraries
+quiet_libraries()
+from meshtrain.sharding.rules import named_sharding
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.planning.aot_compile import resolve_target, topology_devices
+from meshtrain.trainer.step import partition
+cfg = load_experiment("palm-540b-v4-6144", [])
+topology, num_slices, spec = resolve_target(cfg, None, None)
+mesh = partition.make_mesh(cfg, topology_devices(topology, num_slices, spec), num_slices)
+ways = partition.batch_ways(cfg, mesh.shape)
+probe = named_sharding("batch", (ways, cfg.data.seq_len), partition.BATCH_NAMES, mesh, cfg.mesh.rules)
+feeders = [partition.batch_feeder(probe, ways, cfg.data.seq_len, p) for p in range(1536)]
+print(json.dumps({"ways": ways, "feeders": [[f.index, f.count, f.leads] for f in feeders]}))
+"""
+
+
+@pytest.mark.slow  # 6144 compile-only devices in a subprocess
+def test_every_palm_host_holds_one_block_of_rows_shared_along_the_tensor_axis():
+    """On 2 x v4-3072 a host's 4 chips are 2 x 2 x 1: two positions of the 12-way tensor axis and two
+    of fsdp's 16 x 16 plane. The mesh orders each axis so a host's positions are consecutive: every
+    host holds one block of 2 of the batch's 512 row blocks (batch_feeder refuses any other), and
+    the 6 hosts along the tensor axis hold the same block: 256 feeders, each led by its first host."""
+    done = subprocess.run([sys.executable, "-c", PALM_FEEDERS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["ways"] == 512
+    feeders = result["feeders"]
+    assert {count for _, count, _ in feeders} == {256}
+    assert [index for index, _, _ in feeders[:13]] == [0] * 6 + [1] * 6 + [2]
+    assert [leads for _, _, leads in feeders[:7]] == [True, False, False, False, False, False, True]
+    assert sorted(index for index, _, leads in feeders if leads) == list(range(256))

@@ -95,6 +95,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "model.remat": model_config.REMAT_POLICIES,
     "model.dtype": model_config.DTYPES,
     "model.param_dtype": model_config.DTYPES[1:],
+    "model.attention": model_config.ATTENTION,
     "hardware.kind": hardware_kinds,
 }
 

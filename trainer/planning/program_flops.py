@@ -5,7 +5,9 @@ model is undercounted 118x; in a jaxpr every scan carries its length. Only dot p
 counted (all but a fraction of a percent of a transformer's arithmetic), 2 FLOPs per multiply-add,
 in global shapes: divided by the chip count this assumes the work is evenly split, which sharded
 matmuls are (replicated ones, such as a multi-query key/value projection under tensor parallelism,
-run on every chip of their group and are counted once).
+run on every chip of their group and are counted once). A Pallas kernel (fused attention) counts its
+body once per grid point, skipped blocks included, as the dense program counts masked scores; a loop
+inside a body whose trip count is only known at run time (Pallas GPU flash attention's) counts once.
 
 This measures a program; trainer/planning predicts from a config. Tests hold the two together.
 """
@@ -31,6 +33,9 @@ def jaxpr_flops(jaxpr) -> int:
             total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"].jaxpr)
         elif name == "cond":
             total += max(jaxpr_flops(branch.jaxpr) for branch in eqn.params["branches"])
+        elif name == "pallas_call":  # a fused kernel: its body runs once per grid point
+            grid = eqn.params["grid_mapping"].grid
+            total += math.prod(grid) * jaxpr_flops(eqn.params["jaxpr"])
         elif name == "shard_map":
             mesh = eqn.params["mesh"]
             shards = math.prod(mesh.shape[a] for a in eqn.params["newly_manual_axes"])

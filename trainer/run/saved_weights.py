@@ -31,7 +31,7 @@ STATE_ITEM = "state"  # the Orbax item holding {step, params, opt_state, rng} (o
 DATA_ITEM = "data"  # the Orbax item holding the data iterators' positions
 
 # Model fields that change how a run trains or computes, not what its parameters mean.
-_NOT_ARCHITECTURE = {"name", "z_loss", "init_std", "dtype", "param_dtype", "remat", "scan_layers"}
+_NOT_ARCHITECTURE = {"name", "z_loss", "init_std", "dtype", "param_dtype", "remat", "scan_layers", "attention"}
 
 
 @dataclasses.dataclass(frozen=True)
