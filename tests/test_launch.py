@@ -252,7 +252,7 @@ def test_a_job_that_would_not_start_or_not_fit_is_refused_naming_the_fix(capsys)
     assert "the 6144-chip job would not fit" in error and error.endswith(
         "train.microbatch_size=1024 fits (22.54 GiB per chip)"
     )
-    # 1536 hosts feed a batch split 512 ways: each group of 3 hosts in one 12-chip tensor group loads the same rows.
+    # 1536 hosts feed a batch split 512 ways: each group of 6 hosts along one 12-chip tensor ring loads the same 2 row blocks.
     assert meshtrain(["launch", PALM, "--recipe", "tpu-vm"]) == 0
     capsys.readouterr()
 

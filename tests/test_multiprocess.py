@@ -8,7 +8,7 @@ same on any process count that splits it, so:
     (`meshtrain data show`'s reader) they are equal token for token, and the losses are equal,
     skipping the same batches by number (train.skip_batches);
   - on 4 processes a sequence axis spans pairs of them: the two processes of a pair hold the same
-    rows, so they are one feeder that loads those rows (as PaLM's 3 hosts of one 12-chip tensor
+    rows, so they are one feeder that loads those rows (as PaLM's 6 hosts of one 12-chip tensor
     group are), and only its first process writes the feeder's ledger;
   - a checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 4, continuing
     with the losses of each other's runs.

@@ -72,7 +72,7 @@ def _check_rules(rules) -> None:
 class Feeder:
     """Which rows of every global batch this process loads: block `index` of `count` equal,
     consecutive blocks. Processes whose devices hold the same rows (a tensor or sequence axis that
-    spans hosts, as PaLM 540B's 12-way tensor axis spans 3 TPU v4 hosts) are one feeder: each of
+    spans hosts, as PaLM 540B's 12-way tensor axis spans 6 TPU v4 hosts) are one feeder: each of
     them loads those rows, so the global batch is the same whatever the number of processes."""
 
     index: int
