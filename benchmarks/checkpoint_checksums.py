@@ -26,18 +26,24 @@ from meshtrain.trainer.step.state import model_def, optimizer_for
 MODEL = ["model.d_model=768", "model.num_layers=12", "model.num_heads=12", "model.head_dim=64", "model.d_ff=3072"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    quiet_libraries()
-    cfg = load_experiment(None, [*MODEL, "model.vocab_size=32000"])
+def benchmark_state(overrides: list[str]) -> tuple:
+    """(cfg, state, abstract state, bytes) of the ~125M-parameter model's train state, built on this
+    machine's devices as a run builds it (also used by checkpoint_throughput.py)."""
+    cfg = load_experiment(None, [*MODEL, "model.vocab_size=32000", *overrides])
     mdef = model_def(cfg)
     optimizer = optimizer_for(cfg, mdef)
     plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
     state = init_sharded_state(cfg, mdef, optimizer, plan)
     abstract = abstract_sharded_state(cfg, mdef, optimizer, plan)
-    size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    return cfg, state, abstract, sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    quiet_libraries()
+    cfg, state, abstract, size = benchmark_state([])
     params = sum(leaf.size for leaf in jax.tree.leaves(state["params"]))
     print(f"state: {params / 1e6:.0f}M parameters, {size / 2**30:.2f} GiB on {jax.device_count()} device(s)")
     times = {True: {"save": [], "restore": []}, False: {"save": [], "restore": []}}

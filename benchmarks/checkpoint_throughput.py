@@ -1,7 +1,7 @@
 """Do checkpoints keep up with the disk, and how long does an asynchronous save block training?
 
 Builds the train state of a ~125M-parameter model (float32 parameters and AdamW moments: ~1.4 GiB)
-on this machine's devices, as checkpoint_checksums.py does, then alternates (A B A B ...) over
+on this machine's devices (checkpoint_checksums.benchmark_state), then alternates (A B A B ...) over
 --repeats rounds, in a directory under the current one (the same disk for all):
 
 - Orbax, through trainer/run/checkpoint.py with the default checkpoint settings (async, checksums):
@@ -27,14 +27,11 @@ import time
 from pathlib import Path
 
 import jax
+from checkpoint_checksums import benchmark_state
 
 from meshtrain.tools.args import quiet_libraries
-from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.run.checkpoint import Checkpoints
-from meshtrain.trainer.step.partition import abstract_sharded_state, init_sharded_state, make_mesh, plan_run
-from meshtrain.trainer.step.state import model_def, optimizer_for
 
-MODEL = ["model.d_model=768", "model.num_layers=12", "model.num_heads=12", "model.head_dim=64", "model.d_ff=3072"]
 DD_BLOCK = 64 * 2**20
 
 
@@ -69,13 +66,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. checkpoint.checksums=false")
     args = parser.parse_args()
     quiet_libraries()
-    cfg = load_experiment(None, [*MODEL, "model.vocab_size=32000", *args.overrides])
-    mdef = model_def(cfg)
-    optimizer = optimizer_for(cfg, mdef)
-    plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
-    state = init_sharded_state(cfg, mdef, optimizer, plan)
-    abstract = abstract_sharded_state(cfg, mdef, optimizer, plan)
-    size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    cfg, state, abstract, size = benchmark_state(args.overrides)
     print(
         f"state: {size / 2**30:.2f} GiB on {jax.device_count()} device(s); checkpoint async_save="
         f"{cfg.checkpoint.async_save}, checksums={cfg.checkpoint.checksums}; {args.repeats} rounds after one warm-up"
