@@ -9,6 +9,7 @@ path of TFDS needs no TensorFlow.
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 
@@ -64,28 +65,37 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise NotImplementedError
 
 
-class PythonDocs(_TextBuilder):
+class _EmbeddedText(_TextBuilder, skip_registration=True):
+    """A corpus every Python install carries: its documents and their fingerprint (which names the
+    prepared folder) come from trainer/data/documents.py."""
+
+    corpus: Callable[[], list]  # -> the documents, each with .id and .text
+    corpus_fingerprint: Callable[[], str]
+    summary: str
+
+    @classmethod
+    def make_config(cls, eval_fraction: float) -> TextConfig:
+        name = _config_name(cls.corpus_fingerprint(), eval_fraction)
+        return TextConfig(name=name, eval_fraction=eval_fraction, description=cls.summary)
+
+    def _split_generators(self, dl_manager):
+        return _split_generators(self, self.corpus, self.name)
+
+
+class PythonDocs(_EmbeddedText):
     """CPython's own documentation text (pydoc_data.topics), which every Python install carries."""
 
-    @classmethod
-    def make_config(cls, eval_fraction: float) -> TextConfig:
-        name = _config_name(documents.python_docs_fingerprint(), eval_fraction)
-        return TextConfig(name=name, eval_fraction=eval_fraction, description="CPython pydoc topics, paragraph chunks")
-
-    def _split_generators(self, dl_manager):
-        return _split_generators(self, documents.python_docs_documents, "python_docs")
+    corpus = staticmethod(documents.python_docs_documents)
+    corpus_fingerprint = staticmethod(documents.python_docs_fingerprint)
+    summary = "CPython pydoc topics, paragraph chunks"
 
 
-class PythonSource(_TextBuilder):
+class PythonSource(_EmbeddedText):
     """The standard library's own source: its small top-level modules, cut at top-level statements."""
 
-    @classmethod
-    def make_config(cls, eval_fraction: float) -> TextConfig:
-        name = _config_name(documents.python_source_fingerprint(), eval_fraction)
-        return TextConfig(name=name, eval_fraction=eval_fraction, description="CPython standard library source")
-
-    def _split_generators(self, dl_manager):
-        return _split_generators(self, documents.python_source_documents, "python_source")
+    corpus = staticmethod(documents.python_source_documents)
+    corpus_fingerprint = staticmethod(documents.python_source_fingerprint)
+    summary = "CPython standard library source"
 
 
 class LocalText(_TextBuilder):
