@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 BATCH = "batch"
@@ -77,13 +76,12 @@ def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
     return x if layout is None else layout.constrain(x, names)
 
 
-def mlp_output(h: jax.Array, kernel: jax.Array) -> jax.Array:
+def collective_mlp_output(h: jax.Array, kernel: jax.Array) -> jax.Array | None:
     """The MLP's output projection h @ kernel, contracting the `mlp` axis that tensor parallelism
-    splits: the installed Layout may do it as a collective matmul that overlaps the reduction with
-    compute; otherwise a plain matmul whose reduction the compiler inserts."""
+    splits, as the installed Layout's collective matmul that overlaps the reduction with compute;
+    None where it has none, and the caller does a plain matmul whose reduction the compiler inserts."""
     layout = _LAYOUT.get()
-    y = None if layout is None else layout.mlp_output(h, kernel)
-    return jnp.einsum("blf,fe->ble", h, kernel) if y is None else y
+    return None if layout is None else layout.mlp_output(h, kernel)
 
 
 def platform() -> str:

@@ -9,7 +9,7 @@ from flax import nnx
 from meshtrain.model import axes
 from meshtrain.model.config import ModelConfig
 from meshtrain.model.dtypes import compute_dtype
-from meshtrain.model.layers import param
+from meshtrain.model.layers import param, project
 
 
 class Embed(nnx.Module):
@@ -38,4 +38,4 @@ class Embed(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """x @ embedding.T: logits of a tied model, accumulated and returned in float32."""
-        return jnp.einsum("bte,ve->btv", x, self.embedding[...].astype(x.dtype), preferred_element_type=jnp.float32)
+        return project(x, self.embedding[...].astype(x.dtype).T, 1, jnp.float32)

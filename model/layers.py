@@ -11,6 +11,24 @@ from meshtrain.model.config import ModelConfig
 from meshtrain.model.dtypes import param_dtype
 
 
+def project(x: jax.Array, kernel: jax.Array, contracted: int, out_dtype: jnp.dtype | None = None) -> jax.Array:
+    """x's last `contracted` axes against kernel's first ones; on CPU with x's leading (token) axes merged.
+
+    Why merged: XLA's CPU backend lowers a dot to a GEMM with one contracting axis per operand, so
+    the weight gradient, which contracts every token (batch and length: two axes), made it
+    transpose the activation or its gradient first, in every layer; merged, those transposes are
+    gone (BENCHMARKS.md, "Where the CPU step's time goes"). TPU and GPU compilers contract several
+    axes in place, so their programs are left as they were. The merge is a free reshape when
+    length is not split; under sequence parallelism the merged axis would not be a tiling of the
+    devices, so there the axes stay apart.
+    """
+    lead = x.shape[: x.ndim - contracted]
+    if len(lead) > 1 and axes.platform() == "cpu" and axes.split_ways(axes.LENGTH) == 1:
+        y = jnp.tensordot(x.reshape((-1,) + x.shape[len(lead) :]), kernel, axes=contracted, preferred_element_type=out_dtype)
+        return y.reshape(lead + y.shape[1:])
+    return jnp.tensordot(x, kernel, axes=contracted, preferred_element_type=out_dtype)
+
+
 def param(
     cfg: ModelConfig,
     shape: tuple[int, ...],
@@ -52,7 +70,7 @@ class Dense(nnx.Module):
     def __call__(self, x: jax.Array, out_dtype: jnp.dtype | None = None) -> jax.Array:
         """Contracts the last len(in_shape) axes of x in x's dtype; out_dtype (default x's) lets the
         output logits accumulate and stay in float32 under bfloat16 compute."""
-        y = jnp.tensordot(x, self.kernel[...].astype(x.dtype), axes=self.contracted, preferred_element_type=out_dtype)
+        y = project(x, self.kernel[...].astype(x.dtype), self.contracted, out_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
@@ -106,7 +124,10 @@ class Mlp(nnx.Module):
         else:
             h = jax.nn.gelu(self.wi(x), approximate=self.approximate_gelu)
         h = axes.constrain(h, (axes.BATCH, axes.LENGTH, axes.MLP))
-        y = axes.mlp_output(h, self.wo.kernel[...].astype(h.dtype))
+        kernel = self.wo.kernel[...].astype(h.dtype)
+        y = axes.collective_mlp_output(h, kernel)
+        if y is None:
+            y = project(h, kernel, 1)
         if self.wo.bias is not None:
             y = y + self.wo.bias[...].astype(y.dtype)
         return y

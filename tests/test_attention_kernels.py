@@ -3,8 +3,9 @@
 Splash (TPU) and Pallas flash attention (GPU) run here in Pallas interpret mode: the kernels'
 own programs, executed on the CPU. On packed rows of several documents and padding, for
 multi-head, grouped and multi-query attention, each equals dot_product_attention in value and
-in the gradients of q, k and v; under a mesh (batch, heads and sequence split, the kernel run per
-shard) it equals itself unsharded. `auto` resolves to each platform's kernel.
+in the gradients of q, k and v, and so does the training path's causal_attention (by blocks of
+queries); under a mesh (batch, heads and sequence split, the kernel run per shard) it equals
+itself unsharded. `auto` resolves to each platform's kernel.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from meshtrain.model import axes
-from meshtrain.model.attention import attention_mask, dot_product_attention
+from meshtrain.model import attention, axes
+from meshtrain.model.attention import attention_mask, causal_attention, dot_product_attention
 from meshtrain.model.attention_kernels import attention_kernel, fused_attention
 from meshtrain.model.decoder import Decoder
 from meshtrain.sharding.layout import MeshLayout
@@ -56,6 +57,19 @@ def value_and_grads(attend, q, k, v, segment_ids):
     cotangent = jax.random.normal(jax.random.key(7), q.shape)
     loss = lambda q, k, v: jnp.sum(attend(q, k, v, segment_ids) * cotangent)
     return jax.jit(attend)(q, k, v, segment_ids), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_causal_blocks_of_queries_equal_one_block_in_values_and_gradients(kv_heads, monkeypatch):
+    """The training path's dot_product, by blocks of queries that skip the keys after them."""
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 64)  # 4 blocks; documents run across their edges
+    q, k, v, segment_ids = packed_rows(kv_heads)
+    expected, expected_grads = value_and_grads(dense, q, k, v, segment_ids)
+    blocked = lambda q, k, v, s: causal_attention(q, k, v, attention_mask(s))
+    out, grads = value_and_grads(blocked, q, k, v, segment_ids)
+    np.testing.assert_allclose(out, expected, atol=VALUE_ATOL)
+    for name, grad, want in zip("qkv", grads, expected_grads):
+        np.testing.assert_allclose(grad, want, atol=GRAD_ATOL, err_msg=f"d{name}")
 
 
 @pytest.mark.parametrize("kernel", ["splash", "flash_gpu"])
