@@ -2,7 +2,8 @@
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-write
 leaves the previous checkpoints intact and nothing is overwritten in place. Each checkpoint also
-stores checksums of its arrays (trainer/run/checksums.py), verified on restore.
+stores checksums of its arrays (trainer/run/checksums.py), summed on the devices while the save's
+background thread writes, and verified on restore.
 
 A checkpoint that fails to read or to verify is corrupt: it is moved aside to
 checkpoints/corrupt/<step>-<time> (kept for a post-mortem, out of Orbax's sight, so the run can save
@@ -13,10 +14,14 @@ stops with one line naming the directory: the previous checkpoint is untouched.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime
+import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,7 +31,7 @@ from meshtrain.trainer.config.schema import CheckpointConfig
 from meshtrain.trainer.data import merge_states
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.formatting import format_bytes
-from meshtrain.trainer.run.checksums import array_checksums, mismatches
+from meshtrain.trainer.run.checksums import checksums_json, mismatches, start_checksums
 from meshtrain.trainer.run.collective import any_process, gather_json, sync_processes
 from meshtrain.trainer.storage.paths import absolute, is_url
 from meshtrain.trainer.storage.transfer import move_tree
@@ -42,6 +47,43 @@ class CheckpointWriteError(UserError):
 
 class CorruptCheckpoint(Exception):
     """A checkpoint's arrays do not match the checksums saved with them."""
+
+
+class _DataWithChecksumsHandler(ocp.JsonCheckpointHandler):
+    """The checkpoint's `data` item: the data-iterator state plus the state's checksums, which are
+    still being summed on the devices when the save starts.
+
+    Orbax's JsonCheckpointHandler takes finished JSON, so the loop would wait for the sums (53%
+    of an asynchronous save's duration, BENCHMARKS.md). This one waits for them in the save's
+    background commit, then writes the same file JsonCheckpointHandler writes, so JsonRestore
+    reads it back and older checkpoints read the same way.
+    """
+
+    async def async_save(self, directory, item=None, args=None):
+        return [ocp.future.CommitFutureAwaitingContractedSignals(self._write(directory, args), name="data_save")]
+
+    async def _write(self, directory, args: DataWithChecksumsSave) -> None:
+        data = dict(args.data_state)
+        if args.checksums is not None:
+            # Waited for off the commit's event loop: blocking it left a JAX callback a closed loop.
+            data["checksums"] = await asyncio.to_thread(checksums_json, args.checksums)
+        if jax.process_index() == 0:  # Orbax's primary host, as for JsonCheckpointHandler
+            (directory / "metadata").write_text(json.dumps(data))
+
+
+@ocp.args.register_with_handler(_DataWithChecksumsHandler, for_save=True)
+@dataclasses.dataclass
+class DataWithChecksumsSave(ocp.args.CheckpointArgs):
+    """data_state: JSON; checksums: what checksums.start_checksums returned, or None."""
+
+    data_state: Mapping[str, Any]
+    checksums: Any = None
+
+
+@ocp.args.register_with_handler(_DataWithChecksumsHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+    """Reads the `data` item back (the file JsonCheckpointHandler and this handler both write)."""
 
 
 class Checkpoints:
@@ -75,13 +117,14 @@ class Checkpoints:
         """
         self._collect()  # the previous write's outcome first: a failure is reported as its own
         data_state = merge_states(gather_json(local_data_state))
-        if self.checksums:
-            data_state = {**data_state, "checksums": array_checksums(state)}
+        checksums = start_checksums(state) if self.checksums else None
         size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
         try:
             self._manager.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=DataWithChecksumsSave(data_state, checksums)
+                ),
                 force=True,
             )
         except (OSError, ValueError) as error:  # a synchronous save: tensorstore reports ENOSPC as ValueError
@@ -150,7 +193,7 @@ class Checkpoints:
     def _read(self, step: int, abstract_state) -> tuple[dict, dict]:
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=DataRestore()),
         )
         return dict(restored["state"]), dict(restored["data"])
 

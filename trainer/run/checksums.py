@@ -45,11 +45,23 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+def start_checksums(state):
+    """Dispatches the sums of every array in `state` and returns at once (a collective on many
+    processes): the result is a tree of device arrays that `checksums_json` turns into numbers,
+    waiting for them. A checkpoint save starts them here and reads them in its background thread,
+    so the training loop never waits for a pass over the whole state."""
+    return _pairs(state)
+
+
+def checksums_json(pairs) -> dict[str, list[int]]:
+    """{array path: [plain, weighted]} of what `start_checksums` returned (waits for the sums)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(pairs))
+    return {_path_name(path): [int(v) for v in np.asarray(value)] for path, value in flat}
+
+
 def array_checksums(state) -> dict[str, list[int]]:
     """{array path: [plain, weighted]} of every array in `state` (a collective on many processes)."""
-    pairs = jax.device_get(_pairs(state))
-    flat, _ = jax.tree_util.tree_flatten_with_path(pairs)
-    return {_path_name(path): [int(v) for v in np.asarray(value)] for path, value in flat}
+    return checksums_json(start_checksums(state))
 
 
 def mismatches(expected: dict[str, list[int]], state) -> list[str]:
