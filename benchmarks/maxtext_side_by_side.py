@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def meshtrain_seconds(shape: str, dtype: str, steps: int, root: Path) -> float:
         raise SystemExit(f"meshtrain train failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_time_s"] for r in records if "step_time_s" in r and r["step"] > SKIPPED_STEPS]
-    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    shutil.rmtree(run_dir)
     return statistics.median(times)
 
 
@@ -102,6 +103,26 @@ def maxtext_seconds(recipe: Path, shape: str, dtype: str, steps: int, root: Path
     if done.returncode or len(fields) != 3:
         raise SystemExit(f"MaxText run failed ({done.returncode}): {done.stdout.strip()} {done.stderr.strip()[-300:]}")
     return float(fields[0])
+
+
+def measure_case(shape: str, dtype: str, args, root: Path) -> tuple[float, float, list[float]]:
+    """(meshtrain's median s/step, MaxText's, the pairs' ratios) of `args.pairs` interleaved pairs,
+    alternating which of the two runs first."""
+    ours, theirs, ratios = [], [], []
+    for pair in range(args.pairs):
+        order = ("meshtrain", "maxtext") if pair % 2 == 0 else ("maxtext", "meshtrain")
+        seconds = {}
+        for name in order:
+            if name == "meshtrain":
+                seconds[name] = meshtrain_seconds(shape, dtype, args.steps, root)
+            else:
+                seconds[name] = maxtext_seconds(args.recipe, shape, dtype, args.steps, root)
+        ours.append(seconds["meshtrain"])
+        theirs.append(seconds["maxtext"])
+        ratios.append(seconds["maxtext"] / seconds["meshtrain"])
+        print(f"  {shape} {dtype} pair {pair + 1} ({' then '.join(order)}): meshtrain {ours[-1]:.3f} s, "
+              f"MaxText {theirs[-1]:.3f} s, ratio {ratios[-1]:.2f}", flush=True)
+    return statistics.median(ours), statistics.median(theirs), ratios
 
 
 def main() -> None:
@@ -123,29 +144,15 @@ def main() -> None:
           f"{SKIPPED_STEPS + 1}..{args.steps}; ratio = MaxText s/step / meshtrain s/step", flush=True)
     summary = []
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
-        root = Path(tmp)
         for shape in shapes:
             for dtype in dtypes:
-                ratios, ours, theirs = [], [], []
-                for pair in range(args.pairs):
-                    runs = {
-                        "meshtrain": lambda: meshtrain_seconds(shape, dtype, args.steps, root),
-                        "maxtext": lambda: maxtext_seconds(args.recipe, shape, dtype, args.steps, root),
-                    }
-                    order = list(runs) if pair % 2 == 0 else list(reversed(runs))
-                    seconds = {name: runs[name]() for name in order}
-                    ours.append(seconds["meshtrain"])
-                    theirs.append(seconds["maxtext"])
-                    ratios.append(seconds["maxtext"] / seconds["meshtrain"])
-                    print(f"  {shape} {dtype} pair {pair + 1} ({' then '.join(order)}): meshtrain "
-                          f"{seconds['meshtrain']:.3f} s, MaxText {seconds['maxtext']:.3f} s, ratio {ratios[-1]:.2f}",
-                          flush=True)
-                summary.append((shape, dtype, statistics.median(ours), statistics.median(theirs), ratios))
+                summary.append((shape, dtype, *measure_case(shape, dtype, args, Path(tmp))))
     tokens = BATCH * SEQ
     print(f"\n{'case':<16} | {'meshtrain s':>11} | {'MaxText s':>9} | {'tokens/s':>15} | {'median ratio':>12} | ratios")
     print(f"{'-' * 16}-|-{'-' * 11}-|-{'-' * 9}-|-{'-' * 15}-|-{'-' * 12}-|-------")
     for shape, dtype, mine, maxtext, ratios in summary:
-        print(f"{shape + ' ' + dtype:<16} | {mine:>11.3f} | {maxtext:>9.3f} | {tokens / mine:>6.0f} vs {tokens / maxtext:>5.0f} "
+        throughput = f"{tokens / mine:>6.0f} vs {tokens / maxtext:>5.0f}"
+        print(f"{shape + ' ' + dtype:<16} | {mine:>11.3f} | {maxtext:>9.3f} | {throughput} "
               f"| {statistics.median(ratios):>11.2f}x | {' '.join(f'{r:.2f}' for r in ratios)}")
 
 

@@ -11,6 +11,12 @@ from meshtrain.model.config import ModelConfig
 from meshtrain.model.dtypes import param_dtype
 
 
+def merges_token_axes(platform: str, length_ways: int) -> bool:
+    """Whether `project` merges the token axes: on CPU, when length is split `length_ways` = 1
+    ways. The one home of the rule, which the memory model (trainer/planning/memory.py) asks too."""
+    return platform == "cpu" and length_ways == 1
+
+
 def project(x: jax.Array, kernel: jax.Array, contracted: int, out_dtype: jnp.dtype | None = None) -> jax.Array:
     """x's last `contracted` axes against kernel's first ones; on CPU with x's leading (token) axes merged.
 
@@ -23,8 +29,9 @@ def project(x: jax.Array, kernel: jax.Array, contracted: int, out_dtype: jnp.dty
     devices, so there the axes stay apart.
     """
     lead = x.shape[: x.ndim - contracted]
-    if len(lead) > 1 and axes.platform() == "cpu" and axes.split_ways(axes.LENGTH) == 1:
-        y = jnp.tensordot(x.reshape((-1,) + x.shape[len(lead) :]), kernel, axes=contracted, preferred_element_type=out_dtype)
+    if len(lead) > 1 and merges_token_axes(axes.platform(), axes.split_ways(axes.LENGTH)):
+        tokens = x.reshape((-1,) + x.shape[len(lead) :])
+        y = jnp.tensordot(tokens, kernel, axes=contracted, preferred_element_type=out_dtype)
         return y.reshape(lead + y.shape[1:])
     return jnp.tensordot(x, kernel, axes=contracted, preferred_element_type=out_dtype)
 

@@ -44,6 +44,7 @@ from meshtrain.model import axes
 from meshtrain.model.axes import logical_axes
 from meshtrain.model.config import REMAT_POLICIES, ModelConfig
 from meshtrain.model.dtypes import compute_dtype
+from meshtrain.model.layers import merges_token_axes
 from meshtrain.model.params import abstract_decoder
 from meshtrain.sharding.rules import dimension_axes, partition_spec, split_ways
 from meshtrain.trainer.config.batch_schedule import accumulates, largest_microbatch
@@ -243,7 +244,9 @@ def _layer_saved(model: ModelConfig, a: ActivationSizes, remat: str) -> int:
     return saved + (a.x if model.block == "sequential" else 0)
 
 
-def _merged_token_copies(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], a: ActivationSizes, remat: str) -> int:
+def _merged_token_copies(
+    cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], a: ActivationSizes, remat: str
+) -> int:
     """Per layer, what the forward scan stacks beside _layer_residuals on CPU without remat.
 
     There model.layers.project merges the token axes of each matmul's input, and the scan keeps
@@ -252,8 +255,8 @@ def _merged_token_copies(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], a
     they are recomputed one layer at a time and not stacked; under sequence parallelism, and on
     TPU and GPU, nothing is merged.
     """
-    length_split = split_ways(partition_spec((axes.LENGTH,), cfg.mesh.rules)[0], mesh_sizes) > 1
-    merged = hardware_spec(cfg.hardware.kind).platform == "cpu" and not length_split
+    length_ways = split_ways(partition_spec((axes.LENGTH,), cfg.mesh.rules)[0], mesh_sizes)
+    merged = merges_token_axes(hardware_spec(cfg.hardware.kind).platform, length_ways)
     return 4 * a.x if merged and remat == "none" else 0
 
 

@@ -55,8 +55,8 @@ class _DataWithChecksumsHandler(ocp.JsonCheckpointHandler):
 
     Orbax's JsonCheckpointHandler takes finished JSON, so the loop would wait for the sums (53%
     of an asynchronous save's duration, BENCHMARKS.md). This one waits for them in the save's
-    background commit, then writes the same file JsonCheckpointHandler writes, so JsonRestore
-    reads it back and older checkpoints read the same way.
+    background commit, then writes the same file JsonCheckpointHandler writes, whose restore
+    (inherited) reads it back, from older checkpoints too.
     """
 
     async def async_save(self, directory, item=None, args=None):
@@ -68,7 +68,7 @@ class _DataWithChecksumsHandler(ocp.JsonCheckpointHandler):
             # Waited for off the commit's event loop: blocking it left a JAX callback a closed loop.
             data["checksums"] = await asyncio.to_thread(checksums_json, args.checksums)
         if jax.process_index() == 0:  # Orbax's primary host, as for JsonCheckpointHandler
-            (directory / "metadata").write_text(json.dumps(data))
+            (directory / self._filename).write_text(json.dumps(data))
 
 
 @ocp.args.register_with_handler(_DataWithChecksumsHandler, for_save=True)
