@@ -120,8 +120,11 @@ def measure_case(shape: str, dtype: str, args, root: Path) -> tuple[float, float
         ours.append(seconds["meshtrain"])
         theirs.append(seconds["maxtext"])
         ratios.append(seconds["maxtext"] / seconds["meshtrain"])
-        print(f"  {shape} {dtype} pair {pair + 1} ({' then '.join(order)}): meshtrain {ours[-1]:.3f} s, "
-              f"MaxText {theirs[-1]:.3f} s, ratio {ratios[-1]:.2f}", flush=True)
+        print(
+            f"  {shape} {dtype} pair {pair + 1} ({' then '.join(order)}): meshtrain {ours[-1]:.3f} s, "
+            f"MaxText {theirs[-1]:.3f} s, ratio {ratios[-1]:.2f}",
+            flush=True,
+        )
     return statistics.median(ours), statistics.median(theirs), ratios
 
 
@@ -140,8 +143,11 @@ def main() -> None:
             parser.error(f"--shapes: unknown shape {name!r}; valid: {', '.join(SHAPES)}")
     if not args.recipe.is_file():
         parser.error(f"--recipe: {args.recipe} does not exist (the MaxText recipe, ../shared/bench/maxtext-cpu.sh)")
-    print(f"{args.pairs} interleaved pairs per case, {args.steps} steps per run, median step time of steps "
-          f"{SKIPPED_STEPS + 1}..{args.steps}; ratio = MaxText s/step / meshtrain s/step", flush=True)
+    print(
+        f"{args.pairs} interleaved pairs per case, {args.steps} steps per run, median step time of steps "
+        f"{SKIPPED_STEPS + 1}..{args.steps}; ratio = MaxText s/step / meshtrain s/step",
+        flush=True,
+    )
     summary = []
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         for shape in shapes:
@@ -152,8 +158,10 @@ def main() -> None:
     print(f"{'-' * 16}-|-{'-' * 11}-|-{'-' * 9}-|-{'-' * 15}-|-{'-' * 12}-|-------")
     for shape, dtype, mine, maxtext, ratios in summary:
         throughput = f"{tokens / mine:>6.0f} vs {tokens / maxtext:>5.0f}"
-        print(f"{shape + ' ' + dtype:<16} | {mine:>11.3f} | {maxtext:>9.3f} | {throughput} "
-              f"| {statistics.median(ratios):>11.2f}x | {' '.join(f'{r:.2f}' for r in ratios)}")
+        print(
+            f"{shape + ' ' + dtype:<16} | {mine:>11.3f} | {maxtext:>9.3f} | {throughput} "
+            f"| {statistics.median(ratios):>11.2f}x | {' '.join(f'{r:.2f}' for r in ratios)}"
+        )
 
 
 if __name__ == "__main__":

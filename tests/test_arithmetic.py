@@ -107,7 +107,8 @@ MEMORY_CASES = {
     "full": (("model.remat=full",), 1),  # 1.14 (jax 0.10), 1.15 (jax 0.12)
     "save_dots": (("model.remat=save_dots",), 1),  # 1.04, 1.08
     "full, fsdp 2 x tensor 2": (("model.remat=full", "mesh.ici_fsdp=2", "mesh.ici_tensor=2"), 4),  # 1.00, 1.03
-    "save_dots, fsdp 2 x sequence 2": (("model.remat=save_dots", "mesh.ici_fsdp=2", "mesh.ici_sequence=2"), 4),  # 0.97, 1.00
+    # 0.97, 1.00
+    "save_dots, fsdp 2 x sequence 2": (("model.remat=save_dots", "mesh.ici_fsdp=2", "mesh.ici_sequence=2"), 4),
 }
 
 

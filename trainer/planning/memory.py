@@ -244,9 +244,7 @@ def _layer_saved(model: ModelConfig, a: ActivationSizes, remat: str) -> int:
     return saved + (a.x if model.block == "sequential" else 0)
 
 
-def _merged_token_copies(
-    cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], a: ActivationSizes, remat: str
-) -> int:
+def _merged_token_copies(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int], a: ActivationSizes, remat: str) -> int:
     """Per layer, what the forward scan stacks beside _layer_residuals on CPU without remat.
 
     There model.layers.project merges the token axes of each matmul's input, and the scan keeps
