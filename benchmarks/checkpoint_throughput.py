@@ -1,7 +1,8 @@
 """Do checkpoints keep up with the disk, and how long does an asynchronous save block training?
 
-Builds the train state of a ~125M-parameter model (float32 parameters and AdamW moments: ~1.4 GiB)
-on this machine's devices (checkpoint_checksums.benchmark_state), then alternates (A B A B ...) over
+Builds the train state of a ~125M-parameter model (float32 parameters and AdamW moments: ~1.4 GiB,
+the moments random as after training, so nothing compresses away) on this machine's devices
+(checkpoint_checksums.benchmark_state), then alternates (A B A B ...) over
 --repeats rounds, in a directory under the current one (the same disk for all):
 
 - Orbax, through trainer/run/checkpoint.py with the default checkpoint settings (async, checksums):
@@ -48,7 +49,8 @@ def orbax_round(directory: Path, cfg, state, abstract) -> dict[str, float]:
     synced = written + timed(os.sync)
     restore = timed(lambda: checkpoints.restore(1, abstract))
     checkpoints.close()
-    return {"blocked": blocked, "save": written, "save+sync": synced, "restore": restore}
+    on_disk = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    return {"blocked": blocked, "save": written, "save+sync": synced, "restore": restore, "on_disk": on_disk}
 
 
 def dd_round(path: Path, size: int) -> dict[str, float]:
@@ -86,6 +88,7 @@ def main() -> None:
     for key in ("save+sync", "restore"):
         o, d = median(orbax, key), median(dd, key)
         print(f"| {key} | {o:.2f} | {gib_s(o):.2f} | {d:.2f} | {gib_s(d):.2f} | {d / o:.0%} |")
+    print(f"\nOrbax wrote {median(orbax, 'on_disk') / 2**30:.2f} GiB on disk for the {size / 2**30:.2f} GiB state")
     blocked, save = median(orbax, "blocked"), median(orbax, "save")
     print(f"\nasync save: the loop is blocked {blocked:.3f} s of a {save:.2f} s save ({blocked / save:.1%})")
 

@@ -15,6 +15,7 @@ stops with one line naming the directory: the previous checkpoint is untouched.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime
 import json
@@ -66,7 +67,7 @@ class _DataWithChecksumsHandler(ocp.JsonCheckpointHandler):
         data = dict(args.data_state)
         if args.checksums is not None:
             # Waited for off the commit's event loop: blocking it left a JAX callback a closed loop.
-            data["checksums"] = await asyncio.to_thread(checksums_json, args.checksums)
+            data["checksums"] = await asyncio.to_thread(lambda: checksums_json(args.checksums.result()))
         if jax.process_index() == 0:  # Orbax's primary host, as for JsonCheckpointHandler
             (directory / self._filename).write_text(json.dumps(data))
 
@@ -74,7 +75,7 @@ class _DataWithChecksumsHandler(ocp.JsonCheckpointHandler):
 @ocp.args.register_with_handler(_DataWithChecksumsHandler, for_save=True)
 @dataclasses.dataclass
 class DataWithChecksumsSave(ocp.args.CheckpointArgs):
-    """data_state: JSON; checksums: what checksums.start_checksums returned, or None."""
+    """data_state: JSON; checksums: a Future of what checksums.start_checksums returns, or None."""
 
     data_state: Mapping[str, Any]
     checksums: Any = None
@@ -99,6 +100,7 @@ class Checkpoints:
         )
         self.directory = absolute(directory)
         self.checksums = cfg.checksums
+        self.async_save = cfg.async_save
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         except OSError as error:
@@ -117,7 +119,12 @@ class Checkpoints:
         """
         self._collect()  # the previous write's outcome first: a failure is reported as its own
         data_state = merge_states(gather_json(local_data_state))
-        checksums = start_checksums(state) if self.checksums else None
+        # An asynchronous save's sums are dispatched once Orbax has taken its copy of the state:
+        # started before, they compete with that copy for the host's cores and lengthen the time
+        # the loop is blocked. A synchronous save commits inside `save`, so it needs them first.
+        checksums = concurrent.futures.Future() if self.checksums else None
+        if checksums is not None and not self.async_save:
+            _resolve_with_checksums(checksums, state)
         size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
         try:
             self._manager.save(
@@ -128,7 +135,11 @@ class Checkpoints:
                 force=True,
             )
         except (OSError, ValueError) as error:  # a synchronous save: tensorstore reports ENOSPC as ValueError
+            if checksums is not None:
+                checksums.cancel()
             raise self._write_error(step, size, error) from None
+        if checksums is not None and not checksums.done():
+            _resolve_with_checksums(checksums, state)
         self._pending = (step, size)
 
     def check_errors(self) -> None:
@@ -254,6 +265,17 @@ class Checkpoints:
                 self.wait()
         finally:
             self._manager.close()
+
+
+def _resolve_with_checksums(future: concurrent.futures.Future, state) -> None:
+    """Starts the state's checksums into `future`, which the save's background commit waits on; a
+    failure to start them (a lost peer in the collective) is handed to the commit too, so it ends
+    instead of waiting forever, and raised here."""
+    try:
+        future.set_result(start_checksums(state))
+    except BaseException as error:
+        future.set_exception(error)
+        raise
 
 
 def _first_line(error: BaseException) -> str:
