@@ -1,7 +1,7 @@
 """MFU of a ~1B-parameter Llama-shaped model on one accelerator: dense attention against the fused kernel.
 
 For the device check of issue 14 (one H200, 15 minutes of device time in all): trains the step as a
-run builds it (make_mesh, plan_run, init_sharded_state, jit_train_step: sharded, the state donated)
+run builds it (step_setup.build_step: sharded, the state donated)
 on a fixed synthetic batch, for each attention kernel in turn, and prints per kernel the median
 step time after the warm-up steps, tokens/s, MFU and HFU (PaLM's convention: trainer/planning/
 flops.py, over the chip's dense bf16 peak from configs/hardware.yaml) and the device's peak memory.
@@ -37,14 +37,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
 import jax
 import numpy as np
+from step_setup import build_step
 
-from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.config.hardware import hardware_spec
 from meshtrain.trainer.planning.aot_compile import compiled_memory
 from meshtrain.trainer.planning.flops import flops_breakdown, utilization
 from meshtrain.trainer.planning.peaks import peak_flops
-from meshtrain.trainer.step.partition import global_batch, init_sharded_state, jit_train_step, make_mesh, plan_run
-from meshtrain.trainer.step.state import model_def, optimizer_for
 
 MODEL_1B = [
     "model=llama2-7b",
@@ -83,16 +81,12 @@ def device_peak_bytes() -> int | None:
 
 def measure(overrides: list[str], args) -> dict:
     """Compiles and times the train step of one configuration; returns its figures."""
-    cfg = load_experiment(None, overrides)
-    mdef = model_def(cfg)
-    optimizer = optimizer_for(cfg, mdef)
-    plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
-    state = init_sharded_state(cfg, mdef, optimizer, plan)
-    step = jit_train_step(cfg, mdef, optimizer, plan)
+    built = build_step(overrides)
+    cfg, state = built.cfg, built.state
     rows, length = cfg.train.batch_size, cfg.data.seq_len
-    batch = global_batch(plan, synthetic_batch(rows, length, cfg.model.vocab_size))
+    batch = built.place(synthetic_batch(rows, length, cfg.model.vocab_size))
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = built.step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
     times = []
     for index in range(args.warmup + args.steps):

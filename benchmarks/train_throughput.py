@@ -18,13 +18,12 @@ import argparse
 import time
 
 import jax
+from step_setup import build_step
 
 from meshtrain.tools.args import quiet_libraries
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.config.batch_schedule import data_shards
 from meshtrain.trainer.data import FEATURES, BatchStream, prepare_dataset, tokenizer_for
-from meshtrain.trainer.step.partition import global_batch, init_sharded_state, jit_train_step, make_mesh, plan_run
-from meshtrain.trainer.step.state import model_def, optimizer_for
 
 BASELINE = "remat=none (baseline)"
 DEFAULT = "default (remat=full)"
@@ -38,13 +37,9 @@ VARIANTS = {
 
 def step_seconds(overrides: list[str], local_batch: dict, args) -> float:
     """Best mean seconds per step over `repeats` blocks of `steps` back-to-back steps."""
-    cfg = load_experiment(None, overrides)
-    mdef = model_def(cfg)
-    optimizer = optimizer_for(cfg, mdef)
-    plan = plan_run(cfg, mdef, optimizer, make_mesh(cfg))
-    state = init_sharded_state(cfg, mdef, optimizer, plan)
-    step = jit_train_step(cfg, mdef, optimizer, plan)
-    batch = global_batch(plan, local_batch)
+    built = build_step(overrides)
+    state, step = built.state, built.step
+    batch = built.place(local_batch)
     for _ in range(args.warmup):  # The first call compiles.
         state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
