@@ -52,7 +52,8 @@ class CorruptCheckpoint(Exception):
 
 class _DataWithChecksumsHandler(ocp.JsonCheckpointHandler):
     """The checkpoint's `data` item: the data-iterator state plus the state's checksums, which are
-    still being summed on the devices when the save starts.
+    still being summed on the devices while the save writes (Checkpoints.save hands them over as a
+    Future, resolved once Orbax has its copy of the state).
 
     Orbax's JsonCheckpointHandler takes finished JSON, so the loop would wait for the sums (53%
     of an asynchronous save's duration, BENCHMARKS.md). This one waits for them in the save's
@@ -134,10 +135,12 @@ class Checkpoints:
                 ),
                 force=True,
             )
-        except (OSError, ValueError) as error:  # a synchronous save: tensorstore reports ENOSPC as ValueError
+        except BaseException as error:
             if checksums is not None:
-                checksums.cancel()
-            raise self._write_error(step, size, error) from None
+                checksums.cancel()  # a commit already under way stops waiting for them
+            if isinstance(error, (OSError, ValueError)):  # a synchronous save: tensorstore reports ENOSPC as ValueError
+                raise self._write_error(step, size, error) from None
+            raise
         if checksums is not None and not checksums.done():
             _resolve_with_checksums(checksums, state)
         self._pending = (step, size)
