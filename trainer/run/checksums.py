@@ -13,7 +13,7 @@ and it is computed inside one jitted program as a reduction over the shards: no 
 to a host or to a device. The flat index is built from one iota per axis rather than by flattening
 the array, which for an array split along an inner axis is no tiling of the devices: flattened,
 XLA gathered such arrays whole onto every device, 2.9 GiB of temporaries per device for a 1.4 GiB
-state split 8 ways (what would not fit a pod's chips at all). Any change of one word changes
+state split 8 ways (on a pod: multi-GB stacked weights on every chip). Any change of one word changes
 `plain`; swapped words change `weighted`.
 """
 
