@@ -47,10 +47,9 @@ def nonzero_moments(state):
 
     def fill(x):
         key = next(keys)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
+        if x.ndim == 0 or not jnp.issubdtype(x.dtype, jnp.floating):  # step counts and the like stay
             return x
-        noise = jax.jit(lambda k: jax.random.normal(k, x.shape, x.dtype) * 1e-3, out_shardings=x.sharding)(key)
-        return noise if x.ndim else x
+        return jax.jit(lambda k: jax.random.normal(k, x.shape, x.dtype) * 1e-3, out_shardings=x.sharding)(key)
 
     return {**state, "opt_state": jax.tree.map(fill, state["opt_state"])}
 

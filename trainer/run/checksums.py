@@ -91,12 +91,17 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+def _leaves_and_groups(state) -> tuple[list, tuple[int, ...], object]:
+    """The program's arguments for `state`: its leaves, each one's group (static) and the tree."""
+    leaves, tree = jax.tree.flatten(state)
+    return leaves, tuple(_group(x) for x in leaves), tree
+
+
 def lower_checksums(state) -> jax.stages.Lowered:
     """The program start_checksums runs for `state` (arrays, or ShapeDtypeStructs with shardings),
     lowered: to inspect what it costs (tests/test_checksums.py holds its temporaries to a small
     fraction of the state's per-device share: each device sums its own shards)."""
-    leaves = jax.tree.leaves(state)
-    return _sum_leaves.lower(leaves, tuple(_group(x) for x in leaves))
+    return _sum_leaves.lower(*_leaves_and_groups(state)[:2])
 
 
 def start_checksums(state):
@@ -104,8 +109,8 @@ def start_checksums(state):
     processes): the result is a tree of device arrays that `checksums_json` turns into numbers,
     waiting for them. A checkpoint save starts them here and reads them in its background thread,
     so the training loop never waits for a pass over the whole state."""
-    leaves, tree = jax.tree.flatten(state)
-    return jax.tree.unflatten(tree, _sum_leaves(leaves, tuple(_group(x) for x in leaves)))
+    leaves, groups, tree = _leaves_and_groups(state)
+    return jax.tree.unflatten(tree, _sum_leaves(leaves, groups))
 
 
 def checksums_json(pairs) -> dict[str, list[int]]:
