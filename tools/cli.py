@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "launch": "write a TPU VM, JobSet or SLURM recipe that runs an experiment on many hosts",
     "compile": "compile an experiment's train step for a TPU topology here; does it fit in HBM?",
     "cost": "estimate an experiment's FLOPs, time, chip-hours, dollars and memory per chip before launch",
+    "plan": "predict step time and MFU of every layout and find the cheapest that fits and meets a deadline",
     "convert": "convert weights between Hugging Face and meshtrain, dtypes and meshes; --verify",
     "sample": "greedy text from a run or converted checkpoint, with a KV cache",
     "data": "what a run's step trained on: `data show RUN --step N` (sources, documents, text)",

@@ -9,8 +9,8 @@ Prints parameters, tokens, training FLOPs (under the named convention), throughp
 clock, chip-hours, dollars per price tier, and memory per chip against the chip's HBM, with what
 would make the run fit when it does not. Tokens come from the experiment (train.steps through the
 batch schedule, x data.seq_len) unless --tokens is given; MFU from --mfu, from a measured
---tokens-per-sec-per-chip, or the hardware kind's documented default (configs/hardware.yaml
-default_mfu). FLOPs conventions: palm (PaLM Appendix B, 6N + 12 L H Q T, the default), causal
+--tokens-per-sec-per-chip, or else predicted for the experiment's layout by the performance model
+(as `meshtrain plan` predicts it; the report says which). FLOPs conventions: palm (PaLM Appendix B, 6N + 12 L H Q T, the default), causal
 (attention halved), 6nd (6N, as Kaplan, GPT-3 and Chinchilla count); MFU, time and cost all follow it.
 
 --json prints one object: flops_convention, params_total, params_non_embedding,
@@ -136,7 +136,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--mfu",
         type=_fraction,
         metavar="X",
-        help="model FLOPs utilization to assume, in (0, 1] (default: the hardware kind's default_mfu)",
+        help="model FLOPs utilization to assume, in (0, 1] (default: predicted for the layout, as meshtrain plan does)",
     )
     rate.add_argument(
         "--tokens-per-sec-per-chip",

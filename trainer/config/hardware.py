@@ -60,11 +60,51 @@ class HardwareSpec:
     default_mfu: float | None = None  # what `meshtrain cost` assumes without --mfu
     default_mfu_reason: str | None = None
     prices: Mapping[str, Price] = dataclasses.field(default_factory=dict)  # tier -> Price
+    # The performance model's figures (trainer/planning/performance.py); None where not known.
+    efficiency_family: str | None = None  # an entry of efficiency_families (EfficiencyFamily)
+    ici_link_bandwidth_bytes_per_s: float | None = None
+    ici_torus_dims: int | None = None  # None: a switch (NVSwitch), every chip one hop from every other
+    ici_chips_max: int | None = None
+    dcn_bandwidth_bytes_per_s: float | None = None
+    matmul_tile: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EfficiencyFamily:
+    """How well one family's software stack uses its chips' datasheet rates (the fields are documented
+    above `efficiency_families` in configs/hardware.yaml). All are fractions in [0, 1] except
+    op_overhead_s, seconds per launched op."""
+
+    name: str
+    matmul_efficiency: float
+    attention_efficiency: float
+    hbm_efficiency: float
+    ici_efficiency: float
+    dcn_efficiency: float
+    fsdp_overlap: float
+    tensor_overlap: float
+    data_overlap: float
+    op_overhead_s: float
+    source: str
+
+
+FAMILIES_KEY = "efficiency_families"
+# A rate efficiency above 1 says the chip beat the figure it is taken against: on a CPU, a small
+# model's activations stay in cache, faster than the measured streaming bandwidth. Calibration may
+# find that; hardware.yaml's datasheet-based families stay below 1.
+MAX_RATE_EFFICIENCY = 4.0  # the one top-level entry of hardware.yaml that is not a kind
 
 
 _REQUIRED = ("platform", "chips_per_host", "hbm_bytes", "tpu_topology_prefix", "source")
 _FIELDS = {f.name for f in dataclasses.fields(HardwareSpec)} - {"kind"}
-_POSITIVE_NUMBERS = ("peak_bf16_flops", "peak_f32_flops", "hbm_bandwidth_bytes_per_s")
+_POSITIVE_NUMBERS = (
+    "peak_bf16_flops",
+    "peak_f32_flops",
+    "hbm_bandwidth_bytes_per_s",
+    "ici_link_bandwidth_bytes_per_s",
+    "dcn_bandwidth_bytes_per_s",
+)
+_POSITIVE_INTEGERS = ("ici_torus_dims", "ici_chips_max", "matmul_tile")
 _TEXT = (
     "source",
     "tpu_accelerator_type",
@@ -74,6 +114,7 @@ _TEXT = (
     "interconnect",
     "default_mfu_reason",
     "tpu_topology_prefix",
+    "efficiency_family",
 )
 
 
@@ -132,6 +173,10 @@ def _build(kind: str, fields: Mapping[str, Any], where: str) -> HardwareSpec:
             raise ConfigError(
                 f"{where}: {name}={value!r}, expected a positive number (FLOP/s or bytes/s, e.g. 2.75e14) or null"
             )
+    for name in _POSITIVE_INTEGERS:
+        value = getattr(spec, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{where}: {name}={value!r}, expected a positive integer or null")
     mfu = spec.default_mfu
     if mfu is not None and (not is_number(mfu) or not 0 < mfu <= 1):
         raise ConfigError(f"{where}: default_mfu={mfu!r}, expected a fraction in (0, 1], e.g. 0.4")
@@ -150,6 +195,8 @@ def _table() -> dict[str, HardwareSpec]:
     raw = read_yaml_mapping(HARDWARE_YAML)
     table = {}
     for kind, fields in raw.items():
+        if kind == FAMILIES_KEY:
+            continue
         where = f"{HARDWARE_YAML}: {kind}"
         if not isinstance(fields, dict):
             raise ConfigError(f"{where}: expected a mapping of fields, got {type(fields).__name__}")
@@ -158,6 +205,65 @@ def _table() -> dict[str, HardwareSpec]:
             raise ConfigError(f"{where}: missing {', '.join(missing)}")
         table[str(kind)] = _build(str(kind), fields, where)
     return table
+
+
+@functools.cache
+def _families() -> dict[str, EfficiencyFamily]:
+    """hardware.yaml's efficiency_families, validated; a bad entry is a ConfigError naming it."""
+    raw = read_yaml_mapping(HARDWARE_YAML).get(FAMILIES_KEY) or {}
+    numbers = [f.name for f in dataclasses.fields(EfficiencyFamily) if f.name not in ("name", "source")]
+    families = {}
+    for name, fields in raw.items():
+        where = f"{HARDWARE_YAML}: {FAMILIES_KEY}.{name}"
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where}: expected a mapping of fields")
+        missing = [key for key in (*numbers, "source") if key not in fields]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
+        families[str(name)] = efficiency_with(
+            EfficiencyFamily(name=str(name), **{key: fields[key] for key in (*numbers, "source")}), {}, where
+        )
+    return families
+
+
+def efficiency_with(family: EfficiencyFamily, changes: Mapping[str, Any], where: str = "") -> EfficiencyFamily:
+    """`family` with fields replaced (a calibration's fitted values), each checked: overlaps are
+    fractions in [0, 1]; rate efficiencies (*_efficiency) are in (0, MAX_RATE_EFFICIENCY]; op_overhead_s >= 0."""
+    where = where or f"efficiency family {family.name}"
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(EfficiencyFamily)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
+    family = dataclasses.replace(family, **changes)
+    for f in dataclasses.fields(EfficiencyFamily):
+        value = getattr(family, f.name)
+        if f.name in ("name", "source"):
+            continue
+        if f.name == "op_overhead_s":
+            ok = is_number(value) and value >= 0
+        else:
+            rate = f.name.endswith("_efficiency")
+            ok = is_number(value) and (0 < value <= MAX_RATE_EFFICIENCY if rate else 0 <= value <= 1)
+        if not ok:
+            want = (
+                "a number of seconds >= 0"
+                if f.name == "op_overhead_s"
+                else f"a number in (0, {MAX_RATE_EFFICIENCY:g}]"
+                if rate
+                else "a fraction in [0, 1]"
+            )
+            raise ConfigError(f"{where}: {f.name}={value!r}, expected {want}")
+    return family
+
+
+def efficiency_family(spec: HardwareSpec) -> EfficiencyFamily:
+    """The efficiency family `spec` names; a missing or unknown one is a ConfigError."""
+    families = _families()
+    if spec.efficiency_family not in families:
+        raise ConfigError(
+            f"{HARDWARE_YAML}: {spec.kind}: efficiency_family={spec.efficiency_family!r}, expected one of "
+            f"{', '.join(families) or '(none defined)'}"
+        )
+    return families[spec.efficiency_family]
 
 
 def hardware_kinds() -> tuple[str, ...]:

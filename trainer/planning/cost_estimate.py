@@ -10,7 +10,8 @@ live tracker agree. The time model is simple and explicit:
     wall clock = tokens / tokens/s;   chip-hours = chips x wall clock;   $ = chip-hours x price
 
 where MFU is given (mfu), implied by a measured throughput (tokens_per_sec_per_chip Y:
-MFU = Y x model FLOPs per token / peak), or the hardware kind's documented default_mfu. Model FLOPs
+MFU = Y x model FLOPs per token / peak), or predicted for the experiment's layout by the
+performance model (trainer/planning/performance.py, as `meshtrain plan` does). Model FLOPs
 per token follow the chosen convention (palm: PaLM Appendix B, 6N + 12 L H Q T; causal: attention
 halved; 6nd: 6N), so MFU, time and cost are all stated under it. When the run does not fit,
 trainer/planning/fit_search.py says what would.
@@ -31,6 +32,7 @@ from meshtrain.trainer.config.hardware import (
     HardwareSpec,
     Price,
     chips_in_topology,
+    efficiency_family,
     hardware_kinds,
     hardware_spec,
     parse_topology,
@@ -48,7 +50,8 @@ from meshtrain.trainer.planning.flops import (
     model_flops_per_token,
 )
 from meshtrain.trainer.planning.memory import memory_on_chips
-from meshtrain.trainer.planning.peaks import host_memory_bytes, peak_flops, peak_source
+from meshtrain.trainer.planning.peaks import host_memory_bytes, memory_bandwidth, peak_flops, peak_source
+from meshtrain.trainer.planning.performance import layout_of, predict_step, workload_of
 
 
 def _positive_number(value: Any) -> bool:
@@ -126,14 +129,17 @@ def _check_arguments(mfu, tokens_per_sec_per_chip, peak_tflops, price, tokens, c
 
 
 def _throughput(
+    cfg: ExperimentConfig,
     spec: HardwareSpec,
+    chips: int,
     peak: float,
     model_fpt: float,
     convention: str,
     mfu: float | None,
     tokens_per_sec_per_chip: float | None,
 ) -> tuple[float, float, str]:
-    """(tokens/s per chip, MFU, where the MFU came from)."""
+    """(tokens/s per chip, MFU, where the MFU came from): a measured throughput, a given MFU, or
+    the performance model's prediction for this layout (trainer/planning/performance.py)."""
     if tokens_per_sec_per_chip is not None:
         per_chip = float(tokens_per_sec_per_chip)
         mfu = per_chip * model_fpt / peak
@@ -145,15 +151,22 @@ def _throughput(
             )
         return per_chip, mfu, "--tokens-per-sec-per-chip"
     if mfu is not None:
-        source = "--mfu"
-    elif spec.default_mfu is not None:
-        mfu, source = spec.default_mfu, f"default for {spec.kind}: {spec.default_mfu_reason}"
-    else:
-        raise UserError(
-            f"{spec.kind} has no default MFU in configs/hardware.yaml: give an MFU (--mfu) or a "
-            f"measured throughput (--tokens-per-sec-per-chip)"
-        )
-    return mfu * peak / model_fpt, mfu, source
+        return mfu * peak / model_fpt, mfu, "--mfu"
+    platform = spec.platform
+    prediction = predict_step(
+        workload_of(cfg, platform),
+        layout_of(cfg, chips, platform),
+        spec,
+        efficiency_family(spec),
+        peak,
+        memory_bandwidth(spec),
+    )
+    per_chip = prediction.tokens_per_s / chips
+    return (
+        per_chip,
+        per_chip * model_fpt / peak,
+        f"predicted by the performance model for this layout (meshtrain plan; {prediction.bottleneck})",
+    )
 
 
 def estimate_cost(
@@ -173,8 +186,8 @@ def estimate_cost(
     """The cost of training `cfg`.
 
     hardware: a kind of configs/hardware.yaml (default hardware.kind); chips: default from the
-    experiment (resolve_chips); mfu or tokens_per_sec_per_chip (not both; neither: the kind's
-    default_mfu); peak_tflops: peak per chip instead of the table's; price: on-demand USD per
+    experiment (resolve_chips); mfu or tokens_per_sec_per_chip (not both; neither: predicted
+    by the performance model); peak_tflops: peak per chip instead of the table's; price: on-demand USD per
     chip-hour instead of the table's (the table's other tiers are then left out); tokens: instead of
     the experiment's (steps x batch schedule x seq_len); hardware_overrides: fields of the hardware
     entry to replace (config.hardware.with_overrides); aot: the AOT compile of this cfg's train step
@@ -200,7 +213,7 @@ def estimate_cost(
                 f"slice(s)), not {chips}: make the chip counts agree"
             )
         hardware_fpt = aot.flops_per_token
-    per_chip, mfu, mfu_source = _throughput(spec, peak, model_fpt, convention, mfu, tokens_per_sec_per_chip)
+    per_chip, mfu, mfu_source = _throughput(cfg, spec, chips, peak, model_fpt, convention, mfu, tokens_per_sec_per_chip)
     tokens_total = int(tokens) if tokens is not None else tokens_through(cfg.train, seq_len, cfg.train.steps)
     chip_hours = tokens_total / per_chip / 3600.0  # chips x wall clock, the chips cancelling
 

@@ -34,7 +34,8 @@ _FORWARD_SHARE = 1 / 3
 
 
 @functools.lru_cache(maxsize=64)
-def _param_count(model: ModelConfig) -> ParamCount:
+def param_count(model: ModelConfig) -> ParamCount:
+    """count_params(model), cached."""
     # count_params traces the model abstractly (a fraction of a second even for 540B); the tracker and
     # the cost tool ask for the same config many times.
     return count_params(model)
@@ -60,7 +61,7 @@ def attention_flops_per_token(model: ModelConfig, seq_len: int, convention: str 
 def model_flops_per_token(model: ModelConfig, seq_len: int, convention: str = "palm") -> float:
     """Training model FLOPs per token: 6 N plus the convention's attention term (module docstring)."""
     _check_convention(convention)
-    return 6.0 * _param_count(model).total + attention_flops_per_token(model, seq_len, convention)
+    return 6.0 * param_count(model).total + attention_flops_per_token(model, seq_len, convention)
 
 
 def _skipped_recompute_params(model: ModelConfig) -> int:
@@ -82,7 +83,7 @@ def _skipped_recompute_params(model: ModelConfig) -> int:
 
 def _layer_params(model: ModelConfig) -> int:
     """Parameters of one decoder block (the layers' share of N, divided by L)."""
-    count = _param_count(model)
+    count = param_count(model)
     outside = count.embedding + _final_norm_params(model)
     return (count.total - outside) // model.num_layers
 
@@ -161,7 +162,7 @@ def flops_breakdown(
 ) -> FlopsBreakdown:
     """Every term of model and hardware FLOPs per token, for reports and tests."""
     remat = model.remat if remat is None else remat
-    count = _param_count(model)
+    count = param_count(model)
     dense = 6.0 * count.total
     attention = attention_flops_per_token(model, seq_len, convention)
     recompute = recompute_flops_per_token(model, seq_len, remat, convention)
@@ -187,3 +188,14 @@ def utilization(flops_per_token: float, tokens_per_sec: float, chips: int, peak_
     if chips <= 0 or peak_flops_per_chip <= 0:
         raise ValueError(f"chips ({chips}) and peak FLOP/s ({peak_flops_per_chip}) must be positive")
     return flops_per_token * tokens_per_sec / (chips * peak_flops_per_chip)
+
+
+def megatron_flops_per_token(model: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token as Megatron-LM reports them (Narayanan et al. 2021, arXiv 2104.04473,
+    eq. 3): 96 l h^2 (1 + s / 6h + V / 16 l h) per sequence of s tokens, i.e. per token
+    96 l h^2 + 16 l h s + 6 h V: the GPT block's 12 h^2 weights and its full (unhalved) attention
+    counted 4 times (forward, backward x2, and the forward replayed by full activation recompute),
+    the logits 3 times. It is a hardware-FLOPs count for GPT-shaped models (d_ff = 4h, H Q = h), which
+    Megatron-LM, Megatron-DeepSpeed (BLOOM) and MT-NLG publish; used to read their figures."""
+    h, layers = model.d_model, model.num_layers
+    return 96.0 * layers * h * h + 16.0 * layers * h * seq_len + 6.0 * h * model.vocab_size

@@ -147,12 +147,9 @@ def measure_cpu_matmul_flops(dtype: str = "float32", seconds: float = CPU_PEAK_S
     return best, best_size
 
 
-def measured_cpu_peak_flops(dtype: str = "float32", *, refresh: bool = False) -> float:
-    """This machine's matmul FLOP/s in `dtype`: from the cache when this CPU (model and core count)
-    was measured before, else measured now (measure_cpu_matmul_flops, ~CPU_PEAK_SECONDS) and cached.
-    Delete the cache file (cpu_peak_cache_path) or pass refresh=True to measure again, e.g. after a
-    measurement taken while the machine was busy."""
-    dtype = _canonical_dtype(dtype)
+def _cached(entry_name: str, value_key: str, measure, refresh: bool) -> float:
+    """One measurement of this machine (CPU model and core count) kept in the cache file: read back
+    when present, else measure() -> (value, details) is run and stored with the time and jax version."""
     path, key = cpu_peak_cache_path(), cpu_identity()
     try:
         cache = json.loads(path.read_text())
@@ -160,14 +157,14 @@ def measured_cpu_peak_flops(dtype: str = "float32", *, refresh: bool = False) ->
             cache = {}
     except (OSError, ValueError):
         cache = {}
-    entry = cache.get(key, {}).get(dtype) if isinstance(cache.get(key), dict) else None
-    if not refresh and isinstance(entry, dict) and is_number(entry.get("flops")) and entry["flops"] > 0:
-        return float(entry["flops"])
+    entry = cache.get(key, {}).get(entry_name) if isinstance(cache.get(key), dict) else None
+    if not refresh and isinstance(entry, dict) and is_number(entry.get(value_key)) and entry[value_key] > 0:
+        return float(entry[value_key])
     start = time.perf_counter()
-    flops, size = measure_cpu_matmul_flops(dtype)
-    cache.setdefault(key, {})[dtype] = {
-        "flops": flops,
-        "matrix": size,
+    value, details = measure()
+    cache.setdefault(key, {})[entry_name] = {
+        value_key: value,
+        **details,
         "seconds": round(time.perf_counter() - start, 2),
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jax": jax.__version__,
@@ -176,5 +173,47 @@ def measured_cpu_peak_flops(dtype: str = "float32", *, refresh: bool = False) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(cache, indent=2, sort_keys=True) + "\n")
     except OSError:
-        pass  # A read-only home still gets a (re-measured) peak, just not a cached one.
-    return flops
+        pass  # A read-only home still gets a (re-measured) figure, just not a cached one.
+    return value
+
+
+def measured_cpu_peak_flops(dtype: str = "float32", *, refresh: bool = False) -> float:
+    """This machine's matmul FLOP/s in `dtype`: from the cache when this CPU (model and core count)
+    was measured before, else measured now (measure_cpu_matmul_flops, ~CPU_PEAK_SECONDS) and cached.
+    Delete the cache file (cpu_peak_cache_path) or pass refresh=True to measure again, e.g. after a
+    measurement taken while the machine was busy."""
+    dtype = _canonical_dtype(dtype)
+
+    def measure():
+        flops, size = measure_cpu_matmul_flops(dtype)
+        return flops, {"matrix": size}
+
+    return _cached(dtype, "flops", measure, refresh)
+
+
+_COPY_ELEMENTS = 16 * 2**20  # 64 MiB of float32: far beyond any cache
+
+
+def measure_cpu_memory_bandwidth(seconds: float = 0.5) -> float:
+    """Bytes/s an elementwise op streams through host memory on JAX's CPU backend (read + write of
+    a 64 MiB array, best of repeated runs)."""
+    step = jax.jit(lambda x: x * 1.0001)
+    x = jnp.ones((_COPY_ELEMENTS,), jnp.float32)
+    step(x).block_until_ready()
+    best, deadline, runs = 0.0, time.perf_counter() + seconds, 0
+    while runs < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        step(x).block_until_ready()
+        best = max(best, 2 * 4 * _COPY_ELEMENTS / (time.perf_counter() - start))
+        runs += 1
+    return best
+
+
+def memory_bandwidth(spec: HardwareSpec, *, refresh: bool = False) -> float:
+    """Bytes/s of one chip's memory: hbm_bandwidth_bytes_per_s, or on cpu measured once and cached
+    beside the peak (measure_cpu_memory_bandwidth)."""
+    if spec.hbm_bandwidth_bytes_per_s is not None:
+        return float(spec.hbm_bandwidth_bytes_per_s)
+    if spec.platform == "cpu":
+        return _cached("memory", "bytes_per_s", lambda: (measure_cpu_memory_bandwidth(), {}), refresh)
+    raise ConfigError(f"{spec.kind} has no hbm_bandwidth_bytes_per_s in {HARDWARE_YAML.name}")

@@ -1,0 +1,156 @@
+"""Fitting the performance model's free efficiencies to step times that were measured.
+
+    fit_family(family, observations)  # -> Fit(family=..., error_before=..., error_after=...)
+
+An observation is a step the model can predict (workload, layout, chip) and the seconds it took.
+The fit moves only the family's efficiencies (FREE_FIELDS: how fast the matmuls, the attention
+kernel and memory-bound work run, and the per-op floor), never the chips' datasheet figures, by
+coordinate search on a log scale minimizing the mean squared log error of predicted over measured
+step time. Fewer observations than free fields cannot tell the efficiencies apart: then one factor
+scales the rate efficiencies together, keeping the family's own shares of the step. `meshtrain plan --calibrate RUN` fits them to one run's metrics.jsonl; the same routine set
+configs/hardware.yaml's family values against configs/published_runs.yaml.
+
+Written here rather than taken from scipy.optimize: meshtrain does not depend on scipy, and a
+handful of bounded one-dimensional searches over a cheap model is all this needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from meshtrain.trainer.config.hardware import MAX_RATE_EFFICIENCY, EfficiencyFamily, HardwareSpec, efficiency_with
+from meshtrain.trainer.planning.performance import Layout, Workload, predict_step
+
+# The efficiencies a fit may move, with the range each is searched in.
+FREE_FIELDS = {
+    "matmul_efficiency": (0.05, MAX_RATE_EFFICIENCY),
+    "attention_efficiency": (0.05, MAX_RATE_EFFICIENCY),
+    "hbm_efficiency": (0.05, MAX_RATE_EFFICIENCY),
+    "op_overhead_s": (1e-7, 1e-3),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """A measured step: what ran, where, and how long it took."""
+
+    work: Workload
+    layout: Layout
+    spec: HardwareSpec
+    peak_flops: float
+    memory_bytes_per_s: float
+    step_s: float
+    label: str = ""
+
+    def predicted_s(self, family: EfficiencyFamily) -> float:
+        return predict_step(self.work, self.layout, self.spec, family, self.peak_flops, self.memory_bytes_per_s).step_s
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    family: EfficiencyFamily
+    error_before: float  # median |predicted / measured - 1| with the family as it was
+    error_after: float
+    moved: dict[str, tuple[float, float]]  # field -> (before, after)
+
+
+def _loss(family: EfficiencyFamily, observations: Sequence[Observation]) -> float:
+    return sum(math.log(o.predicted_s(family) / o.step_s) ** 2 for o in observations) / len(observations)
+
+
+def median_error(family: EfficiencyFamily, observations: Sequence[Observation]) -> float:
+    errors = sorted(abs(o.predicted_s(family) / o.step_s - 1) for o in observations)
+    middle = len(errors) // 2
+    return errors[middle] if len(errors) % 2 else (errors[middle - 1] + errors[middle]) / 2
+
+
+def _search(family: EfficiencyFamily, field: str, observations: Sequence[Observation], steps: int) -> EfficiencyFamily:
+    """Golden-section search of one field over its range, on a log scale."""
+    lo, hi = (math.log(x) for x in FREE_FIELDS[field])
+    ratio = (math.sqrt(5) - 1) / 2
+
+    def at(x: float) -> tuple[float, EfficiencyFamily]:
+        candidate = efficiency_with(family, {field: math.exp(x)})
+        return _loss(candidate, observations), candidate
+
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = at(a)[0], at(b)[0]
+    for _ in range(steps):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = at(a)[0]
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = at(b)[0]
+    best_loss, best = at((lo + hi) / 2)
+    return best if best_loss < _loss(family, observations) else family
+
+
+_RATES = ("matmul_efficiency", "attention_efficiency", "hbm_efficiency")
+
+
+def _scaled(family: EfficiencyFamily, fields: Sequence[str], scale: float) -> EfficiencyFamily:
+    changes = {}
+    for field in fields:
+        if field in _RATES:
+            lo, hi = FREE_FIELDS[field]
+            changes[field] = min(max(getattr(family, field) * scale, lo), hi)
+    return efficiency_with(family, changes)
+
+
+def _search_scale(
+    family: EfficiencyFamily, fields: Sequence[str], observations: Sequence[Observation], steps: int
+) -> EfficiencyFamily:
+    """Golden-section search of one factor multiplying every rate efficiency in `fields`."""
+    lo, hi = math.log(0.1), math.log(MAX_RATE_EFFICIENCY)
+    ratio = (math.sqrt(5) - 1) / 2
+
+    def loss(x: float) -> float:
+        return _loss(_scaled(family, fields, math.exp(x)), observations)
+
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss(a), loss(b)
+    for _ in range(steps):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss(b)
+    return _scaled(family, fields, math.exp((lo + hi) / 2))
+
+
+def fit_family(
+    family: EfficiencyFamily,
+    observations: Sequence[Observation],
+    fields: Sequence[str] = tuple(FREE_FIELDS),
+    rounds: int = 3,
+    steps: int = 24,
+) -> Fit:
+    """`family` with `fields` refitted to the observations (module docstring)."""
+    if not observations:
+        raise ValueError("no observations to fit to")
+    unknown = [f for f in fields if f not in FREE_FIELDS]
+    if unknown:
+        raise ValueError(f"cannot fit {unknown[0]!r}: free fields are {', '.join(FREE_FIELDS)}")
+    fitted = family
+    if len(observations) < len(fields):
+        # Too few steps to tell the efficiencies apart: scale the family's rates together, keeping
+        # the shares of the step the family's own values give.
+        fitted = _search_scale(family, fields, observations, steps)
+    else:
+        for _ in range(rounds):
+            for field in fields:
+                fitted = _search(fitted, field, observations, steps)
+    return Fit(
+        family=fitted,
+        error_before=median_error(family, observations),
+        error_after=median_error(fitted, observations),
+        moved={f: (getattr(family, f), getattr(fitted, f)) for f in fields},
+    )

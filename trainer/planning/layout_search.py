@@ -1,0 +1,182 @@
+"""The planner: every layout of an experiment over a kind of chip, predicted, kept if it fits, ranked.
+
+    plan_layouts(cfg, spec, chips=[6144])  # -> [Candidate, ...] best first
+
+A candidate is a chip count, a mesh (tensor inside the slice or server; fsdp or data parallelism over
+the rest of the slice; data parallelism across slices or servers over DCN, or FSDP across them when
+a replica does not fit in one slice), a microbatch count and a remat policy. Each is predicted by
+trainer/planning/performance.py and kept when the analytic memory model (trainer/planning/memory.py)
+says it fits in the chip's memory. Chip counts are powers of two (TPUs: whole slices beyond one pod;
+GPUs: whole servers beyond one). No pipeline parallelism: meshtrain has none (README, "Planning").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator
+
+from meshtrain.model.config import REMAT_POLICIES
+from meshtrain.model.dtypes import compute_dtype
+from meshtrain.sharding.mesh import MESH_AXES
+from meshtrain.trainer.config.batch_schedule import batch_size_at, tokens_through
+from meshtrain.trainer.config.hardware import PRICE_TIERS, EfficiencyFamily, HardwareSpec, efficiency_family
+from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.planning.memory import memory_on_chips
+from meshtrain.trainer.planning.peaks import host_memory_bytes, memory_bandwidth, peak_flops
+from meshtrain.trainer.planning.performance import Layout, StepPrediction, attention_kind, predict_step, workload_of
+
+MAX_CHIPS = 2**16
+MAX_TENSOR = 64  # tensor parallelism beyond this leaves matmuls too thin on any chip listed
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One layout on one chip count, with its prediction, memory and price."""
+
+    chips: int
+    num_slices: int
+    layout: Layout
+    prediction: StepPrediction
+    memory_bytes: int
+    memory_limit: int | None
+    days: float
+    chip_hours: float
+    dollars: dict[str, float]  # price tier -> USD
+
+    @property
+    def overrides(self) -> list[str]:
+        """The key=value settings that lay an experiment out as this candidate."""
+        mesh = [f"mesh.ici_{a}={self.layout.ici[a]}" for a in MESH_AXES]
+        mesh += [f"mesh.dcn_{a}={self.layout.dcn[a]}" for a in MESH_AXES]
+        return [
+            *mesh,
+            f"train.microbatches={self.layout.microbatches}",
+            "train.microbatch_size=0",
+            f"model.remat={self.layout.remat}",
+            f"hardware.chips={self.chips}",
+            f"hardware.num_slices={self.num_slices}",
+        ]
+
+    def as_dict(self) -> dict:
+        return {
+            "chips": self.chips,
+            "num_slices": self.num_slices,
+            "mesh": self.layout.describe(),
+            "microbatches": self.layout.microbatches,
+            "remat": self.layout.remat,
+            "prediction": self.prediction.as_dict(),
+            "memory_bytes_per_chip": self.memory_bytes,
+            "memory_limit_bytes": self.memory_limit,
+            "days": self.days,
+            "chip_hours": self.chip_hours,
+            "usd_by_tier": self.dollars,
+            "overrides": self.overrides,
+        }
+
+
+def chip_counts(spec: HardwareSpec, most: int = MAX_CHIPS) -> list[int]:
+    """The chip counts the planner tries: powers of two up to `most` (on cpu: this machine, 1)."""
+    if spec.platform == "cpu":
+        return [1]
+    return [2**k for k in range(int(math.log2(most)) + 1)]
+
+
+def slices_for(spec: HardwareSpec, chips: int) -> int | None:
+    """How many slices (TPU pods) or servers `chips` spans: the fewest equal parts that each fit in
+    one fast (ICI / NVLink) domain, e.g. 6144 v4 chips = 2 slices of 3072; None when none do."""
+    domain = spec.ici_chips_max or 1
+    for slices in range(math.ceil(chips / domain), chips + 1):
+        if chips % slices == 0:
+            return slices
+    return None
+
+
+def _divides(n: int, d: int) -> bool:
+    return d >= 1 and n % d == 0
+
+
+def _meshes(cfg: ExperimentConfig, chips: int, slices: int, batch: int) -> Iterator[tuple[dict, dict]]:
+    """(ici, dcn) sizes per axis worth trying on `chips` chips in `slices` slices."""
+    per_slice = chips // slices
+    model = cfg.model
+    for tensor in range(1, min(per_slice, MAX_TENSOR) + 1):
+        if not _divides(per_slice, tensor):
+            continue
+        if not (_divides(model.num_heads, tensor) and _divides(model.d_ff, tensor)):
+            continue
+        rest = per_slice // tensor
+        for inside in ("fsdp", "data"):
+            if inside == "data" and rest == 1:
+                continue
+            for across in ("data", "fsdp") if slices > 1 else ("data",):
+                ici = dict.fromkeys(MESH_AXES, 1)
+                dcn = dict.fromkeys(MESH_AXES, 1)
+                ici["tensor"], ici[inside] = tensor, rest
+                dcn[across] = slices
+                replicas = ici["data"] * ici["fsdp"] * dcn["data"] * dcn["fsdp"]
+                if _divides(batch, replicas):
+                    yield ici, dcn
+
+
+def _microbatch_counts(per_replica: int) -> list[int]:
+    return [m for m in (1, 2, 4, 8, 16, 32, 64, 128) if m <= per_replica and per_replica % m == 0]
+
+
+def plan_layouts(
+    cfg: ExperimentConfig,
+    spec: HardwareSpec,
+    chips: Iterable[int],
+    family: EfficiencyFamily | None = None,
+    remat_policies: Iterable[str] = REMAT_POLICIES,
+) -> list[Candidate]:
+    """Every layout of `cfg` that fits on each of `chips` chips of `spec`, fastest first per chip
+    count, with its predicted step, days, chip-hours and dollars for the experiment's tokens. For
+    each mesh and remat policy only the fewest microbatches that fit are kept (more are slower)."""
+    family = family or efficiency_family(spec)
+    platform = spec.platform
+    work = workload_of(cfg, platform)
+    batch = batch_size_at(cfg.train, cfg.train.steps)
+    tokens = tokens_through(cfg.train, cfg.data.seq_len, cfg.train.steps)
+    peak = peak_flops(spec, compute_dtype(cfg.model, platform).name)
+    bandwidth = memory_bandwidth(spec)
+    limit = spec.hbm_bytes if spec.hbm_bytes is not None else host_memory_bytes()
+    attention = attention_kind(cfg, platform)
+    found = []
+    for count in chips:
+        slices = slices_for(spec, count)
+        if slices is None:
+            continue
+        for ici, dcn in _meshes(cfg, count, slices, batch):
+            per_replica = batch // (ici["data"] * ici["fsdp"] * dcn["data"] * dcn["fsdp"])
+            for remat in remat_policies:
+                for microbatches in _microbatch_counts(per_replica):
+                    layout = Layout(ici=ici, dcn=dcn, microbatches=microbatches, remat=remat, attention=attention)
+                    memory = _memory(cfg, layout, count, slices)
+                    if limit is not None and memory > limit:
+                        continue
+                    prediction = predict_step(work, layout, spec, family, peak, bandwidth)
+                    seconds = tokens / prediction.tokens_per_s
+                    hours = count * seconds / 3600
+                    dollars = {t: hours * spec.prices[t].usd_per_chip_hour for t in PRICE_TIERS if t in spec.prices}
+                    found.append(
+                        Candidate(count, slices, layout, prediction, memory, limit, seconds / 86400, hours, dollars)
+                    )
+                    break  # more microbatches only add time
+    found.sort(key=lambda c: (c.chips, c.prediction.step_s))
+    return found
+
+
+def _memory(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int) -> int:
+    """Analytic bytes per chip of `cfg` laid out as `layout`."""
+    mesh = dataclasses.replace(
+        cfg.mesh,
+        **{f"ici_{a}": layout.ici[a] for a in MESH_AXES},
+        **{f"dcn_{a}": layout.dcn[a] for a in MESH_AXES},
+    )
+    train = dataclasses.replace(cfg.train, microbatches=layout.microbatches, microbatch_size=0)
+    model = dataclasses.replace(cfg.model, remat=layout.remat)
+    hardware = dataclasses.replace(cfg.hardware, chips=chips, num_slices=slices)
+    return memory_on_chips(
+        dataclasses.replace(cfg, mesh=mesh, train=train, model=model, hardware=hardware), chips
+    ).total

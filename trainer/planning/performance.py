@@ -1,0 +1,395 @@
+"""How long one training step takes on chips nobody has measured yet: a performance model from first
+principles, fed only by the published chip and network figures of configs/hardware.yaml.
+
+    predict_step(workload_of(cfg), layout_of(cfg, chips), spec)  # -> StepPrediction
+
+One step is the sum, per chip, of
+- compute: every matmul of the block (projections, MLP, attention, logits) at the chip's peak times
+  the family's matmul efficiency times a shape factor (each dimension padded to the matrix unit's
+  tile), or at HBM bandwidth where its bytes take longer than its FLOPs (the roofline). Fused
+  (flash / splash) attention runs at attention_efficiency of that rate and skips the causal half;
+  dense attention writes its T x T scores to HBM and pays for the softmax passes over them;
+- memory-bound work: the bytes norms, residual adds, rotary embeddings, activations, the
+  cross-entropy and the optimizer update move through HBM, at the family's hbm_efficiency;
+- exposed communication, per mesh axis, as ring collectives over the links that axis spans (ICI
+  inside a slice or server, DCN across; a torus axis gets 2 links per torus dimension it covers):
+    fsdp      all-gather each layer's weights in the forward and again in the backward pass, and
+              reduce-scatter its gradient, once per microbatch; prefetched a layer ahead, so hidden
+              up to fsdp_overlap of that layer's compute
+    tensor    all-reduce the block's activations (1 per layer for a parallel block, 2 sequential) in
+              the forward pass, again in the backward and in a full-remat replay; tensor_overlap of
+              it hidden (collective matmul)
+    sequence  all-gather keys and values per layer (and reduce-scatter their gradients); exposed
+    data      all-reduce the gradient shard once per step, hidden up to data_overlap of the last
+              microbatch's backward pass
+- a pipeline bubble of (stages - 1) / (virtual stages x microbatches) of the compute, only for
+  published runs that used pipeline parallelism (meshtrain has none: see README, "Planning");
+- op_overhead_s per launched op (the floor small models and CPUs hit).
+
+The FLOPs are trainer/planning/flops.py's (model FLOPs for MFU, hardware FLOPs with remat for HFU),
+so the tracker, `meshtrain cost` and this model agree on what a FLOP is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+
+from meshtrain.model.attention_kernels import attention_kernel
+from meshtrain.model.config import ModelConfig
+from meshtrain.model.dtypes import compute_dtype
+from meshtrain.sharding.mesh import MESH_AXES, MeshError
+from meshtrain.trainer.config.batch_schedule import batch_size_at, microbatches_at
+from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec, efficiency_family
+from meshtrain.trainer.config.mesh_shape import mesh_shape
+from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.planning.flops import hardware_flops_per_token, model_flops_per_token, param_count
+from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
+
+ATTENTION_KERNELS = ("flash", "dense")  # fused, causal blocks skipped | scores materialized in HBM
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What one step computes: the model, tokens per sequence and sequences per step."""
+
+    model: ModelConfig
+    seq_len: int
+    batch: int  # global sequences per optimizer step
+    compute_bytes: int = 2  # bytes of an activation / gathered weight (bf16)
+    param_bytes: int = 4  # bytes of a stored parameter (float32)
+    gradient_bytes: int = 2  # bytes of a gradient as it is reduced: the compute dtype's (XLA reduces the
+    # bf16 gradient of the cast weight before converting it; Megatron-LM and DeepSpeed reduce 16-bit ones)
+    optimizer_bytes_per_param: int = 8  # Adam's two float32 moments (Adafactor unfactored + momentum: 8 too)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a step is laid out: mesh axis sizes inside a slice / server (ici) and across (dcn),
+    gradient accumulation, the remat policy and the attention kernel."""
+
+    ici: Mapping[str, int]
+    dcn: Mapping[str, int]
+    microbatches: int = 1
+    remat: str = "full"
+    attention: str = "flash"
+    pipeline: int = 1  # stages; published runs only (meshtrain has no pipeline parallelism)
+    pipeline_virtual: int = 1  # interleaved stages per chip (Megatron's virtual pipeline)
+
+    def size(self, axis: str) -> int:
+        return self.ici.get(axis, 1) * self.dcn.get(axis, 1)
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.size(a) for a in MESH_AXES) * self.pipeline
+
+    def describe(self) -> str:
+        """'fsdp 256 x tensor 12, data 2 over DCN' (axes of size 1 left out)."""
+        inside = " x ".join(f"{a} {self.ici[a]}" for a in MESH_AXES if self.ici.get(a, 1) > 1)
+        across = " x ".join(f"{a} {self.dcn[a]}" for a in MESH_AXES if self.dcn.get(a, 1) > 1)
+        text = inside or "1 chip"
+        if self.pipeline > 1:
+            text += f" x pipeline {self.pipeline}"
+        return text + (f", {across} over DCN" if across else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPrediction:
+    """A predicted step: seconds per part (compute, memory-bound, exposed communication by axis and
+    network, overheads), their sum, and what follows from it."""
+
+    parts: Mapping[str, float]
+    step_s: float
+    tokens_per_s: float
+    mfu: float
+    hfu: float
+    chips: int
+
+    @property
+    def bottleneck(self) -> str:
+        """The largest part after matmul compute, in words with its share of the step ("exposed fsdp
+        all-gather/reduce-scatter over dcn: 31% of the step"); compute-bound when matmuls dominate."""
+        others = {name: s for name, s in self.parts.items() if not name.startswith("compute")}
+        compute = sum(s for name, s in self.parts.items() if name.startswith("compute"))
+        name, seconds = max(others.items(), key=lambda item: item[1], default=("", 0.0))
+        if seconds < 0.1 * self.step_s:
+            return f"compute-bound: matmuls {compute / self.step_s:.0%} of the step"
+        return f"{name}: {seconds / self.step_s:.0%} of the step"
+
+    def as_dict(self) -> dict:
+        return {
+            "step_s": self.step_s,
+            "tokens_per_s": self.tokens_per_s,
+            "mfu": self.mfu,
+            "hfu": self.hfu,
+            "bottleneck": self.bottleneck,
+            "parts_s": dict(self.parts),
+        }
+
+
+class _Chip:
+    """The rates one chip offers, after its family's efficiencies."""
+
+    def __init__(self, spec: HardwareSpec, family: EfficiencyFamily, peak_flops: float, hbm_bytes_per_s: float):
+        self.spec, self.family = spec, family
+        self.matmul_flops = peak_flops * family.matmul_efficiency
+        self.hbm = hbm_bytes_per_s * family.hbm_efficiency
+        self.tile = spec.matmul_tile or 1
+
+    def padded_share(self, *dims: float) -> float:
+        """Useful share of the matrix unit: each dimension over itself padded up to the tile."""
+        share = 1.0
+        for d in dims:
+            d = max(float(d), 1.0)
+            share *= d / (math.ceil(d / self.tile) * self.tile)
+        return share
+
+    def matmul_s(self, m: float, k: float, n: float, bytes_per: int) -> float:
+        """One (m, k) x (k, n) matmul: the slower of its FLOPs at the shaped rate and its bytes over HBM."""
+        flops = 2.0 * m * k * n
+        return max(
+            flops / (self.matmul_flops * self.padded_share(m, k, n)), bytes_per * (m * k + k * n + m * n) / self.hbm
+        )
+
+    def trained_matmul_s(self, m: float, k: float, n: float, bytes_per: int) -> tuple[float, float]:
+        """(forward, backward) seconds of a trained matmul: backward = dX (m, n, k) + dW (k, m, n)."""
+        return self.matmul_s(m, k, n, bytes_per), self.matmul_s(m, n, k, bytes_per) + self.matmul_s(k, m, n, bytes_per)
+
+
+def _ring_bandwidth(spec: HardwareSpec, family: EfficiencyFamily, layout: Layout, axis: str) -> tuple[float, float]:
+    """(ICI, DCN) bytes/s one chip moves in a ring collective over `axis`.
+
+    On a TPU torus an axis covering k of its D dimensions runs bidirectional rings over 2k links;
+    k is its share of the slice's dimensions by log size (fsdp 256 x tensor 12 on a 12x16x16 v4
+    slice: fsdp covers ~2.1 dimensions, tensor ~0.9). On a switch (NVSwitch) an axis inside the
+    server gets the GPU's full NVLink bandwidth. Across slices or servers: the chip's DCN share."""
+    link = spec.ici_link_bandwidth_bytes_per_s or 0.0
+    ici = 0.0
+    if layout.ici.get(axis, 1) > 1 and link:
+        if spec.ici_torus_dims:
+            slice_chips = math.prod(layout.ici.get(a, 1) for a in MESH_AXES)
+            dims = spec.ici_torus_dims * math.log(layout.ici[axis]) / math.log(max(slice_chips, 2))
+            ici = 2.0 * max(dims, 0.5) * link * family.ici_efficiency
+        else:
+            ici = link * family.ici_efficiency
+    dcn = (spec.dcn_bandwidth_bytes_per_s or 0.0) * family.dcn_efficiency
+    return ici, dcn
+
+
+def _gather_s(
+    spec: HardwareSpec, family: EfficiencyFamily, layout: Layout, axis: str, full_bytes: float
+) -> dict[str, float]:
+    """Seconds, by network, of a ring all-gather (or reduce-scatter: the same bytes) over `axis` of
+    a tensor of `full_bytes` per chip once gathered: hierarchical, DCN first on the slice's share."""
+    inside, across = layout.ici.get(axis, 1), layout.dcn.get(axis, 1)
+    ici_bw, dcn_bw = _ring_bandwidth(spec, family, layout, axis)
+    out = {"ici": 0.0, "dcn": 0.0}
+    if inside > 1:
+        out["ici"] = full_bytes * (inside - 1) / inside / ici_bw if ici_bw else math.inf
+    if across > 1:
+        out["dcn"] = full_bytes / inside * (across - 1) / across / dcn_bw if dcn_bw else math.inf
+    return out
+
+
+def _exposed(comm: float, hiding_compute: float, overlap: float) -> float:
+    return max(0.0, comm - overlap * hiding_compute)
+
+
+def _layer_shapes(model: ModelConfig, tensor: int) -> dict[str, tuple[int, int]]:
+    """(in, out) of each weight matrix of one block on one tensor shard. Key/value heads that the
+    tensor axis cannot split are replicated (each shard computes them whole)."""
+    heads = math.ceil(model.num_heads / tensor)
+    kv = model.num_kv_heads // tensor if model.num_kv_heads % tensor == 0 else model.num_kv_heads
+    ff = math.ceil(model.d_ff / tensor)
+    gates = 2 if model.mlp == "swiglu" else 1
+    e, q = model.d_model, model.head_dim
+    return {
+        "q": (e, heads * q),
+        "kv": (e, 2 * kv * q),
+        "out": (heads * q, e),
+        "mlp_in": (e, gates * ff),
+        "mlp_out": (ff, e),
+    }
+
+
+def _replayed(model: ModelConfig, remat: str) -> set[str]:
+    """Matmuls a remat policy runs again in the backward pass (flops.py's accounting): full replays
+    the block except the outputs only the residual sum reads; save_dots keeps every projection."""
+    if remat != "full":
+        return set()
+    skipped = {"mlp_out"} | ({"out"} if model.block != "sequential" else set())
+    return {"q", "kv", "out", "mlp_in", "mlp_out"} - skipped
+
+
+# Launched ops per layer and pass (matmuls plus fused elementwise groups, counted from the block's
+# jaxpr: ~7 matmuls and ~8 fusions forward); the backward pass launches about twice as many.
+_OPS_FORWARD = 15
+
+
+def predict_step(
+    work: Workload,
+    layout: Layout,
+    spec: HardwareSpec,
+    family: EfficiencyFamily,
+    peak_flops: float,
+    hbm_bytes_per_s: float,
+) -> StepPrediction:
+    """The predicted step of `work` laid out as `layout` on `spec` chips (module docstring)."""
+    model, T, cb = work.model, work.seq_len, work.compute_bytes
+    chip = _Chip(spec, family, peak_flops, hbm_bytes_per_s)
+    t, s, pp = layout.size("tensor"), layout.size("sequence"), layout.pipeline
+    replicas = layout.size("data") * layout.size("fsdp")
+    M = layout.microbatches
+    rows = work.batch * T / replicas / s / M  # tokens one chip holds per microbatch
+    layers = model.num_layers / pp
+    shapes = _layer_shapes(model, t)
+    replay = _replayed(model, layout.remat)
+    e = model.d_model
+
+    # Compute: the block's matmuls, attention, and the logits.
+    fwd = bwd = rem = 0.0
+    for name, (k, n) in shapes.items():
+        f, b = chip.trained_matmul_s(rows, k, n, cb)
+        fwd, bwd, rem = fwd + f, bwd + b, rem + (f if name in replay else 0.0)
+    heads = shapes["q"][1] // model.head_dim
+    attention_flops_fwd = 4.0 * rows * T * model.head_dim * heads
+    attention_memory_fwd = 0.0
+    if layout.attention == "flash":
+        rate = chip.matmul_flops * family.attention_efficiency * chip.padded_share(model.head_dim)
+        att_fwd = 0.5 * attention_flops_fwd / rate  # causal: the masked half of the blocks is skipped
+        att_bwd = 2.5 * att_fwd  # the backward kernel recomputes the scores (5 matmuls to 2)
+    else:
+        att_fwd = 2 * chip.matmul_s(rows, model.head_dim, T, cb) * heads
+        att_bwd = 2 * att_fwd
+        attention_memory_fwd = 4.0 * heads * rows * T * cb / chip.hbm  # write, read, write, read the scores
+    att_rem = att_fwd if layout.remat in ("full", "save_dots") else 0.0
+    kv_width = shapes["kv"][1]
+    elementwise_bytes = (
+        cb
+        * rows
+        * (
+            (10 if model.block == "sequential" else 6) * e
+            + (3 if model.mlp == "swiglu" else 2) * shapes["mlp_out"][0]
+            + 2 * (shapes["q"][1] + kv_width // 2)
+        )
+    )
+    elem_fwd = elementwise_bytes / chip.hbm + attention_memory_fwd
+    elem_layer = elem_fwd * (3 + (1 if layout.remat == "full" else 0))
+    vocab = math.ceil(model.vocab_size / t)
+    logits_f, logits_b = chip.trained_matmul_s(rows, e, vocab, cb)
+    logits_memory = 4 * 4 * rows * vocab / chip.hbm  # float32 logits: written, read twice, gradient written
+    layer_fwd = fwd + att_fwd
+    layer_bwd = bwd + att_bwd + rem + att_rem
+    compute_mb = layers * (layer_fwd + layer_bwd) + logits_f + logits_b
+    memory_mb = layers * elem_layer + logits_memory
+    ops_mb = layers * _OPS_FORWARD * (3 + (1 if layout.remat == "full" else 0)) + 20
+
+    # Communication per microbatch.
+    count = param_count(model)
+    layer_params = (count.total - count.embedding) / model.num_layers
+    parts: dict[str, float] = {}
+
+    def add(name: str, seconds: float) -> None:
+        if seconds > 0:
+            parts[name] = parts.get(name, 0.0) + seconds
+
+    if layout.size("fsdp") > 1:
+        per_layer = _gather_s(spec, family, layout, "fsdp", layer_params / t * cb)
+        embed = _gather_s(spec, family, layout, "fsdp", count.embedding / t * cb)
+        hide_f = layer_fwd + elem_fwd  # the layer computed while the next one's weights arrive
+        hide_b = layer_bwd + elem_layer - elem_fwd
+        for net, g in per_layer.items():
+            exposed = layers * (_exposed(g, hide_f, family.fsdp_overlap) + _exposed(2 * g, hide_b, family.fsdp_overlap))
+            exposed += g + embed[net] * 3  # the first layer's gather and the embedding's: nothing to hide behind
+            add(f"exposed fsdp all-gather/reduce-scatter over {net}", M * exposed)
+    if t > 1:
+        reductions = (1 if model.block != "sequential" else 2) * (2 + (1 if layout.remat == "full" else 0))
+        g = _gather_s(spec, family, layout, "tensor", rows * e * cb)
+        for net, seconds in g.items():
+            exposed = (1 - family.tensor_overlap) * 2 * seconds * (reductions * layers + 2)  # all-reduce = 2 passes
+            add(f"exposed tensor all-reduce over {net}", M * exposed)
+    if s > 1:
+        kv_bytes = rows * s * kv_width * cb  # the whole sequence's keys and values
+        g = _gather_s(spec, family, layout, "sequence", kv_bytes)
+        for net, seconds in g.items():
+            add(
+                f"exposed sequence all-gather over {net}",
+                M * layers * seconds * (2 + (1 if layout.remat == "full" else 0)),
+            )
+    if layout.size("data") > 1:
+        grad_shard = count.total / pp / layout.size("fsdp") / t * work.gradient_bytes
+        g = _gather_s(spec, family, layout, "data", grad_shard)
+        hide = layers * layer_bwd
+        for net, seconds in g.items():
+            add(f"exposed data all-reduce over {net}", _exposed(2 * seconds, hide, family.data_overlap))
+
+    local_params = count.total / pp / layout.size("fsdp") / t
+    update_bytes = local_params * (3 * work.param_bytes + 2 * work.optimizer_bytes_per_param)
+    accumulate_bytes = (M - 1) * local_params * 3 * work.param_bytes if M > 1 else 0.0
+
+    add("compute: matmuls and attention", M * compute_mb)
+    add("memory-bound: norms, activations, softmax", M * memory_mb)
+    add("optimizer update", (update_bytes + accumulate_bytes) / chip.hbm)
+    add("op launch overhead", (M * ops_mb + 50) * family.op_overhead_s)
+    if pp > 1:
+        busy = M * (compute_mb + memory_mb)
+        add("pipeline bubble", busy * (pp - 1) / (layout.pipeline_virtual * M))
+
+    step = sum(parts.values())
+    tokens_per_s = work.batch * T / step
+    chips = layout.chips
+    mfu = tokens_per_s * model_flops_per_token(model, T) / (chips * peak_flops)
+    hfu = tokens_per_s * hardware_flops_per_token(model, T, layout.remat) / (chips * peak_flops)
+    return StepPrediction(parts=parts, step_s=step, tokens_per_s=tokens_per_s, mfu=mfu, hfu=hfu, chips=chips)
+
+
+def attention_kind(cfg: ExperimentConfig, platform: str) -> str:
+    """flash or dense: what the experiment's model.attention runs as on `platform`."""
+    kernel = attention_kernel(cfg.model.attention, platform, cfg.data.seq_len)
+    return "dense" if kernel == "dot_product" else "flash"
+
+
+def workload_of(cfg: ExperimentConfig, platform: str, batch: int | None = None) -> Workload:
+    """The step `cfg` trains at its final batch size (or `batch` sequences), in the dtype it computes
+    in on `platform`."""
+    sequences = batch if batch is not None else batch_size_at(cfg.train, cfg.train.steps)
+    return Workload(
+        model=cfg.model,
+        seq_len=cfg.data.seq_len,
+        batch=sequences,
+        compute_bytes=compute_dtype(cfg.model, platform).itemsize,
+        gradient_bytes=compute_dtype(cfg.model, platform).itemsize,
+        param_bytes=jnp.dtype(cfg.model.param_dtype).itemsize,
+    )
+
+
+def layout_of(cfg: ExperimentConfig, chips: int, platform: str, batch: int | None = None) -> Layout:
+    """`cfg`'s mesh resolved over `chips` (ConfigError when it cannot be), its microbatching at the
+    final batch size, remat policy and attention kernel."""
+    try:
+        ici, dcn = mesh_shape(cfg).resolved(num_devices=chips, num_slices=cfg.hardware.num_slices)
+    except MeshError as error:
+        raise ConfigError(f"{chips} chips in {cfg.hardware.num_slices} slice(s): {error}") from None
+    sequences = batch if batch is not None else batch_size_at(cfg.train, cfg.train.steps)
+    return Layout(
+        ici=dict(zip(MESH_AXES, ici)),
+        dcn=dict(zip(MESH_AXES, dcn)),
+        microbatches=microbatches_at(cfg.train, sequences),
+        remat=cfg.model.remat,
+        attention=attention_kind(cfg, platform),
+    )
+
+
+def predict_experiment(
+    cfg: ExperimentConfig, spec: HardwareSpec, chips: int, family: EfficiencyFamily | None = None
+) -> StepPrediction:
+    """predict_step for an experiment on `chips` chips of `spec` (its family's efficiencies unless
+    `family` is given, e.g. a calibrated one)."""
+    family = family or efficiency_family(spec)
+    work = workload_of(cfg, spec.platform)
+    peak = peak_flops(spec, compute_dtype(cfg.model, spec.platform).name)
+    return predict_step(work, layout_of(cfg, chips, spec.platform), spec, family, peak, memory_bandwidth(spec))
