@@ -150,12 +150,22 @@ def test_deadline_and_budget_pick_the_cheapest_and_the_fastest(capsys):
         (["palm-540b-v4-6144", "--chips", "1000"], ["--chips 1000", "nearest chip counts that work:", "1024"]),
         (["palm-540b-v4-6144", "--hardware", "tpu-v9"], ["hardware='tpu-v9'", "known:"]),
         (["--calibrate", "/nonexistent/run"], ["--calibrate /nonexistent/run", "config.yaml"]),
+        (["default", "--hardware", "h100", "--chips", "8", "--aot"], ["--aot", "h100 is not a TPU"]),
     ],
 )
 def test_bad_input_is_one_line_naming_what_would_work(capsys, argv, words):
     code, out, err = run_plan(capsys, *argv)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert all(w in err for w in words), err
+
+
+def test_aot_lets_xla_decide_the_memory_of_the_best_candidates(capsys):
+    """--aot compiles the best candidates for their TPU topology (libtpu, no TPU): XLA's peak per chip
+    replaces the analytic estimate for those, and the rest keep theirs."""
+    code, out, _ = run_plan(capsys, "default", "--hardware", "tpu-v4", "--chips", "8", "--aot", "2", "--json")
+    candidates = json.loads(out)["candidates"]
+    assert code == 0 and [c["memory_source"] for c in candidates[:3]] == ["xla", "xla", "analytic"]
+    assert all(0 < c["memory_bytes_per_chip"] <= c["memory_limit_bytes"] for c in candidates)
 
 
 def _train(run_dir, data_dir, *overrides):

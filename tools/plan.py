@@ -13,6 +13,8 @@ from configs/hardware.yaml) and kept when it fits in memory. The table shows the
 their mesh, microbatches, remat, predicted MFU, days, chip-hours, dollars per price tier, memory per
 chip and the bottleneck, then the key=value line and the launch command for the first. Without
 --chips, chip counts are powers of two (TPUs: whole slices beyond a pod; GPUs: whole servers).
+--aot [K] (TPU kinds) compiles the best K candidates (default 3) for their topology, as `meshtrain
+compile` does, and XLA's peak memory decides whether they fit (marked "(xla)").
 --calibrate RUN fits the model's free efficiencies to the step times RUN measured (its metrics.jsonl)
 and predicts the experiment with them. --json prints one object.
 Exit status: 0; 2 for bad input (an impossible deadline or budget names the fastest time or the
@@ -22,6 +24,7 @@ cheapest cost that can be reached; a chip count no layout fits names the nearest
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 
@@ -33,9 +36,17 @@ from meshtrain.trainer.config.hardware import PRICE_TIERS, efficiency_family
 from meshtrain.trainer.config.serialize import load_config_file
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.formatting import format_bytes, format_dollars, format_percent
+from meshtrain.trainer.planning.aot_compile import compile_report
 from meshtrain.trainer.planning.calibrate import Fit, Observation, fit_family
 from meshtrain.trainer.planning.cost_estimate import on_hardware, resolve_chips
-from meshtrain.trainer.planning.layout_search import MAX_CHIPS, Candidate, chip_counts, plan_layouts
+from meshtrain.trainer.planning.layout_search import (
+    MAX_CHIPS,
+    Candidate,
+    chip_counts,
+    laid_out,
+    plan_layouts,
+    topology_for,
+)
 from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
 from meshtrain.trainer.planning.performance import layout_of, predict_experiment, workload_of
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
@@ -72,6 +83,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--top", type=int, default=8, metavar="N", help="candidates to show (default 8)")
     parser.add_argument("--validate", action="store_true", help="the model against configs/published_runs.yaml")
     parser.add_argument("--calibrate", metavar="RUN", help="fit the model's efficiencies to RUN's measured step times")
+    parser.add_argument(
+        "--aot",
+        type=int,
+        nargs="?",
+        const=3,
+        metavar="K",
+        help="TPU kinds: AOT-compile the best K candidates (default 3) for their topology, as meshtrain "
+        "compile does (libtpu, no TPU), and let XLA's peak memory decide whether they fit",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -96,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if not candidates:
         raise UserError(_nothing_fits(cfg, spec, counts))
     ranked = _rank(candidates, args)
+    if args.aot:
+        ranked = _compiled(cfg, spec, ranked, args.aot)
     if args.json:
         print(
             json.dumps(
@@ -140,6 +162,31 @@ def _rank(candidates: list[Candidate], args: argparse.Namespace) -> list[Candida
     return sorted(candidates, key=lambda c: (c.days, _cost(c, tier)) if args.chips else (_cost(c, tier), c.days))
 
 
+def _compiled(cfg, spec, ranked: list[Candidate], count: int) -> list[Candidate]:
+    """The first `count` candidates AOT-compiled for their TPU topology: XLA's peak memory replaces
+    the analytic one, and those that do not fit are dropped (UserError when none of them fits)."""
+    if spec.platform != "tpu":
+        raise UserError(f"--aot compiles for a TPU topology and {spec.kind} is not a TPU: drop --aot")
+    if count < 1:
+        raise UserError(f"--aot {count}: expected a positive number of candidates to compile")
+    checked, refused = [], []
+    for candidate in ranked[:count]:
+        slice_chips = candidate.chips // candidate.num_slices
+        report = compile_report(
+            laid_out(cfg, candidate.layout, candidate.chips, candidate.num_slices),
+            topology=topology_for(spec, slice_chips),
+            num_slices=candidate.num_slices,
+        )
+        peak = report.memory.peak_bytes_per_chip
+        if report.fits and peak is not None:
+            checked.append(dataclasses.replace(candidate, memory_bytes=peak, memory_source="xla"))
+        else:
+            refused.append(f"{candidate.layout.describe()} ({report.error or 'no peak reported'})")
+    if not checked:
+        raise UserError(f"--aot: none of the best {count} layouts fits when XLA compiles it: {'; '.join(refused)}")
+    return checked + ranked[count:]
+
+
 def _nothing_fits(cfg, spec, counts: list[int]) -> str:
     """One line for a chip count (or range) on which no layout fits or divides, naming nearby ones that do."""
     wanted = counts[0] if len(counts) == 1 else None
@@ -173,7 +220,8 @@ def _table(name: str, kind: str, candidates: list[Candidate], tier: str, args: a
             f"{c.days:.1f}",
             f"{c.chip_hours:,.0f}",
             format_dollars(c.dollars.get(tier)),
-            f"{format_bytes(c.memory_bytes)} / {format_bytes(c.memory_limit)}",
+            f"{format_bytes(c.memory_bytes)} / {format_bytes(c.memory_limit)}"
+            + (" (xla)" if c.memory_source == "xla" else ""),
             c.prediction.bottleneck,
         )
         for c in candidates

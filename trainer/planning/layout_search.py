@@ -43,6 +43,7 @@ class Candidate:
     days: float
     chip_hours: float
     dollars: dict[str, float]  # price tier -> USD
+    memory_source: str = "analytic"  # or "xla": the peak of the AOT-compiled step (meshtrain plan --aot)
 
     @property
     def overrides(self) -> list[str]:
@@ -68,6 +69,7 @@ class Candidate:
             "prediction": self.prediction.as_dict(),
             "memory_bytes_per_chip": self.memory_bytes,
             "memory_limit_bytes": self.memory_limit,
+            "memory_source": self.memory_source,
             "days": self.days,
             "chip_hours": self.chip_hours,
             "usd_by_tier": self.dollars,
@@ -167,8 +169,8 @@ def plan_layouts(
     return found
 
 
-def _memory(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int) -> int:
-    """Analytic bytes per chip of `cfg` laid out as `layout`."""
+def laid_out(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int) -> ExperimentConfig:
+    """`cfg` with its mesh, microbatching, remat policy and chip count set to `layout`'s."""
     mesh = dataclasses.replace(
         cfg.mesh,
         **{f"ici_{a}": layout.ici[a] for a in MESH_AXES},
@@ -177,6 +179,34 @@ def _memory(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int) -> i
     train = dataclasses.replace(cfg.train, microbatches=layout.microbatches, microbatch_size=0)
     model = dataclasses.replace(cfg.model, remat=layout.remat)
     hardware = dataclasses.replace(cfg.hardware, chips=chips, num_slices=slices)
-    return memory_on_chips(
-        dataclasses.replace(cfg, mesh=mesh, train=train, model=model, hardware=hardware), chips
-    ).total
+    return dataclasses.replace(cfg, mesh=mesh, train=train, model=model, hardware=hardware)
+
+
+def _memory(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int) -> int:
+    """Analytic bytes per chip of `cfg` laid out as `layout`."""
+    return memory_on_chips(laid_out(cfg, layout, chips, slices), chips).total
+
+
+def topology_for(spec: HardwareSpec, chips: int) -> str:
+    """A TPU topology name for a slice of `chips` chips: the most balanced shape with the kind's
+    torus dimensions, smallest first and 1s last ('v4:12x16x16' for 3072 v4 chips, 'v4:2x2x1' for 4,
+    'v5e:16x16' for 256)."""
+    dims = spec.ici_torus_dims or 2
+    best: tuple[int, ...] | None = None
+    for shape in _shapes(chips, dims):
+        if best is None or max(shape) - min(shape) < max(best) - min(best):
+            best = shape
+    best = best or (chips,)
+    best = tuple(d for d in best if d > 1) + tuple(d for d in best if d == 1)  # libtpu writes 2x2x1
+    return f"{spec.tpu_topology_prefix}:{'x'.join(map(str, best))}"
+
+
+def _shapes(chips: int, dims: int) -> Iterator[tuple[int, ...]]:
+    if dims == 1:
+        yield (chips,)
+        return
+    for first in range(1, chips + 1):
+        if chips % first == 0:
+            for rest in _shapes(chips // first, dims - 1):
+                if first <= rest[0]:
+                    yield (first, *rest)

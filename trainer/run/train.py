@@ -106,6 +106,23 @@ def _close_all(closers, *, quiet: bool) -> None:
         raise first
 
 
+def _logged_record(cfg: ExperimentConfig, step: int, metrics: dict, schedule, tracker) -> dict:
+    """The metrics line of a logged step: the step's figures and the tracker's (which also writes
+    the goodput record, so a full disk can fail here)."""
+    return {
+        "loss": metrics["loss"],
+        "ce": metrics["ce"],
+        "grad_norm": metrics["grad_norm"],
+        "learning_rate": float(schedule(step)),
+        "batch_size": batch_size_at(cfg.train, step),
+        "skipped": bool(metrics["skipped"]),
+        "skipped_steps": int(metrics["skipped_steps"]),
+        **({"spike": True} if metrics["spike"] else {}),
+        **device_memory(),
+        **tracker.log(step),
+    }
+
+
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     started_at = time.perf_counter()
     initialize(cfg.distributed)
@@ -295,20 +312,13 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                     checkpoints.wait()
                     raise
             if log_now or stopping:
-                record = {
-                    "loss": metrics["loss"],
-                    "ce": metrics["ce"],
-                    "grad_norm": metrics["grad_norm"],
-                    "learning_rate": float(schedule(step)),
-                    "batch_size": batch_size_at(cfg.train, step),
-                    "skipped": bool(metrics["skipped"]),
-                    "skipped_steps": int(metrics["skipped_steps"]),
-                    **({"spike": True} if metrics["spike"] else {}),
-                    **device_memory(),
-                    **tracker.log(step),
-                }
-                if log:
-                    log.write(step, record)
+                try:
+                    record = _logged_record(cfg, step, metrics, schedule, tracker)
+                    if log:
+                        log.write(step, record)
+                except UserError:  # a full disk fails a pending checkpoint too, whose error says by how much
+                    checkpoints.wait()
+                    raise
                 watchdog.learn_step_time(record["step_time_s"])
                 bar.set_postfix(tracker.postfix(record))
                 loss = record["loss"] if math.isfinite(record["loss"]) else None

@@ -43,6 +43,7 @@ import time
 
 from etils import epath
 
+from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.step.compilation_cache import cache_totals
 from meshtrain.trainer.storage.atomic import write_atomic
 from meshtrain.trainer.storage.paths import as_path
@@ -191,5 +192,9 @@ class Goodput:
     def save(self, steps_done: int) -> dict:
         record = self.snapshot(steps_done)
         if self.persist:
-            write_atomic(self.run_dir / GOODPUT_FILE, json.dumps(record, indent=1) + "\n")
+            path = self.run_dir / GOODPUT_FILE
+            try:
+                write_atomic(path, json.dumps(record, indent=1) + "\n")
+            except OSError as error:  # a full disk, a run directory that went away
+                raise UserError(f"cannot write {path}: {error}; the run stops (the same command resumes)") from None
         return record
