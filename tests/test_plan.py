@@ -14,8 +14,9 @@ from meshtrain.tools.plan import main as plan_main
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.config.hardware import efficiency_family, hardware_spec
 from meshtrain.trainer.planning.cost_estimate import on_hardware
+from meshtrain.trainer.planning.experiment_prediction import predict_experiment, workload_of
 from meshtrain.trainer.planning.layout_search import plan_layouts
-from meshtrain.trainer.planning.performance import Layout, predict_experiment, predict_step, workload_of
+from meshtrain.trainer.planning.performance import Layout, predict_step
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
 
 AXES = ("data", "fsdp", "sequence", "tensor")

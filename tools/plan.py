@@ -39,6 +39,7 @@ from meshtrain.trainer.formatting import format_bytes, format_dollars, format_pe
 from meshtrain.trainer.planning.aot_compile import compile_report
 from meshtrain.trainer.planning.calibrate import Fit, Observation, fit_family
 from meshtrain.trainer.planning.cost_estimate import on_hardware, resolve_chips
+from meshtrain.trainer.planning.experiment_prediction import layout_of, predict_experiment, workload_of
 from meshtrain.trainer.planning.layout_search import (
     MAX_CHIPS,
     Candidate,
@@ -48,7 +49,6 @@ from meshtrain.trainer.planning.layout_search import (
     topology_for,
 )
 from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
-from meshtrain.trainer.planning.performance import layout_of, predict_experiment, workload_of
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
 from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.metrics_log import read_metrics

@@ -42,6 +42,7 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.planning.aot_compile import CompileReport
 from meshtrain.trainer.planning.cost_result import AotFigures, CostEstimate
+from meshtrain.trainer.planning.experiment_prediction import layout_of, workload_of
 from meshtrain.trainer.planning.fit_search import Suggestion, suggestions
 from meshtrain.trainer.planning.flops import (
     FLOPS_CONVENTIONS,
@@ -51,7 +52,7 @@ from meshtrain.trainer.planning.flops import (
 )
 from meshtrain.trainer.planning.memory import memory_on_chips
 from meshtrain.trainer.planning.peaks import host_memory_bytes, memory_bandwidth, peak_flops, peak_source
-from meshtrain.trainer.planning.performance import layout_of, predict_step, workload_of
+from meshtrain.trainer.planning.performance import predict_step
 
 
 def _positive_number(value: Any) -> bool:

@@ -22,9 +22,10 @@ from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.trainer.config.batch_schedule import batch_size_at, tokens_through
 from meshtrain.trainer.config.hardware import PRICE_TIERS, EfficiencyFamily, HardwareSpec, efficiency_family
 from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.planning.experiment_prediction import attention_kind, workload_of
 from meshtrain.trainer.planning.memory import memory_on_chips
 from meshtrain.trainer.planning.peaks import host_memory_bytes, memory_bandwidth, peak_flops
-from meshtrain.trainer.planning.performance import Layout, StepPrediction, attention_kind, predict_step, workload_of
+from meshtrain.trainer.planning.performance import Layout, StepPrediction, predict_step
 
 MAX_CHIPS = 2**16
 MAX_TENSOR = 64  # tensor parallelism beyond this leaves matmuls too thin on any chip listed

@@ -1,7 +1,8 @@
 """How long one training step takes on chips nobody has measured yet: a performance model from first
 principles, fed only by the published chip and network figures of configs/hardware.yaml.
 
-    predict_step(workload_of(cfg), layout_of(cfg, chips), spec)  # -> StepPrediction
+    predict_step(work, layout, spec, family, peak_flops, hbm_bytes_per_s)  # -> StepPrediction
+    (experiment_prediction.py builds work and layout from an experiment)
 
 One step is the sum, per chip, of
 - compute: every matmul of the block (projections, MLP, attention, logits) at the chip's peak times
@@ -36,19 +37,10 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
-import jax.numpy as jnp
-
-from meshtrain.model.attention_kernels import attention_kernel
 from meshtrain.model.config import ModelConfig
-from meshtrain.model.dtypes import compute_dtype
-from meshtrain.sharding.mesh import MESH_AXES, MeshError
-from meshtrain.trainer.config.batch_schedule import batch_size_at, microbatches_at
-from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec, efficiency_family
-from meshtrain.trainer.config.mesh_shape import mesh_shape
-from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.errors import ConfigError
+from meshtrain.sharding.mesh import MESH_AXES
+from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec
 from meshtrain.trainer.planning.flops import hardware_flops_per_token, model_flops_per_token, param_count
-from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
 
 ATTENTION_KERNELS = ("flash", "dense")  # fused, causal blocks skipped | scores materialized in HBM
 
@@ -230,6 +222,118 @@ def _replayed(model: ModelConfig, remat: str) -> set[str]:
 _OPS_FORWARD = 15
 
 
+@dataclasses.dataclass(frozen=True)
+class _Microbatch:
+    """Seconds one chip spends on one microbatch, by kind, and what can hide collectives."""
+
+    layer_forward: float  # one layer's matmuls and attention, forward
+    layer_backward: float  # ... backward, with whatever remat replays
+    layer_memory_forward: float  # one layer's memory-bound work, forward
+    layer_memory: float  # ... forward, backward and replay
+    compute: float  # every layer's matmuls and attention plus the logits
+    memory: float  # every layer's memory-bound work plus the cross-entropy
+    ops: float  # launched ops
+
+
+def _passes(remat: str) -> int:
+    """Forward-sized passes over a layer: forward, backward (twice the forward) and a full replay."""
+    return 3 + (1 if remat == "full" else 0)
+
+
+def _microbatch(work: Workload, layout: Layout, chip: _Chip, rows: float, layers: float) -> _Microbatch:
+    """Compute and memory-bound time of one microbatch of `rows` tokens per chip."""
+    model, T, cb = work.model, work.seq_len, work.compute_bytes
+    shapes = _layer_shapes(model, layout.size("tensor"))
+    replay = _replayed(model, layout.remat)
+    forward = backward = replayed = 0.0
+    for name, (k, n) in shapes.items():
+        f, b = chip.trained_matmul_s(rows, k, n, cb)
+        forward, backward, replayed = forward + f, backward + b, replayed + (f if name in replay else 0.0)
+    heads = shapes["q"][1] // model.head_dim
+    attention_flops = 4.0 * rows * T * model.head_dim * heads  # q.k and p.v against every key, forward
+    scores_memory = 0.0
+    if layout.attention == "flash":
+        rate = chip.matmul_flops * chip.family.attention_efficiency * chip.padded_share(model.head_dim)
+        attention = 0.5 * attention_flops / rate  # causal: the masked half of the blocks is skipped
+        attention_backward = 2.5 * attention  # the backward kernel recomputes the scores (5 matmuls to 2)
+    else:
+        attention = 2 * chip.matmul_s(rows, model.head_dim, T, cb) * heads
+        attention_backward = 2 * attention
+        scores_memory = 4.0 * heads * rows * T * cb / chip.hbm  # write, read, write, read the scores
+    attention_replay = attention if layout.remat in ("full", "save_dots") else 0.0
+    # Bytes through HBM per token and layer, forward: norms and residual adds over d_model (a
+    # sequential block has two of each), the MLP activation over its hidden width, rotary on q and k.
+    widths = (
+        (10 if model.block == "sequential" else 6) * model.d_model
+        + (3 if model.mlp == "swiglu" else 2) * shapes["mlp_out"][0]
+        + 2 * (shapes["q"][1] + shapes["kv"][1] // 2)
+    )
+    memory_forward = cb * rows * widths / chip.hbm + scores_memory
+    layer_memory = memory_forward * _passes(layout.remat)
+    vocab = math.ceil(model.vocab_size / layout.size("tensor"))
+    logits_forward, logits_backward = chip.trained_matmul_s(rows, model.d_model, vocab, cb)
+    cross_entropy = 4 * 4 * rows * vocab / chip.hbm  # float32 logits: written, read twice, gradient written
+    layer_forward = forward + attention
+    layer_backward = backward + attention_backward + replayed + attention_replay
+    return _Microbatch(
+        layer_forward=layer_forward,
+        layer_backward=layer_backward,
+        layer_memory_forward=memory_forward,
+        layer_memory=layer_memory,
+        compute=layers * (layer_forward + layer_backward) + logits_forward + logits_backward,
+        memory=layers * layer_memory + cross_entropy,
+        ops=layers * _OPS_FORWARD * _passes(layout.remat) + 20,
+    )
+
+
+def _communication(
+    work: Workload,
+    layout: Layout,
+    spec: HardwareSpec,
+    family: EfficiencyFamily,
+    mb: _Microbatch,
+    rows: float,
+    layers: float,
+) -> dict[str, float]:
+    """Exposed seconds of each collective per step, named by axis and network."""
+    model, cb, M = work.model, work.compute_bytes, layout.microbatches
+    t, pp = layout.size("tensor"), layout.pipeline
+    count = param_count(model)
+    exposed: dict[str, float] = {}
+    if layout.size("fsdp") > 1:
+        layer_params = (count.total - count.embedding) / model.num_layers
+        per_layer = _gather_s(spec, family, layout, "fsdp", layer_params / t * cb)
+        embedding = _gather_s(spec, family, layout, "fsdp", count.embedding / t * cb)
+        hide_forward = mb.layer_forward + mb.layer_memory_forward  # the layer computed while the next one arrives
+        hide_backward = mb.layer_backward + mb.layer_memory - mb.layer_memory_forward
+        for net, gather in per_layer.items():
+            seconds = layers * (
+                _exposed(gather, hide_forward, family.fsdp_overlap)
+                + _exposed(2 * gather, hide_backward, family.fsdp_overlap)  # gather again, reduce-scatter
+            )
+            seconds += gather + 3 * embedding[net]  # the first layer's and the embedding's: nothing to hide behind
+            exposed[f"exposed fsdp all-gather/reduce-scatter over {net}"] = M * seconds
+    if t > 1:
+        per_pass = 1 if model.block != "sequential" else 2
+        reductions = per_pass * (_passes(layout.remat) - 1) * layers + 2  # + the embedding's and the logits'
+        for net, seconds in _gather_s(spec, family, layout, "tensor", rows * model.d_model * cb).items():
+            # An all-reduce moves twice a gather's bytes (reduce-scatter, then all-gather).
+            exposed[f"exposed tensor all-reduce over {net}"] = (
+                M * (1 - family.tensor_overlap) * 2 * seconds * reductions
+            )
+    if layout.size("sequence") > 1:
+        kv_width = _layer_shapes(model, t)["kv"][1]
+        keys_values = rows * layout.size("sequence") * kv_width * cb  # the whole sequence's keys and values
+        for net, seconds in _gather_s(spec, family, layout, "sequence", keys_values).items():
+            exposed[f"exposed sequence all-gather over {net}"] = M * layers * seconds * (_passes(layout.remat) - 1)
+    if layout.size("data") > 1:
+        shard = count.total / pp / layout.size("fsdp") / t * work.gradient_bytes
+        for net, seconds in _gather_s(spec, family, layout, "data", shard).items():
+            hide = layers * mb.layer_backward  # the last microbatch's backward pass
+            exposed[f"exposed data all-reduce over {net}"] = _exposed(2 * seconds, hide, family.data_overlap)
+    return {name: s for name, s in exposed.items() if s > 0}
+
+
 def predict_step(
     work: Workload,
     layout: Layout,
@@ -239,157 +343,27 @@ def predict_step(
     hbm_bytes_per_s: float,
 ) -> StepPrediction:
     """The predicted step of `work` laid out as `layout` on `spec` chips (module docstring)."""
-    model, T, cb = work.model, work.seq_len, work.compute_bytes
     chip = _Chip(spec, family, peak_flops, hbm_bytes_per_s)
-    t, s, pp = layout.size("tensor"), layout.size("sequence"), layout.pipeline
+    M, pp = layout.microbatches, layout.pipeline
     replicas = layout.size("data") * layout.size("fsdp")
-    M = layout.microbatches
-    rows = work.batch * T / replicas / s / M  # tokens one chip holds per microbatch
-    layers = model.num_layers / pp
-    shapes = _layer_shapes(model, t)
-    replay = _replayed(model, layout.remat)
-    e = model.d_model
-
-    # Compute: the block's matmuls, attention, and the logits.
-    fwd = bwd = rem = 0.0
-    for name, (k, n) in shapes.items():
-        f, b = chip.trained_matmul_s(rows, k, n, cb)
-        fwd, bwd, rem = fwd + f, bwd + b, rem + (f if name in replay else 0.0)
-    heads = shapes["q"][1] // model.head_dim
-    attention_flops_fwd = 4.0 * rows * T * model.head_dim * heads
-    attention_memory_fwd = 0.0
-    if layout.attention == "flash":
-        rate = chip.matmul_flops * family.attention_efficiency * chip.padded_share(model.head_dim)
-        att_fwd = 0.5 * attention_flops_fwd / rate  # causal: the masked half of the blocks is skipped
-        att_bwd = 2.5 * att_fwd  # the backward kernel recomputes the scores (5 matmuls to 2)
-    else:
-        att_fwd = 2 * chip.matmul_s(rows, model.head_dim, T, cb) * heads
-        att_bwd = 2 * att_fwd
-        attention_memory_fwd = 4.0 * heads * rows * T * cb / chip.hbm  # write, read, write, read the scores
-    att_rem = att_fwd if layout.remat in ("full", "save_dots") else 0.0
-    kv_width = shapes["kv"][1]
-    elementwise_bytes = (
-        cb
-        * rows
-        * (
-            (10 if model.block == "sequential" else 6) * e
-            + (3 if model.mlp == "swiglu" else 2) * shapes["mlp_out"][0]
-            + 2 * (shapes["q"][1] + kv_width // 2)
-        )
-    )
-    elem_fwd = elementwise_bytes / chip.hbm + attention_memory_fwd
-    elem_layer = elem_fwd * (3 + (1 if layout.remat == "full" else 0))
-    vocab = math.ceil(model.vocab_size / t)
-    logits_f, logits_b = chip.trained_matmul_s(rows, e, vocab, cb)
-    logits_memory = 4 * 4 * rows * vocab / chip.hbm  # float32 logits: written, read twice, gradient written
-    layer_fwd = fwd + att_fwd
-    layer_bwd = bwd + att_bwd + rem + att_rem
-    compute_mb = layers * (layer_fwd + layer_bwd) + logits_f + logits_b
-    memory_mb = layers * elem_layer + logits_memory
-    ops_mb = layers * _OPS_FORWARD * (3 + (1 if layout.remat == "full" else 0)) + 20
-
-    # Communication per microbatch.
-    count = param_count(model)
-    layer_params = (count.total - count.embedding) / model.num_layers
-    parts: dict[str, float] = {}
-
-    def add(name: str, seconds: float) -> None:
-        if seconds > 0:
-            parts[name] = parts.get(name, 0.0) + seconds
-
-    if layout.size("fsdp") > 1:
-        per_layer = _gather_s(spec, family, layout, "fsdp", layer_params / t * cb)
-        embed = _gather_s(spec, family, layout, "fsdp", count.embedding / t * cb)
-        hide_f = layer_fwd + elem_fwd  # the layer computed while the next one's weights arrive
-        hide_b = layer_bwd + elem_layer - elem_fwd
-        for net, g in per_layer.items():
-            exposed = layers * (_exposed(g, hide_f, family.fsdp_overlap) + _exposed(2 * g, hide_b, family.fsdp_overlap))
-            exposed += g + embed[net] * 3  # the first layer's gather and the embedding's: nothing to hide behind
-            add(f"exposed fsdp all-gather/reduce-scatter over {net}", M * exposed)
-    if t > 1:
-        reductions = (1 if model.block != "sequential" else 2) * (2 + (1 if layout.remat == "full" else 0))
-        g = _gather_s(spec, family, layout, "tensor", rows * e * cb)
-        for net, seconds in g.items():
-            exposed = (1 - family.tensor_overlap) * 2 * seconds * (reductions * layers + 2)  # all-reduce = 2 passes
-            add(f"exposed tensor all-reduce over {net}", M * exposed)
-    if s > 1:
-        kv_bytes = rows * s * kv_width * cb  # the whole sequence's keys and values
-        g = _gather_s(spec, family, layout, "sequence", kv_bytes)
-        for net, seconds in g.items():
-            add(
-                f"exposed sequence all-gather over {net}",
-                M * layers * seconds * (2 + (1 if layout.remat == "full" else 0)),
-            )
-    if layout.size("data") > 1:
-        grad_shard = count.total / pp / layout.size("fsdp") / t * work.gradient_bytes
-        g = _gather_s(spec, family, layout, "data", grad_shard)
-        hide = layers * layer_bwd
-        for net, seconds in g.items():
-            add(f"exposed data all-reduce over {net}", _exposed(2 * seconds, hide, family.data_overlap))
-
-    local_params = count.total / pp / layout.size("fsdp") / t
+    rows = work.batch * work.seq_len / replicas / layout.size("sequence") / M  # tokens per chip and microbatch
+    layers = work.model.num_layers / pp
+    mb = _microbatch(work, layout, chip, rows, layers)
+    local_params = param_count(work.model).total / pp / layout.size("fsdp") / layout.size("tensor")
     update_bytes = local_params * (3 * work.param_bytes + 2 * work.optimizer_bytes_per_param)
-    accumulate_bytes = (M - 1) * local_params * 3 * work.param_bytes if M > 1 else 0.0
-
-    add("compute: matmuls and attention", M * compute_mb)
-    add("memory-bound: norms, activations, softmax", M * memory_mb)
-    add("optimizer update", (update_bytes + accumulate_bytes) / chip.hbm)
-    add("op launch overhead", (M * ops_mb + 50) * family.op_overhead_s)
+    accumulate_bytes = (M - 1) * local_params * 3 * work.param_bytes  # read, add, write the float32 sum
+    parts = {
+        **_communication(work, layout, spec, family, mb, rows, layers),
+        "compute: matmuls and attention": M * mb.compute,
+        "memory-bound: norms, activations, softmax": M * mb.memory,
+        "optimizer update": (update_bytes + accumulate_bytes) / chip.hbm,
+        "op launch overhead": (M * mb.ops + 50) * family.op_overhead_s,
+    }
     if pp > 1:
-        busy = M * (compute_mb + memory_mb)
-        add("pipeline bubble", busy * (pp - 1) / (layout.pipeline_virtual * M))
-
+        parts["pipeline bubble"] = M * (mb.compute + mb.memory) * (pp - 1) / (layout.pipeline_virtual * M)
     step = sum(parts.values())
-    tokens_per_s = work.batch * T / step
+    tokens_per_s = work.batch * work.seq_len / step
     chips = layout.chips
-    mfu = tokens_per_s * model_flops_per_token(model, T) / (chips * peak_flops)
-    hfu = tokens_per_s * hardware_flops_per_token(model, T, layout.remat) / (chips * peak_flops)
+    mfu = tokens_per_s * model_flops_per_token(work.model, work.seq_len) / (chips * peak_flops)
+    hfu = tokens_per_s * hardware_flops_per_token(work.model, work.seq_len, layout.remat) / (chips * peak_flops)
     return StepPrediction(parts=parts, step_s=step, tokens_per_s=tokens_per_s, mfu=mfu, hfu=hfu, chips=chips)
-
-
-def attention_kind(cfg: ExperimentConfig, platform: str) -> str:
-    """flash or dense: what the experiment's model.attention runs as on `platform`."""
-    kernel = attention_kernel(cfg.model.attention, platform, cfg.data.seq_len)
-    return "dense" if kernel == "dot_product" else "flash"
-
-
-def workload_of(cfg: ExperimentConfig, platform: str, batch: int | None = None) -> Workload:
-    """The step `cfg` trains at its final batch size (or `batch` sequences), in the dtype it computes
-    in on `platform`."""
-    sequences = batch if batch is not None else batch_size_at(cfg.train, cfg.train.steps)
-    return Workload(
-        model=cfg.model,
-        seq_len=cfg.data.seq_len,
-        batch=sequences,
-        compute_bytes=compute_dtype(cfg.model, platform).itemsize,
-        gradient_bytes=compute_dtype(cfg.model, platform).itemsize,
-        param_bytes=jnp.dtype(cfg.model.param_dtype).itemsize,
-    )
-
-
-def layout_of(cfg: ExperimentConfig, chips: int, platform: str, batch: int | None = None) -> Layout:
-    """`cfg`'s mesh resolved over `chips` (ConfigError when it cannot be), its microbatching at the
-    final batch size, remat policy and attention kernel."""
-    try:
-        ici, dcn = mesh_shape(cfg).resolved(num_devices=chips, num_slices=cfg.hardware.num_slices)
-    except MeshError as error:
-        raise ConfigError(f"{chips} chips in {cfg.hardware.num_slices} slice(s): {error}") from None
-    sequences = batch if batch is not None else batch_size_at(cfg.train, cfg.train.steps)
-    return Layout(
-        ici=dict(zip(MESH_AXES, ici)),
-        dcn=dict(zip(MESH_AXES, dcn)),
-        microbatches=microbatches_at(cfg.train, sequences),
-        remat=cfg.model.remat,
-        attention=attention_kind(cfg, platform),
-    )
-
-
-def predict_experiment(
-    cfg: ExperimentConfig, spec: HardwareSpec, chips: int, family: EfficiencyFamily | None = None
-) -> StepPrediction:
-    """predict_step for an experiment on `chips` chips of `spec` (its family's efficiencies unless
-    `family` is given, e.g. a calibrated one)."""
-    family = family or efficiency_family(spec)
-    work = workload_of(cfg, spec.platform)
-    peak = peak_flops(spec, compute_dtype(cfg.model, spec.platform).name)
-    return predict_step(work, layout_of(cfg, chips, spec.platform), spec, family, peak, memory_bandwidth(spec))
