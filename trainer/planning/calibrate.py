@@ -66,28 +66,35 @@ def median_error(family: EfficiencyFamily, observations: Sequence[Observation]) 
     return errors[middle] if len(errors) % 2 else (errors[middle - 1] + errors[middle]) / 2
 
 
-def _search(family: EfficiencyFamily, field: str, observations: Sequence[Observation], steps: int) -> EfficiencyFamily:
-    """Golden-section search of one field over its range, on a log scale."""
-    lo, hi = (math.log(x) for x in FREE_FIELDS[field])
+def _golden(loss, lo: float, hi: float, steps: int) -> float:
+    """The x in [lo, hi] minimizing loss(x), by golden-section search (loss assumed unimodal)."""
     ratio = (math.sqrt(5) - 1) / 2
-
-    def at(x: float) -> tuple[float, EfficiencyFamily]:
-        candidate = efficiency_with(family, {field: math.exp(x)})
-        return _loss(candidate, observations), candidate
-
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = at(a)[0], at(b)[0]
+    fa, fb = loss(a), loss(b)
     for _ in range(steps):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
-            fa = at(a)[0]
+            fa = loss(a)
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = at(b)[0]
-    best_loss, best = at((lo + hi) / 2)
-    return best if best_loss < _loss(family, observations) else family
+            fb = loss(b)
+    return (lo + hi) / 2
+
+
+def _search(family: EfficiencyFamily, field: str, observations: Sequence[Observation], steps: int) -> EfficiencyFamily:
+    """One field searched over its range on a log scale; kept only if it lowers the loss."""
+    lo, hi = (math.log(x) for x in FREE_FIELDS[field])
+    best = efficiency_with(
+        family,
+        {
+            field: math.exp(
+                _golden(lambda x: _loss(efficiency_with(family, {field: math.exp(x)}), observations), lo, hi, steps)
+            )
+        },
+    )
+    return best if _loss(best, observations) < _loss(family, observations) else family
 
 
 _RATES = ("matmul_efficiency", "attention_efficiency", "hbm_efficiency")
@@ -105,25 +112,14 @@ def _scaled(family: EfficiencyFamily, fields: Sequence[str], scale: float) -> Ef
 def _search_scale(
     family: EfficiencyFamily, fields: Sequence[str], observations: Sequence[Observation], steps: int
 ) -> EfficiencyFamily:
-    """Golden-section search of one factor multiplying every rate efficiency in `fields`."""
-    lo, hi = math.log(0.1), math.log(MAX_RATE_EFFICIENCY)
-    ratio = (math.sqrt(5) - 1) / 2
-
-    def loss(x: float) -> float:
-        return _loss(_scaled(family, fields, math.exp(x)), observations)
-
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    for _ in range(steps):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = loss(b)
-    return _scaled(family, fields, math.exp((lo + hi) / 2))
+    """One factor multiplying every rate efficiency in `fields`, searched on a log scale."""
+    x = _golden(
+        lambda x: _loss(_scaled(family, fields, math.exp(x)), observations),
+        math.log(0.1),
+        math.log(MAX_RATE_EFFICIENCY),
+        steps,
+    )
+    return _scaled(family, fields, math.exp(x))
 
 
 def fit_family(
