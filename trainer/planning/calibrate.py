@@ -83,9 +83,11 @@ def _golden(loss, lo: float, hi: float, steps: int) -> float:
     return (lo + hi) / 2
 
 
-def _search(family: EfficiencyFamily, field: str, observations: Sequence[Observation], steps: int) -> EfficiencyFamily:
+def _search(
+    family: EfficiencyFamily, field: str, observations: Sequence[Observation], steps: int, ranges: dict
+) -> EfficiencyFamily:
     """One field searched over its range on a log scale; kept only if it lowers the loss."""
-    lo, hi = (math.log(x) for x in FREE_FIELDS[field])
+    lo, hi = (math.log(x) for x in ranges[field])
     best = efficiency_with(
         family,
         {
@@ -100,26 +102,26 @@ def _search(family: EfficiencyFamily, field: str, observations: Sequence[Observa
 _RATES = ("matmul_efficiency", "attention_efficiency", "hbm_efficiency")
 
 
-def _scaled(family: EfficiencyFamily, fields: Sequence[str], scale: float) -> EfficiencyFamily:
+def _scaled(family: EfficiencyFamily, fields: Sequence[str], scale: float, ranges: dict) -> EfficiencyFamily:
     changes = {}
     for field in fields:
         if field in _RATES:
-            lo, hi = FREE_FIELDS[field]
+            lo, hi = ranges[field]
             changes[field] = min(max(getattr(family, field) * scale, lo), hi)
     return efficiency_with(family, changes)
 
 
 def _search_scale(
-    family: EfficiencyFamily, fields: Sequence[str], observations: Sequence[Observation], steps: int
+    family: EfficiencyFamily, fields: Sequence[str], observations: Sequence[Observation], steps: int, ranges: dict
 ) -> EfficiencyFamily:
     """One factor multiplying every rate efficiency in `fields`, searched on a log scale."""
     x = _golden(
-        lambda x: _loss(_scaled(family, fields, math.exp(x)), observations),
+        lambda x: _loss(_scaled(family, fields, math.exp(x), ranges), observations),
         math.log(0.1),
         math.log(MAX_RATE_EFFICIENCY),
         steps,
     )
-    return _scaled(family, fields, math.exp(x))
+    return _scaled(family, fields, math.exp(x), ranges)
 
 
 def fit_family(
@@ -128,22 +130,25 @@ def fit_family(
     fields: Sequence[str] = tuple(FREE_FIELDS),
     rounds: int = 3,
     steps: int = 24,
+    max_rate: float = MAX_RATE_EFFICIENCY,
 ) -> Fit:
-    """`family` with `fields` refitted to the observations (module docstring)."""
+    """`family` with `fields` refitted to the observations (module docstring); rate efficiencies
+    stay at or below `max_rate` (1.0: no faster than the datasheet, as hardware.yaml's families)."""
     if not observations:
         raise ValueError("no observations to fit to")
     unknown = [f for f in fields if f not in FREE_FIELDS]
     if unknown:
         raise ValueError(f"cannot fit {unknown[0]!r}: free fields are {', '.join(FREE_FIELDS)}")
+    ranges = {f: (lo, min(hi, max_rate) if f in _RATES else hi) for f, (lo, hi) in FREE_FIELDS.items()}
     fitted = family
     if len(observations) < len(fields):
         # Too few steps to tell the efficiencies apart: scale the family's rates together, keeping
         # the shares of the step the family's own values give.
-        fitted = _search_scale(family, fields, observations, steps)
+        fitted = _search_scale(family, fields, observations, steps, ranges)
     else:
         for _ in range(rounds):
             for field in fields:
-                fitted = _search(fitted, field, observations, steps)
+                fitted = _search(fitted, field, observations, steps, ranges)
     return Fit(
         family=fitted,
         error_before=median_error(family, observations),

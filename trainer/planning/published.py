@@ -20,6 +20,7 @@ from meshtrain.trainer.config.loader import load_experiment
 from meshtrain.trainer.config.paths import CONFIG_DIR
 from meshtrain.trainer.config.yamlio import read_yaml_mapping
 from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.planning.calibrate import Observation
 from meshtrain.trainer.planning.flops import megatron_flops_per_token, model_flops_per_token
 from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
 from meshtrain.trainer.planning.performance import Layout, StepPrediction, Workload, predict_step
@@ -41,6 +42,7 @@ class PublishedRun:
     figure: str  # one of _FIGURES
     value: float
     convention: str
+    held_out: bool = False  # kept out of the family fit (benchmarks/fit_efficiency_families.py)
 
     def flops_per_token(self) -> float:
         """FLOPs per token in the publisher's convention."""
@@ -124,6 +126,7 @@ def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str
         figure=figures[0],
         value=float(published[figures[0]]),
         convention=str(convention),
+        held_out=bool(row.get("held_out", False)),
     )
 
 
@@ -134,6 +137,20 @@ def published_runs() -> list[PublishedRun]:
     return [
         _row(row, models, sources, f"{PUBLISHED_RUNS_YAML}: runs[{i}]") for i, row in enumerate(raw.get("runs") or [])
     ]
+
+
+def observation(run: PublishedRun) -> Observation:
+    """The run as a measured step for calibrate.fit_family: its published throughput as seconds per step."""
+    tokens_per_s = run.published_tokens_per_s_per_chip() * run.layout.chips
+    return Observation(
+        run.work,
+        run.layout,
+        run.spec,
+        run.peak,
+        memory_bandwidth(run.spec),
+        run.work.batch * run.work.seq_len / tokens_per_s,
+        run.name,
+    )
 
 
 def compare(run: PublishedRun, families: Mapping[str, EfficiencyFamily] | None = None) -> Comparison:
