@@ -250,6 +250,7 @@ def _validate(args: argparse.Namespace) -> int:
         rows = [
             {
                 "name": c.run.name,
+                "held_out": c.run.held_out,
                 "hardware": c.run.spec.kind,
                 "chips": c.run.layout.chips,
                 "published_mfu": c.published_mfu,
@@ -266,7 +267,8 @@ def _validate(args: argparse.Namespace) -> int:
     print("|---|---:|---:|---:|---:|---:|---|")
     for c in comparisons:
         print(
-            f"| {c.run.name} | {c.run.layout.chips} | {format_percent(c.published_mfu)} | "
+            f"| {c.run.name}{' (held out of the fit)' if c.run.held_out else ''} | {c.run.layout.chips} | "
+            f"{format_percent(c.published_mfu)} | "
             f"{format_percent(c.predicted_mfu)} | {c.error:+.1%} | {c.baseline_error:+.1%} | {c.prediction.bottleneck} |"
         )
     print(
