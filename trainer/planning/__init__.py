@@ -28,4 +28,10 @@ The conventions offered (flops.FLOPS_CONVENTIONS):
 
 Public names: flops (FLOPS_CONVENTIONS, model_flops_per_token, hardware_flops_per_token,
 flops_breakdown, utilization) and memory (MemoryEstimate, memory_per_chip).
+
+Predicting a step before it runs (`meshtrain plan`): performance (the model: compute, memory-bound
+work and exposed collectives per axis, from configs/hardware.yaml), experiment_prediction (an
+experiment's workload and layout for it), layout_search (every layout that fits, ranked),
+calibrate (fitting the family efficiencies to measured steps) and published (the model against
+configs/published_runs.yaml).
 """
