@@ -10,8 +10,8 @@ Every mesh split (tensor inside a slice or server; FSDP or data parallelism over
 FSDP across slices over DCN), microbatch count and remat policy is predicted by the performance model
 (trainer/planning/performance.py: compute, memory-bound work and exposed communication per axis,
 from configs/hardware.yaml) and kept when it fits in memory. The table shows the best candidates with
-their mesh, microbatches, remat, predicted MFU, days, chip-hours, dollars per price tier, memory per
-chip and the bottleneck, then the key=value line and the launch command for the first. Without
+their mesh, microbatches, remat, predicted MFU, days, chip-hours, dollars at the --tier price (the
+JSON has every tier), memory per chip and the bottleneck, then the key=value line and the launch command for the first. Without
 --chips, chip counts are powers of two (TPUs: whole slices beyond a pod; GPUs: whole servers).
 --aot [K] (TPU kinds) compiles the best K candidates (default 3) for their topology, as `meshtrain
 compile` does, and XLA's peak memory decides whether they fit (marked "(xla)").
