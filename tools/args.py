@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -90,3 +91,31 @@ def command_main(
 ) -> int:
     """The body of every `python -m <module>` entry point: parse, run, show user errors."""
     return run_with_user_errors(run, parse_args(build_parser(), argv))
+
+
+def number_type(what: str, *, positive: bool = True):
+    """An argparse type: a finite number (300e9 and 1,000 accepted), with a message naming `what`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.replace(",", "").replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a {'positive' if positive else 'non-negative'} finite number ({what})"
+            )
+        return value
+
+    return parse
+
+
+def chip_count(text: str) -> int:
+    """An argparse type: a positive whole number of chips (1,024 accepted)."""
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of chips") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a positive number of chips")
+    return value

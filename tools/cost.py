@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 
@@ -45,8 +44,10 @@ import jax
 from meshtrain.model.dtypes import compute_dtype
 from meshtrain.tools.args import (
     add_experiment_arguments,
+    chip_count,
     command_main,
     experiment_from_args,
+    number_type,
 )
 from meshtrain.tools.compile import add_target_arguments, check_target_arguments
 from meshtrain.trainer.config.hardware import hardware_kinds, hardware_spec
@@ -66,35 +67,8 @@ from meshtrain.trainer.planning.flops import FLOPS_CONVENTIONS
 from meshtrain.trainer.planning.peaks import measured_cpu_peak_flops
 
 
-def _number(what: str, *, positive: bool = True):
-    """An argparse type: a finite number (300e9 and 1,000 accepted), with a message naming `what`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text.replace(",", "").replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected a {'positive' if positive else 'non-negative'} finite number ({what})"
-            )
-        return value
-
-    return parse
-
-
-def _chips(text: str) -> int:
-    try:
-        value = int(text.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of chips") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected a positive number of chips")
-    return value
-
-
 def _fraction(text: str) -> float:
-    value = _number("a fraction in (0, 1], e.g. 0.4 for 40%")(text)
+    value = number_type("a fraction in (0, 1], e.g. 0.4 for 40%")(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"{text}: expected a fraction in (0, 1], e.g. 0.4 for 40% (not a percentage)")
     return value
@@ -129,7 +103,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--hardware", metavar="KIND", help="hardware kind from configs/hardware.yaml (default: hardware.kind)"
     )
     parser.add_argument(
-        "--chips", type=_chips, metavar="N", help="chips in the run (default: hardware.chips, or topology x num_slices)"
+        "--chips",
+        type=chip_count,
+        metavar="N",
+        help="chips in the run (default: hardware.chips, or topology x num_slices)",
     )
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument(
@@ -140,25 +117,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     rate.add_argument(
         "--tokens-per-sec-per-chip",
-        type=_number("tokens per second per chip"),
+        type=number_type("tokens per second per chip"),
         metavar="Y",
         help="a measured throughput; MFU = Y x model FLOPs per token / peak",
     )
     parser.add_argument(
         "--peak-tflops",
-        type=_number("TFLOP/s per chip"),
+        type=number_type("TFLOP/s per chip"),
         metavar="P",
         help="peak TFLOP/s per chip instead of configs/hardware.yaml's",
     )
     parser.add_argument(
         "--price",
-        type=_number("USD per chip-hour", positive=False),
+        type=number_type("USD per chip-hour", positive=False),
         metavar="USD_PER_CHIP_HOUR",
         help="on-demand USD per chip-hour instead of configs/hardware.yaml's (its other tiers are then left out)",
     )
     parser.add_argument(
         "--tokens",
-        type=_number("training tokens"),
+        type=number_type("training tokens"),
         metavar="D",
         help="training tokens (e.g. 300e9) instead of the experiment's steps x batch x seq_len",
     )

@@ -31,7 +31,7 @@ import statistics
 import jax
 
 from meshtrain.model.dtypes import compute_dtype
-from meshtrain.tools.args import add_experiment_arguments, command_main, experiment_from_args
+from meshtrain.tools.args import add_experiment_arguments, chip_count, command_main, experiment_from_args, number_type
 from meshtrain.trainer.config.hardware import PRICE_TIERS, efficiency_family
 from meshtrain.trainer.config.serialize import load_config_file
 from meshtrain.trainer.errors import UserError
@@ -54,19 +54,6 @@ from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.metrics_log import read_metrics
 
 
-def _positive(what: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}={text!r}: expected a positive number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{what}={text!r}: expected a positive number")
-        return value
-
-    return parse
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="meshtrain plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,10 +61,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_experiment_arguments(parser)
     parser.add_argument("--hardware", metavar="KIND", help="a kind of configs/hardware.yaml (default: hardware.kind)")
     goal = parser.add_mutually_exclusive_group()
-    goal.add_argument("--chips", type=int, metavar="N", help="plan on exactly N chips")
-    goal.add_argument("--budget-usd", type=_positive("--budget-usd"), metavar="X", help="fastest layout costing <= X")
+    goal.add_argument("--chips", type=chip_count, metavar="N", help="plan on exactly N chips")
     goal.add_argument(
-        "--deadline-days", type=_positive("--deadline-days"), metavar="D", help="cheapest layout done in D days"
+        "--budget-usd", type=number_type("--budget-usd: USD"), metavar="X", help="fastest layout costing <= X"
+    )
+    goal.add_argument(
+        "--deadline-days", type=number_type("--deadline-days: days"), metavar="D", help="cheapest layout done in D days"
     )
     parser.add_argument("--tier", default="on_demand", choices=PRICE_TIERS, help="the price tier dollars rank by")
     parser.add_argument("--top", type=int, default=8, metavar="N", help="candidates to show (default 8)")
@@ -105,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate:
         return _calibrated_prediction(cfg, spec, args)
     if args.chips is not None:
-        if args.chips < 1:
-            raise UserError(f"--chips {args.chips}: expected a positive number of chips")
         counts = [args.chips]
     elif spec.platform == "cpu":
         counts = [resolve_chips(cfg, spec)]
