@@ -27,11 +27,18 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 
 import jax
 
-from meshtrain.model.dtypes import compute_dtype
-from meshtrain.tools.args import add_experiment_arguments, chip_count, command_main, experiment_from_args, number_type
+from meshtrain.tools.args import (
+    add_experiment_arguments,
+    chip_count,
+    command_main,
+    experiment_from_args,
+    number_type,
+    split_experiment_and_overrides,
+)
 from meshtrain.trainer.config.hardware import PRICE_TIERS, efficiency_family
 from meshtrain.trainer.config.serialize import load_config_file
 from meshtrain.trainer.errors import UserError
@@ -39,7 +46,7 @@ from meshtrain.trainer.formatting import format_bytes, format_dollars, format_pe
 from meshtrain.trainer.planning.aot_compile import compile_report
 from meshtrain.trainer.planning.calibrate import Fit, Observation, fit_family
 from meshtrain.trainer.planning.cost_estimate import on_hardware, resolve_chips
-from meshtrain.trainer.planning.experiment_prediction import layout_of, predict_experiment, workload_of
+from meshtrain.trainer.planning.experiment_prediction import observed_step, predict_experiment
 from meshtrain.trainer.planning.layout_search import (
     MAX_CHIPS,
     Candidate,
@@ -48,7 +55,6 @@ from meshtrain.trainer.planning.layout_search import (
     plan_layouts,
     topology_for,
 )
-from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
 from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.metrics_log import read_metrics
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(_table(cfg.name, spec.kind, ranked[: args.top], args.tier, args))
+        print(_table(cfg.name, spec, ranked[: args.top], args.tier, args))
     return 0
 
 
@@ -180,7 +186,7 @@ def _nothing_fits(cfg, spec, counts: list[int]) -> str:
     if wanted is None:
         return f"{cfg.name} fits no layout on up to {MAX_CHIPS} {spec.kind} chips (memory per chip too small)"
     nearby = sorted(
-        {2**k for k in range(17)} | {wanted - wanted % 8, wanted + 8 - wanted % 8} - {wanted},
+        set(chip_counts(spec)) | {wanted - wanted % 8, wanted + 8 - wanted % 8} - {wanted},
         key=lambda n: abs(n - wanted),
     )
     working = []
@@ -195,7 +201,7 @@ def _nothing_fits(cfg, spec, counts: list[int]) -> str:
     )
 
 
-def _table(name: str, kind: str, candidates: list[Candidate], tier: str, args: argparse.Namespace) -> str:
+def _table(name: str, spec, candidates: list[Candidate], tier: str, args: argparse.Namespace) -> str:
     header = ("chips", "mesh", "mb", "remat", "MFU", "days", "chip-hours", f"$ {tier}", "memory/chip", "bottleneck")
     rows = [
         (
@@ -214,18 +220,18 @@ def _table(name: str, kind: str, candidates: list[Candidate], tier: str, args: a
         for c in candidates
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"meshtrain plan: {name} on {kind} (predicted; MFU in PaLM's convention)"]
+    lines = [f"meshtrain plan: {name} on {spec.kind} (predicted; MFU in PaLM's convention)"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     best = candidates[0]
-    experiment = " ".join(args.args[:1]) if args.args and "=" not in args.args[0] else "default"
-    extra = [a for a in args.args if "=" in a]
-    settings = " ".join([*extra, f"hardware.kind={kind}", *best.overrides])
+    experiment, extra = split_experiment_and_overrides(args.args)
+    settings = " ".join([*extra, f"hardware.kind={spec.kind}", *best.overrides])
     lines += [
         "",
         f"chosen: {best.chips} chips, {best.layout.describe()}, {best.layout.microbatches} microbatch(es), "
         f"remat {best.layout.remat}: step {best.prediction.step_s:.3g} s, {best.days:.1f} days",
         f"  {settings}",
-        f"  launch: meshtrain launch {experiment} {settings} --recipe {'tpu-vm' if kind.startswith('tpu') else 'slurm'}",
+        f"  launch: meshtrain launch {experiment or 'default'} {settings} "
+        f"--recipe {'tpu-vm' if spec.platform == 'tpu' else 'slurm'}",
     ]
     return "\n".join(lines)
 
@@ -248,7 +254,7 @@ def _validate(args: argparse.Namespace) -> int:
             }
             for c in comparisons
         ]
-        print(json.dumps({"runs": rows, "summary": summary.__dict__}, indent=2))
+        print(json.dumps({"runs": rows, "summary": dataclasses.asdict(summary)}, indent=2))
         return 0
     print("| run | chips | published MFU | predicted | error | constant-MFU error | predicted bottleneck |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -266,9 +272,9 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_observations(run_dir: str, chips: int | None = None) -> list[Observation]:
-    """One observation from a run: its config and the median of its logged step times (the first
-    logged line, which holds the compile, left out)."""
+def run_observation(run_dir: str) -> Observation:
+    """A run's measured step: its config and the median of its logged step times (the first logged
+    line, which holds the compile, left out)."""
     path = as_path(run_dir)
     if not (path / "config.yaml").exists():
         raise UserError(f"--calibrate {run_dir}: no config.yaml there (expected a run directory: runs/NAME)")
@@ -277,29 +283,16 @@ def run_observations(run_dir: str, chips: int | None = None) -> list[Observation
     if not times:
         raise UserError(f"--calibrate {run_dir}: metrics.jsonl has no step times after the first logged line")
     cfg, spec = on_hardware(cfg, None)
-    count = chips or resolve_chips(cfg, spec)
-    platform = spec.platform
-    return [
-        Observation(
-            work=workload_of(cfg, platform),
-            layout=layout_of(cfg, count, platform),
-            spec=spec,
-            peak_flops=peak_flops(spec, compute_dtype(cfg.model, platform).name),
-            memory_bytes_per_s=memory_bandwidth(spec),
-            step_s=statistics.median(times),
-            label=str(run_dir),
-        )
-    ]
+    return observed_step(cfg, spec, resolve_chips(cfg, spec), statistics.median(times), str(run_dir))
 
 
 def _calibrated_prediction(cfg, spec, args: argparse.Namespace) -> int:
-    observations = run_observations(args.calibrate)
-    if observations[0].spec.kind != spec.kind:
+    measured = run_observation(args.calibrate)
+    if measured.spec.kind != spec.kind:
         raise UserError(
-            f"--calibrate {args.calibrate} ran on {observations[0].spec.kind}: plan on it too "
-            f"(--hardware {observations[0].spec.kind})"
+            f"--calibrate {args.calibrate} ran on {measured.spec.kind}: plan on it too (--hardware {measured.spec.kind})"
         )
-    fit: Fit = fit_family(efficiency_family(spec), observations)
+    fit: Fit = fit_family(efficiency_family(spec), [measured])
     chips = args.chips or resolve_chips(cfg, spec)
     before = predict_experiment(cfg, spec, chips)
     after = predict_experiment(cfg, spec, chips, fit.family)
@@ -308,7 +301,7 @@ def _calibrated_prediction(cfg, spec, args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "calibrated_on": args.calibrate,
-                    "measured_step_s": observations[0].step_s,
+                    "measured_step_s": measured.step_s,
                     "fit_error_before": fit.error_before,
                     "fit_error_after": fit.error_after,
                     "efficiencies": {k: {"before": a, "after": b} for k, (a, b) in fit.moved.items()},
@@ -319,7 +312,7 @@ def _calibrated_prediction(cfg, spec, args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"calibrated on {args.calibrate}: measured {observations[0].step_s:.4g} s per step")
+    print(f"calibrated on {args.calibrate}: measured {measured.step_s:.4g} s per step")
     print(f"  fit: {fit.error_before:.1%} -> {fit.error_after:.1%} off the measured step time")
     for field, (a, b) in fit.moved.items():
         print(f"  {field}: {a:.4g} -> {b:.4g}")
@@ -335,6 +328,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -17,9 +17,9 @@ def mesh_shape(cfg: ExperimentConfig) -> MeshShape:
     )
 
 
-def mesh_sizes(cfg: ExperimentConfig, chips: int) -> dict[str, int]:
-    """{axis: devices along it} for cfg.mesh resolved over `chips` chips in hardware.num_slices
-    slices (ICI size x DCN size per axis), as the run would build the mesh on them."""
+def mesh_split(cfg: ExperimentConfig, chips: int) -> tuple[dict[str, int], dict[str, int]]:
+    """({axis: size inside a slice}, {axis: size across slices}) for cfg.mesh resolved over `chips`
+    chips in hardware.num_slices slices, as the run would build the mesh on them."""
     try:
         ici, dcn = mesh_shape(cfg).resolved(num_devices=chips, num_slices=cfg.hardware.num_slices)
     except MeshError as error:
@@ -27,4 +27,10 @@ def mesh_sizes(cfg: ExperimentConfig, chips: int) -> dict[str, int]:
             f"{chips} {cfg.hardware.kind} chips in {cfg.hardware.num_slices} slice(s): {error} "
             f"(mesh.* overrides lay the experiment out on other hardware)"
         ) from None
-    return {axis: i * d for axis, i, d in zip(MESH_AXES, ici, dcn)}
+    return dict(zip(MESH_AXES, ici)), dict(zip(MESH_AXES, dcn))
+
+
+def mesh_sizes(cfg: ExperimentConfig, chips: int) -> dict[str, int]:
+    """{axis: devices along it} for cfg.mesh resolved over `chips` chips (ICI size x DCN size per axis)."""
+    ici, dcn = mesh_split(cfg, chips)
+    return {axis: ici[axis] * dcn[axis] for axis in MESH_AXES}

@@ -32,7 +32,6 @@ from meshtrain.trainer.config.hardware import (
     HardwareSpec,
     Price,
     chips_in_topology,
-    efficiency_family,
     hardware_kinds,
     hardware_spec,
     parse_topology,
@@ -42,7 +41,7 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.planning.aot_compile import CompileReport
 from meshtrain.trainer.planning.cost_result import AotFigures, CostEstimate
-from meshtrain.trainer.planning.experiment_prediction import layout_of, workload_of
+from meshtrain.trainer.planning.experiment_prediction import predict_experiment
 from meshtrain.trainer.planning.fit_search import Suggestion, suggestions
 from meshtrain.trainer.planning.flops import (
     FLOPS_CONVENTIONS,
@@ -51,8 +50,7 @@ from meshtrain.trainer.planning.flops import (
     model_flops_per_token,
 )
 from meshtrain.trainer.planning.memory import memory_on_chips
-from meshtrain.trainer.planning.peaks import host_memory_bytes, memory_bandwidth, peak_flops, peak_source
-from meshtrain.trainer.planning.performance import predict_step
+from meshtrain.trainer.planning.peaks import memory_limit, peak_flops, peak_source
 
 
 def _positive_number(value: Any) -> bool:
@@ -153,15 +151,7 @@ def _throughput(
         return per_chip, mfu, "--tokens-per-sec-per-chip"
     if mfu is not None:
         return mfu * peak / model_fpt, mfu, "--mfu"
-    platform = spec.platform
-    prediction = predict_step(
-        workload_of(cfg, platform),
-        layout_of(cfg, chips, platform),
-        spec,
-        efficiency_family(spec),
-        peak,
-        memory_bandwidth(spec),
-    )
+    prediction = predict_experiment(cfg, spec, chips, peak=peak)
     per_chip = prediction.tokens_per_s / chips
     return (
         per_chip,
@@ -224,7 +214,7 @@ def estimate_cost(
     cost_by_tier = {tier: chip_hours * prices[tier].usd_per_chip_hour for tier in PRICE_TIERS if tier in prices}
 
     memory = memory_on_chips(cfg, chips)
-    limit, memory_kind = (spec.hbm_bytes, "hbm") if spec.hbm_bytes is not None else (host_memory_bytes(), "host")
+    limit, memory_kind = memory_limit(spec)
     fits = analytic_fits = limit is None or memory.total <= limit
     memory_per_chip, mesh = memory.as_dict(), mesh_sizes(cfg, chips)
     if aot is not None:  # XLA's figures; its peak is not split into params, grads, optimizer, activations

@@ -75,10 +75,16 @@ def _skipped_recompute_params(model: ModelConfig) -> int:
     whose backward pass needs its input, so only the MLP output matrix is left out.
     """
     e, h, d, f = model.d_model, model.num_heads, model.head_dim, model.d_ff
-    bias = model.use_bias
-    mlp_out = f * e + (e if bias else 0)
-    attn_out = h * d * e + (e if bias else 0)
-    return mlp_out + (attn_out if model.block != "sequential" else 0)
+    bias = e if model.use_bias else 0
+    params = {"mlp_out": f * e + bias, "out": h * d * e + bias}
+    return sum(params[name] for name in full_remat_skips(model))
+
+
+def full_remat_skips(model: ModelConfig) -> frozenset[str]:
+    """The block's matmuls full remat does not redo (see _skipped_recompute_params): 'mlp_out', and
+    'out' (the attention output projection) in a parallel block. trainer/planning/performance.py
+    times the replay by the same rule."""
+    return frozenset({"mlp_out", "out"} if model.block != "sequential" else {"mlp_out"})
 
 
 def _layer_params(model: ModelConfig) -> int:

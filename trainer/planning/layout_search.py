@@ -17,14 +17,13 @@ import math
 from collections.abc import Iterable, Iterator
 
 from meshtrain.model.config import REMAT_POLICIES
-from meshtrain.model.dtypes import compute_dtype
 from meshtrain.sharding.mesh import MESH_AXES
-from meshtrain.trainer.config.batch_schedule import batch_size_at, tokens_through
+from meshtrain.trainer.config.batch_schedule import tokens_through
 from meshtrain.trainer.config.hardware import PRICE_TIERS, EfficiencyFamily, HardwareSpec, efficiency_family
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.planning.experiment_prediction import attention_kind, workload_of
+from meshtrain.trainer.planning.experiment_prediction import attention_kind, chip_rates, workload_of
 from meshtrain.trainer.planning.memory import memory_on_chips
-from meshtrain.trainer.planning.peaks import host_memory_bytes, memory_bandwidth, peak_flops
+from meshtrain.trainer.planning.peaks import memory_limit, price_per_chip_hour
 from meshtrain.trainer.planning.performance import Layout, StepPrediction, predict_step
 
 MAX_CHIPS = 2**16
@@ -137,14 +136,13 @@ def plan_layouts(
     count, with its predicted step, days, chip-hours and dollars for the experiment's tokens. For
     each mesh and remat policy only the fewest microbatches that fit are kept (more are slower)."""
     family = family or efficiency_family(spec)
-    platform = spec.platform
-    work = workload_of(cfg, platform)
-    batch = batch_size_at(cfg.train, cfg.train.steps)
+    work = workload_of(cfg, spec.platform)
+    batch = work.batch
     tokens = tokens_through(cfg.train, cfg.data.seq_len, cfg.train.steps)
-    peak = peak_flops(spec, compute_dtype(cfg.model, platform).name)
-    bandwidth = memory_bandwidth(spec)
-    limit = spec.hbm_bytes if spec.hbm_bytes is not None else host_memory_bytes()
-    attention = attention_kind(cfg, platform)
+    peak, bandwidth = chip_rates(cfg, spec)
+    limit = memory_limit(spec)[0]
+    prices = {tier: price for tier in PRICE_TIERS if (price := price_per_chip_hour(spec, tier)) is not None}
+    attention = attention_kind(cfg, spec.platform)
     found = []
     for count in chips:
         slices = slices_for(spec, count)
@@ -161,7 +159,7 @@ def plan_layouts(
                     prediction = predict_step(work, layout, spec, family, peak, bandwidth)
                     seconds = tokens / prediction.tokens_per_s
                     hours = count * seconds / 3600
-                    dollars = {t: hours * spec.prices[t].usd_per_chip_hour for t in PRICE_TIERS if t in spec.prices}
+                    dollars = {tier: hours * price for tier, price in prices.items()}
                     found.append(
                         Candidate(count, slices, layout, prediction, memory, limit, seconds / 86400, hours, dollars)
                     )

@@ -91,6 +91,14 @@ def price_per_chip_hour(spec: HardwareSpec, tier: str = "on_demand") -> float | 
     return None if price is None else price.usd_per_chip_hour
 
 
+def memory_limit(spec: HardwareSpec) -> tuple[int | None, str]:
+    """(bytes one chip of `spec` holds, "hbm"), or on cpu (this machine's memory, "host"); the
+    bytes are None when unknown."""
+    if spec.hbm_bytes is not None:
+        return spec.hbm_bytes, "hbm"
+    return host_memory_bytes(), "host"
+
+
 def host_memory_bytes() -> int | None:
     """Physical memory of this machine (what a cpu 'chip' has instead of HBM), None if unknown."""
     try:

@@ -40,7 +40,13 @@ from collections.abc import Mapping
 from meshtrain.model.config import ModelConfig
 from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec
-from meshtrain.trainer.planning.flops import hardware_flops_per_token, model_flops_per_token, param_count
+from meshtrain.trainer.formatting import format_mesh
+from meshtrain.trainer.planning.flops import (
+    full_remat_skips,
+    hardware_flops_per_token,
+    model_flops_per_token,
+    param_count,
+)
 
 ATTENTION_KERNELS = ("flash", "dense")  # fused, causal blocks skipped | scores materialized in HBM
 
@@ -80,13 +86,10 @@ class Layout:
         return math.prod(self.size(a) for a in MESH_AXES) * self.pipeline
 
     def describe(self) -> str:
-        """'fsdp 256 x tensor 12, data 2 over DCN' (axes of size 1 left out)."""
-        inside = " x ".join(f"{a} {self.ici[a]}" for a in MESH_AXES if self.ici.get(a, 1) > 1)
-        across = " x ".join(f"{a} {self.dcn[a]}" for a in MESH_AXES if self.dcn.get(a, 1) > 1)
-        text = inside or "1 chip"
-        if self.pipeline > 1:
-            text += f" x pipeline {self.pipeline}"
-        return text + (f", {across} over DCN" if across else "")
+        """'fsdp=256 x tensor=12, data=2 over DCN' (axes of size 1 left out)."""
+        inside = format_mesh({**self.ici, **({"pipeline": self.pipeline} if self.pipeline > 1 else {})})
+        across = format_mesh(self.dcn)
+        return inside if across == format_mesh({}) else f"{inside}, {across} over DCN"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +130,7 @@ class _Chip:
     """The rates one chip offers, after its family's efficiencies."""
 
     def __init__(self, spec: HardwareSpec, family: EfficiencyFamily, peak_flops: float, hbm_bytes_per_s: float):
-        self.spec, self.family = spec, family
+        self.family = family
         self.matmul_flops = peak_flops * family.matmul_efficiency
         self.hbm = hbm_bytes_per_s * family.hbm_efficiency
         self.tile = spec.matmul_tile or 1
@@ -213,8 +216,7 @@ def _replayed(model: ModelConfig, remat: str) -> set[str]:
     the block except the outputs only the residual sum reads; save_dots keeps every projection."""
     if remat != "full":
         return set()
-    skipped = {"mlp_out"} | ({"out"} if model.block != "sequential" else set())
-    return {"q", "kv", "out", "mlp_in", "mlp_out"} - skipped
+    return {"q", "kv", "out", "mlp_in", "mlp_out"} - full_remat_skips(model)
 
 
 # Launched ops per layer and pass (matmuls plus fused elementwise groups, counted from the block's
@@ -360,7 +362,7 @@ def predict_step(
         "op launch overhead": (M * mb.ops + 50) * family.op_overhead_s,
     }
     if pp > 1:
-        parts["pipeline bubble"] = M * (mb.compute + mb.memory) * (pp - 1) / (layout.pipeline_virtual * M)
+        parts["pipeline bubble"] = (mb.compute + mb.memory) * (pp - 1) / layout.pipeline_virtual  # M cancels
     step = sum(parts.values())
     tokens_per_s = work.batch * work.seq_len / step
     chips = layout.chips

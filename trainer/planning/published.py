@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshtrain.model.config import REMAT_POLICIES
+from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec, efficiency_family, hardware_spec
 from meshtrain.trainer.config.loader import load_experiment
 from meshtrain.trainer.config.paths import CONFIG_DIR
@@ -23,7 +25,7 @@ from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.planning.calibrate import Observation
 from meshtrain.trainer.planning.flops import megatron_flops_per_token, model_flops_per_token
 from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
-from meshtrain.trainer.planning.performance import Layout, StepPrediction, Workload, predict_step
+from meshtrain.trainer.planning.performance import ATTENTION_KERNELS, Layout, StepPrediction, Workload, predict_step
 
 PUBLISHED_RUNS_YAML = CONFIG_DIR / "published_runs.yaml"
 PUBLISHER_CONVENTIONS = ("palm", "causal", "6nd", "megatron")
@@ -93,15 +95,15 @@ def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str
     overrides.append(f"model.max_seq_len={max(seq_len, int(fields.get('max_seq_len', seq_len)))}")
     cfg = load_experiment(None, overrides)
     mesh = dict(need("mesh"))
-    unknown = [
-        k for k in mesh if not (k.startswith(("ici_", "dcn_")) and k[4:] in ("data", "fsdp", "sequence", "tensor"))
-    ]
+    unknown = [k for k in mesh if not (k.startswith(("ici_", "dcn_")) and k[4:] in MESH_AXES)]
     if unknown:
-        raise ConfigError(f"{where}: mesh.{unknown[0]}: expected ici_ or dcn_ + data, fsdp, sequence or tensor")
-    axes = ("data", "fsdp", "sequence", "tensor")
+        raise ConfigError(f"{where}: mesh.{unknown[0]}: expected ici_ or dcn_ + one of {', '.join(MESH_AXES)}")
+    for key, allowed in (("remat", REMAT_POLICIES), ("attention", ATTENTION_KERNELS)):
+        if need(key) not in allowed:
+            raise ConfigError(f"{where}: {key}={row[key]!r}, expected one of {', '.join(allowed)}")
     layout = Layout(
-        ici={a: int(mesh.get(f"ici_{a}", 1)) for a in axes},
-        dcn={a: int(mesh.get(f"dcn_{a}", 1)) for a in axes},
+        ici={a: int(mesh.get(f"ici_{a}", 1)) for a in MESH_AXES},
+        dcn={a: int(mesh.get(f"dcn_{a}", 1)) for a in MESH_AXES},
         microbatches=int(row.get("microbatches", 1)),
         remat=str(need("remat")),
         attention=str(need("attention")),
