@@ -13,11 +13,13 @@ import pytest
 from meshtrain.tools.plan import main as plan_main
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.config.hardware import efficiency_family, hardware_spec
+from meshtrain.trainer.config.mesh_shape import mesh_sizes
 from meshtrain.trainer.planning.cost_estimate import on_hardware
 from meshtrain.trainer.planning.experiment_prediction import predict_experiment, workload_of
 from meshtrain.trainer.planning.layout_search import plan_layouts
 from meshtrain.trainer.planning.performance import Layout, predict_step
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
+from meshtrain.trainer.step.partition import batch_split_problem
 
 AXES = ("data", "fsdp", "sequence", "tensor")
 
@@ -95,6 +97,17 @@ def test_planner_recovers_a_layout_at_least_as_good_as_palms():
     best = min(candidates, key=lambda c: c.prediction.step_s)
     assert best.prediction.step_s <= min(c.prediction.step_s for c in paper)
     assert all(c.memory_bytes <= spec.hbm_bytes for c in candidates)
+
+
+def test_every_candidate_splits_every_stage_of_a_batch_ramp():
+    """PaLM ramps 512 -> 1024 -> 2048 sequences: a layout with more batch replicas than the first
+    stage's microbatch, which the run itself would refuse, is never proposed."""
+    cfg, spec = on_hardware(load_experiment("palm-540b-v4-6144"), "tpu-v4")
+    candidates = plan_layouts(cfg, spec, [6144, 8192])
+    assert candidates
+    for c in candidates:
+        trial = load_experiment("palm-540b-v4-6144", c.overrides)
+        assert batch_split_problem(trial, mesh_sizes(trial, c.chips), 1) is None, c.layout.describe()
 
 
 @pytest.mark.parametrize(

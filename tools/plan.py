@@ -53,7 +53,6 @@ from meshtrain.trainer.planning.layout_search import (
     chip_counts,
     laid_out,
     plan_layouts,
-    topology_for,
 )
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
 from meshtrain.trainer.storage.paths import as_path
@@ -164,10 +163,9 @@ def _compiled(cfg, spec, ranked: list[Candidate], count: int) -> list[Candidate]
         raise UserError(f"--aot {count}: expected a positive number of candidates to compile")
     checked, refused = [], []
     for candidate in ranked[:count]:
-        slice_chips = candidate.chips // candidate.num_slices
         report = compile_report(
-            laid_out(cfg, candidate.layout, candidate.chips, candidate.num_slices),
-            topology=topology_for(spec, slice_chips),
+            laid_out(cfg, candidate.layout, candidate.chips, candidate.num_slices, candidate.microbatch_rows),
+            topology=candidate.topology,
             num_slices=candidate.num_slices,
         )
         peak = report.memory.peak_bytes_per_chip

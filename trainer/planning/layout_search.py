@@ -25,6 +25,7 @@ from meshtrain.trainer.planning.experiment_prediction import attention_kind, chi
 from meshtrain.trainer.planning.memory import memory_on_chips
 from meshtrain.trainer.planning.peaks import memory_limit, price_per_chip_hour
 from meshtrain.trainer.planning.performance import Layout, StepPrediction, predict_step
+from meshtrain.trainer.step.partition import batch_split_problem
 
 MAX_CHIPS = 2**16
 MAX_TENSOR = 64  # tensor parallelism beyond this leaves matmuls too thin on any chip listed
@@ -43,6 +44,8 @@ class Candidate:
     days: float
     chip_hours: float
     dollars: dict[str, float]  # price tier -> USD
+    microbatch_rows: int  # train.microbatch_size: sequences per microbatch (the count follows a ramp)
+    topology: str | None  # TPUs: the slice's topology name ('v4:12x16x16'); None elsewhere
     memory_source: str = "analytic"  # or "xla": the peak of the AOT-compiled step (meshtrain plan --aot)
 
     @property
@@ -52,11 +55,12 @@ class Candidate:
         mesh += [f"mesh.dcn_{a}={self.layout.dcn[a]}" for a in MESH_AXES]
         return [
             *mesh,
-            f"train.microbatches={self.layout.microbatches}",
-            "train.microbatch_size=0",
+            "train.microbatches=1",
+            f"train.microbatch_size={self.microbatch_rows}",
             f"model.remat={self.layout.remat}",
             f"hardware.chips={self.chips}",
             f"hardware.num_slices={self.num_slices}",
+            f"hardware.topology={self.topology or 'null'}",
         ]
 
     def as_dict(self) -> dict:
@@ -98,14 +102,12 @@ def _divides(n: int, d: int) -> bool:
     return d >= 1 and n % d == 0
 
 
-def _meshes(cfg: ExperimentConfig, chips: int, slices: int, batch: int) -> Iterator[tuple[dict, dict]]:
+def _meshes(cfg: ExperimentConfig, chips: int, slices: int) -> Iterator[tuple[dict, dict]]:
     """(ici, dcn) sizes per axis worth trying on `chips` chips in `slices` slices."""
     per_slice = chips // slices
     model = cfg.model
     for tensor in range(1, min(per_slice, MAX_TENSOR) + 1):
-        if not _divides(per_slice, tensor):
-            continue
-        if not (_divides(model.num_heads, tensor) and _divides(model.d_ff, tensor)):
+        if not (_divides(per_slice, tensor) and _divides(model.num_heads, tensor) and _divides(model.d_ff, tensor)):
             continue
         rest = per_slice // tensor
         for inside in ("fsdp", "data"):
@@ -116,13 +118,18 @@ def _meshes(cfg: ExperimentConfig, chips: int, slices: int, batch: int) -> Itera
                 dcn = dict.fromkeys(MESH_AXES, 1)
                 ici["tensor"], ici[inside] = tensor, rest
                 dcn[across] = slices
-                replicas = ici["data"] * ici["fsdp"] * dcn["data"] * dcn["fsdp"]
-                if _divides(batch, replicas):
-                    yield ici, dcn
+                yield ici, dcn
 
 
-def _microbatch_counts(per_replica: int) -> list[int]:
-    return [m for m in (1, 2, 4, 8, 16, 32, 64, 128) if m <= per_replica and per_replica % m == 0]
+def _microbatch_rows(batch: int, replicas: int) -> Iterator[int]:
+    """Sequences per microbatch worth trying, most first: the final batch halved while it still
+    divides into the replicas (each microbatch splits evenly over the batch axes)."""
+    rows = batch
+    while rows >= replicas and rows % replicas == 0:
+        yield rows
+        if rows % 2:
+            return
+        rows //= 2
 
 
 def plan_layouts(
@@ -134,7 +141,9 @@ def plan_layouts(
 ) -> list[Candidate]:
     """Every layout of `cfg` that fits on each of `chips` chips of `spec`, fastest first per chip
     count, with its predicted step, days, chip-hours and dollars for the experiment's tokens. For
-    each mesh and remat policy only the fewest microbatches that fit are kept (more are slower)."""
+    each mesh and remat policy only the fewest microbatches that fit are kept (more are slower).
+    Microbatching is a train.microbatch_size, so the count follows a batch ramp, and every stage of
+    the schedule must split over the batch axes as the run itself checks (batch_split_problem)."""
     family = family or efficiency_family(spec)
     work = workload_of(cfg, spec.platform)
     batch = work.batch
@@ -148,12 +157,16 @@ def plan_layouts(
         slices = slices_for(spec, count)
         if slices is None:
             continue
-        for ici, dcn in _meshes(cfg, count, slices, batch):
-            per_replica = batch // (ici["data"] * ici["fsdp"] * dcn["data"] * dcn["fsdp"])
+        topology = topology_for(spec, count // slices) if spec.platform == "tpu" else None
+        for ici, dcn in _meshes(cfg, count, slices):
+            sizes = {a: ici[a] * dcn[a] for a in MESH_AXES}
             for remat in remat_policies:
-                for microbatches in _microbatch_counts(per_replica):
-                    layout = Layout(ici=ici, dcn=dcn, microbatches=microbatches, remat=remat, attention=attention)
-                    memory = _memory(cfg, layout, count, slices)
+                for rows in _microbatch_rows(batch, sizes["data"] * sizes["fsdp"]):
+                    layout = Layout(ici=ici, dcn=dcn, microbatches=batch // rows, remat=remat, attention=attention)
+                    trial = laid_out(cfg, layout, count, slices, rows)
+                    if batch_split_problem(trial, sizes, 1) is not None:  # the run's own check, every stage
+                        continue
+                    memory = memory_on_chips(trial, count).total
                     if limit is not None and memory > limit:
                         continue
                     prediction = predict_step(work, layout, spec, family, peak, bandwidth)
@@ -161,29 +174,36 @@ def plan_layouts(
                     hours = count * seconds / 3600
                     dollars = {tier: hours * price for tier, price in prices.items()}
                     found.append(
-                        Candidate(count, slices, layout, prediction, memory, limit, seconds / 86400, hours, dollars)
+                        Candidate(
+                            count,
+                            slices,
+                            layout,
+                            prediction,
+                            memory,
+                            limit,
+                            seconds / 86400,
+                            hours,
+                            dollars,
+                            rows,
+                            topology,
+                        )
                     )
                     break  # more microbatches only add time
     found.sort(key=lambda c: (c.chips, c.prediction.step_s))
     return found
 
 
-def laid_out(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int) -> ExperimentConfig:
-    """`cfg` with its mesh, microbatching, remat policy and chip count set to `layout`'s."""
+def laid_out(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int, microbatch_rows: int) -> ExperimentConfig:
+    """`cfg` with its mesh, microbatch size, remat policy and chip count set to a candidate's."""
     mesh = dataclasses.replace(
         cfg.mesh,
         **{f"ici_{a}": layout.ici[a] for a in MESH_AXES},
         **{f"dcn_{a}": layout.dcn[a] for a in MESH_AXES},
     )
-    train = dataclasses.replace(cfg.train, microbatches=layout.microbatches, microbatch_size=0)
+    train = dataclasses.replace(cfg.train, microbatches=1, microbatch_size=microbatch_rows)
     model = dataclasses.replace(cfg.model, remat=layout.remat)
-    hardware = dataclasses.replace(cfg.hardware, chips=chips, num_slices=slices)
+    hardware = dataclasses.replace(cfg.hardware, chips=chips, num_slices=slices, topology=None)
     return dataclasses.replace(cfg, mesh=mesh, train=train, model=model, hardware=hardware)
-
-
-def _memory(cfg: ExperimentConfig, layout: Layout, chips: int, slices: int) -> int:
-    """Analytic bytes per chip of `cfg` laid out as `layout`."""
-    return memory_on_chips(laid_out(cfg, layout, chips, slices), chips).total
 
 
 def topology_for(spec: HardwareSpec, chips: int) -> str:
