@@ -67,6 +67,7 @@ class HardwareSpec:
     ici_chips_max: int | None = None
     dcn_bandwidth_bytes_per_s: float | None = None
     matmul_tile: int | None = None
+    matmul_ceiling: float | None = None  # measured best bf16 matmul / peak; None: none published (1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,7 @@ class EfficiencyFamily:
     tensor_overlap: float
     data_overlap: float
     op_overhead_s: float
+    straggler_spread: float  # spread (std / mean) of one ICI domain's step: synchronous steps wait for the slowest
     source: str
 
 
@@ -177,6 +179,11 @@ def _build(kind: str, fields: Mapping[str, Any], where: str) -> HardwareSpec:
         value = getattr(spec, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"{where}: {name}={value!r}, expected a positive integer or null")
+    ceiling = spec.matmul_ceiling
+    if ceiling is not None and (not is_number(ceiling) or not 0 < ceiling <= 1):
+        raise ConfigError(
+            f"{where}: matmul_ceiling={ceiling!r}, expected a fraction of the peak in (0, 1], e.g. 0.8, or null"
+        )
     mfu = spec.default_mfu
     if mfu is not None and (not is_number(mfu) or not 0 < mfu <= 1):
         raise ConfigError(f"{where}: default_mfu={mfu!r}, expected a fraction in (0, 1], e.g. 0.4")

@@ -4,7 +4,7 @@
 
 An observation is a step the model can predict (workload, layout, chip) and the seconds it took.
 The fit moves only the family's efficiencies (FREE_FIELDS: how fast the matmuls, the attention
-kernel and memory-bound work run, and the per-op floor), never the chips' datasheet figures, by
+kernel and memory-bound work run, the per-op floor and how much one slice's step varies), never the chips' datasheet figures, by
 coordinate search on a log scale minimizing the mean squared log error of predicted over measured
 step time. Fewer observations than free fields cannot tell the efficiencies apart: then one factor
 scales the rate efficiencies together, keeping the family's own shares of the step. `meshtrain plan --calibrate RUN` fits them to one run's metrics.jsonl; the same routine set
@@ -29,6 +29,7 @@ FREE_FIELDS = {
     "attention_efficiency": (0.05, MAX_RATE_EFFICIENCY),
     "hbm_efficiency": (0.05, MAX_RATE_EFFICIENCY),
     "op_overhead_s": (1e-7, 1e-3),
+    "straggler_spread": (1e-4, 0.2),
 }
 
 
@@ -56,7 +57,7 @@ class Fit:
     moved: dict[str, tuple[float, float]]  # field -> (before, after)
 
 
-def _loss(family: EfficiencyFamily, observations: Sequence[Observation]) -> float:
+def mean_squared_log_error(family: EfficiencyFamily, observations: Sequence[Observation]) -> float:
     return sum(math.log(o.predicted_s(family) / o.step_s) ** 2 for o in observations) / len(observations)
 
 
@@ -92,11 +93,16 @@ def _search(
         family,
         {
             field: math.exp(
-                _golden(lambda x: _loss(efficiency_with(family, {field: math.exp(x)}), observations), lo, hi, steps)
+                _golden(
+                    lambda x: mean_squared_log_error(efficiency_with(family, {field: math.exp(x)}), observations),
+                    lo,
+                    hi,
+                    steps,
+                )
             )
         },
     )
-    return best if _loss(best, observations) < _loss(family, observations) else family
+    return best if mean_squared_log_error(best, observations) < mean_squared_log_error(family, observations) else family
 
 
 _RATES = ("matmul_efficiency", "attention_efficiency", "hbm_efficiency")
@@ -116,7 +122,7 @@ def _search_scale(
 ) -> EfficiencyFamily:
     """One factor multiplying every rate efficiency in `fields`, searched on a log scale."""
     x = _golden(
-        lambda x: _loss(_scaled(family, fields, math.exp(x), ranges), observations),
+        lambda x: mean_squared_log_error(_scaled(family, fields, math.exp(x), ranges), observations),
         math.log(0.1),
         math.log(MAX_RATE_EFFICIENCY),
         steps,

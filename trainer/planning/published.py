@@ -109,6 +109,7 @@ def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str
         attention=str(need("attention")),
         pipeline=int(row.get("pipeline", 1)),
         pipeline_virtual=int(row.get("pipeline_virtual", 1)),
+        optimizer_sharded=bool(row.get("optimizer_sharded", False)),
     )
     published = dict(need("published"))
     figures = [k for k in _FIGURES if k in published]
