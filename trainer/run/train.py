@@ -17,6 +17,7 @@ stops the run at the next step with one line; a signal checkpoints and stops at 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -104,6 +105,18 @@ def _close_all(closers, *, quiet: bool) -> None:
             first = first or error
     if first is not None and not quiet:
         raise first
+
+
+@contextlib.contextmanager
+def _pending_checkpoint_first(checkpoints: Checkpoints):
+    """A small write that fails on a full disk (the data ledger, the metrics line, the goodput
+    record) has usually failed the checkpoint still being written in the background too, whose own
+    error says how many bytes it needed and how many are free: that error is raised first."""
+    try:
+        yield
+    except UserError:
+        checkpoints.wait()
+        raise
 
 
 def _logged_record(cfg: ExperimentConfig, step: int, metrics: dict, schedule, tracker) -> dict:
@@ -306,19 +319,13 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                 if step > trouble_seen_at:  # healthy past the last trouble: that rewind worked
                     rewinds_in_a_row = 0
             if log_now and ledger:
-                try:
+                with _pending_checkpoint_first(checkpoints):
                     ledger.record(step, fed.batch_number, fed.state_before)
-                except UserError:  # a full disk fails a pending checkpoint too, whose error says by how much
-                    checkpoints.wait()
-                    raise
             if log_now or stopping:
-                try:
+                with _pending_checkpoint_first(checkpoints):
                     record = _logged_record(cfg, step, metrics, schedule, tracker)
                     if log:
                         log.write(step, record)
-                except UserError:  # a full disk fails a pending checkpoint too, whose error says by how much
-                    checkpoints.wait()
-                    raise
                 watchdog.learn_step_time(record["step_time_s"])
                 bar.set_postfix(tracker.postfix(record))
                 loss = record["loss"] if math.isfinite(record["loss"]) else None
@@ -335,7 +342,8 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                         )
                     summary.last_eval_loss = losses["eval_loss"]
                     if log:
-                        log.write(step, losses)
+                        with _pending_checkpoint_first(checkpoints):
+                            log.write(step, losses)
                     if primary:
                         bar.write(f"step {step + 1}: {eval_line(losses)}")
                 if save_now and metrics["bad_streak"] > 0:
@@ -347,7 +355,8 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                 elif save_now:
                     with tracker.timed("checkpointing"), watchdog.allowance("checkpointing"):
                         checkpoints.save(step + 1, run.state, run.data_state)
-                    tracker.save_point()
+                    with _pending_checkpoint_first(checkpoints):
+                        tracker.save_point()
                     last_save = time.monotonic()
             run.step = step + 1
             if stopping:
