@@ -35,11 +35,11 @@ def main() -> None:
             )
             fit = fit_family(start, observations, RATES, rounds=6, max_rate=1.0)
             fits.append((mean_squared_log_error(fit.family, observations), spread, fit))
-        _, spread, fit = min(fits, key=lambda entry: entry[0])
+        loss, spread, fit = min(fits, key=lambda entry: entry[0])
         moved = ", ".join(f"{field} {before:.3f} -> {after:.3f}" for field, (before, after) in fit.moved.items())
         print(
             f"{name} ({len(rows)} rows): median error {fit.error_before:.1%} -> {fit.error_after:.1%}; {moved}; "
-            f"straggler_spread {spread:.2f}"
+            f"straggler_spread {spread:.2f} (mean squared log error {loss:.4f}; {fits[0][0]:.4f} with none)"
         )
 
 
