@@ -121,6 +121,9 @@ def test_every_kind_has_peaks_bandwidth_and_dated_sourced_prices():
     assert peaks.price_per_chip_hour(hardware_spec("b200")) is None
     # Existing callers (launch recipes, compile) still read the same fields.
     assert hardware_spec("tpu-v4").hbm_bytes == 32 * 2**30 and hardware_spec("h100").chips_per_host == 8
+    # A TPU run gets its chip's HBM; a GPU run the share of it JAX pools (trainer/run/train.py sets it).
+    assert peaks.memory_limit(hardware_spec("tpu-v4")) == (32 * 2**30, "hbm")
+    assert peaks.memory_limit(hardware_spec("h100")) == (int(80e9 * peaks.GPU_MEMORY_FRACTION), "gpu pool")
 
 
 def test_overrides():

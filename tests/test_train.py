@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import jax
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.errors import ConfigError
+from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV
 from meshtrain.trainer.run.train import train
 
 
@@ -65,7 +67,8 @@ def test_gradient_accumulation_matches_one_big_batch(final_state, experiment, da
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
-def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, tmp_path):
+def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv(GPU_MEMORY_FRACTION_ENV, raising=False)
     cfg = experiment(
         tmp_path / "ramp",
         "train.steps=5",
@@ -75,6 +78,8 @@ def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, t
     )
     train(cfg, progress=False)
     assert logged(tmp_path / "ramp", "batch_size") == {0: 8, 1: 8, 2: 16, 3: 16, 4: 24}
+    # On a GPU, JAX would pool the share of memory `meshtrain cost` and `plan` fit runs into.
+    assert float(os.environ[GPU_MEMORY_FRACTION_ENV]) == GPU_MEMORY_FRACTION
 
 
 def test_microbatch_size_accumulates_only_where_the_ramp_needs_it(experiment, tmp_path):

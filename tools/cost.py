@@ -64,7 +64,7 @@ from meshtrain.trainer.planning.aot_compile import CompileReport, compile_report
 from meshtrain.trainer.planning.cost_estimate import estimate_cost, on_hardware
 from meshtrain.trainer.planning.cost_result import CostEstimate
 from meshtrain.trainer.planning.flops import FLOPS_CONVENTIONS
-from meshtrain.trainer.planning.peaks import measured_cpu_peak_flops
+from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV, measured_cpu_peak_flops
 
 
 def _fraction(text: str) -> float:
@@ -245,7 +245,10 @@ def _source_url(source: str | None) -> str:
 
 def _memory_rows(r: CostEstimate) -> list[tuple[str, str]]:
     m = r.memory_per_chip_bytes
-    limit = "host memory" if r.memory_limit == "host" else "HBM"
+    limit = {
+        "host": "host memory",
+        "gpu pool": f"JAX GPU pool ({GPU_MEMORY_FRACTION:.0%} of HBM: {GPU_MEMORY_FRACTION_ENV})",
+    }.get(r.memory_limit, "HBM")
     verdict = "fits" if r.fits else "does NOT fit"
     mesh = f"(mesh {format_mesh(r.mesh)})"
     hbm = format_bytes(r.hbm_bytes_per_chip)

@@ -78,8 +78,8 @@ class CostEstimate:
     mesh: dict[str, int]
     memory_per_chip_bytes: dict[str, int | None]  # params, grads, optimizer, activations, total
     memory_source: str  # analytic | xla
-    hbm_bytes_per_chip: int | None  # the limit: HBM, or host memory on cpu
-    memory_limit: str  # hbm | host
+    hbm_bytes_per_chip: int | None  # the limit: HBM, JAX's pool of it on a GPU, or host memory on cpu
+    memory_limit: str  # hbm | gpu pool | host (peaks.memory_limit)
     fits: bool
     suggestions: list[Suggestion] | None  # what would make it fit; None when it fits
     aot: AotFigures | None = None

@@ -91,12 +91,23 @@ def price_per_chip_hour(spec: HardwareSpec, tier: str = "on_demand") -> float | 
     return None if price is None else price.usd_per_chip_hour
 
 
+# The share of a GPU's memory a meshtrain run lets JAX's allocator pool: trainer/run/train.py sets
+# XLA_PYTHON_CLIENT_MEM_FRACTION to it unless the environment already does. JAX's own default is 0.75
+# (docs.jax.dev, "GPU memory allocation"); MaxText's GPU launcher uses 0.85
+# (tools/orchestration/gpu_multi_process_run.sh). The rest holds the CUDA context, NCCL's buffers and
+# the libraries' workspaces. `meshtrain cost` and `meshtrain plan` fit a GPU run into this pool.
+GPU_MEMORY_FRACTION = 0.85
+GPU_MEMORY_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
 def memory_limit(spec: HardwareSpec) -> tuple[int | None, str]:
-    """(bytes one chip of `spec` holds, "hbm"), or on cpu (this machine's memory, "host"); the
-    bytes are None when unknown."""
-    if spec.hbm_bytes is not None:
-        return spec.hbm_bytes, "hbm"
-    return host_memory_bytes(), "host"
+    """(bytes one chip of `spec` gives a run, what they are): "hbm" on a TPU, "gpu pool" on a GPU
+    (GPU_MEMORY_FRACTION of its HBM), "host" on cpu (this machine's memory); None when unknown."""
+    if spec.hbm_bytes is None:
+        return host_memory_bytes(), "host"
+    if spec.platform == "gpu":
+        return int(spec.hbm_bytes * GPU_MEMORY_FRACTION), "gpu pool"
+    return spec.hbm_bytes, "hbm"
 
 
 def host_memory_bytes() -> int | None:

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import PeerFailure, UserError
+from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process_each
 from meshtrain.trainer.run.data_setup import prepare_data
@@ -138,6 +140,9 @@ def _logged_record(cfg: ExperimentConfig, step: int, metrics: dict, schedule, tr
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     started_at = time.perf_counter()
+    # On a GPU, JAX pools the share of memory that `meshtrain cost` and `plan` fit the run into; read
+    # when its GPU backend starts (not yet), and left alone where the environment sets it.
+    os.environ.setdefault(GPU_MEMORY_FRACTION_ENV, f"{GPU_MEMORY_FRACTION:g}")
     initialize(cfg.distributed)
     primary = jax.process_index() == 0
     run_dir = run_dir_path(cfg)
