@@ -12,8 +12,8 @@ import pytest
 
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.errors import ConfigError
-from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV
-from meshtrain.trainer.run.train import train
+from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV, GPU_MEMORY_FRACTION_ENVS
+from meshtrain.trainer.run.train import pool_gpu_memory, train
 
 
 @pytest.fixture
@@ -68,7 +68,8 @@ def test_gradient_accumulation_matches_one_big_batch(final_state, experiment, da
 
 
 def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, tmp_path, monkeypatch):
-    monkeypatch.delenv(GPU_MEMORY_FRACTION_ENV, raising=False)
+    for name in GPU_MEMORY_FRACTION_ENVS:
+        monkeypatch.delenv(name, raising=False)
     cfg = experiment(
         tmp_path / "ramp",
         "train.steps=5",
@@ -78,8 +79,13 @@ def test_batch_ramp_changes_the_batch_at_the_given_steps(experiment, data_dir, t
     )
     train(cfg, progress=False)
     assert logged(tmp_path / "ramp", "batch_size") == {0: 8, 1: 8, 2: 16, 3: 16, 4: 24}
-    # On a GPU, JAX would pool the share of memory `meshtrain cost` and `plan` fit runs into.
+    # On a GPU, JAX would pool the share of memory `meshtrain cost` and `plan` fit runs into; a
+    # fraction the environment already sets, under either name, is kept (jaxlib refuses both at once).
     assert float(os.environ[GPU_MEMORY_FRACTION_ENV]) == GPU_MEMORY_FRACTION
+    for name in GPU_MEMORY_FRACTION_ENVS:
+        environ = {name: "0.5"}
+        pool_gpu_memory(environ)
+        assert environ == {name: "0.5"}
 
 
 def test_microbatch_size_accumulates_only_where_the_ramp_needs_it(experiment, tmp_path):

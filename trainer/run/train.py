@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import MutableMapping
 
 import jax
 from tqdm import tqdm
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import PeerFailure, UserError
-from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV
+from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV, GPU_MEMORY_FRACTION_ENVS
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process_each
 from meshtrain.trainer.run.data_setup import prepare_data
@@ -138,11 +139,17 @@ def _logged_record(cfg: ExperimentConfig, step: int, metrics: dict, schedule, tr
     }
 
 
+def pool_gpu_memory(environ: MutableMapping[str, str]) -> None:
+    """On a GPU, has JAX pool the share of memory `meshtrain cost` and `plan` fit the run into (read
+    when its GPU backend starts, which has not happened yet). Left alone where the environment sets
+    either name jaxlib reads: it refuses both at once."""
+    if not any(environ.get(name) for name in GPU_MEMORY_FRACTION_ENVS):
+        environ[GPU_MEMORY_FRACTION_ENV] = f"{GPU_MEMORY_FRACTION:g}"
+
+
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
     started_at = time.perf_counter()
-    # On a GPU, JAX pools the share of memory that `meshtrain cost` and `plan` fit the run into; read
-    # when its GPU backend starts (not yet), and left alone where the environment sets it.
-    os.environ.setdefault(GPU_MEMORY_FRACTION_ENV, f"{GPU_MEMORY_FRACTION:g}")
+    pool_gpu_memory(os.environ)
     initialize(cfg.distributed)
     primary = jax.process_index() == 0
     run_dir = run_dir_path(cfg)
