@@ -13,7 +13,8 @@ import pytest
 from meshtrain.trainer.config import load_experiment
 from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV, GPU_MEMORY_FRACTION_ENVS
-from meshtrain.trainer.run.train import pool_gpu_memory, train
+from meshtrain.trainer.run.memory_check import pool_gpu_memory
+from meshtrain.trainer.run.train import train
 
 
 @pytest.fixture

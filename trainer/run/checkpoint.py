@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -259,6 +260,17 @@ class Checkpoints:
     def wait(self) -> None:
         """Blocks until every pending asynchronous write is on disk; raises CheckpointWriteError if it failed."""
         self._collect()
+
+    @contextlib.contextmanager
+    def pending_error_first(self):
+        """A small write that fails on a full disk (the data ledger, the metrics line, the goodput
+        record) has usually failed the checkpoint still being written in the background too, whose own
+        error says how many bytes it needed and how many are free: that error is raised first."""
+        try:
+            yield
+        except UserError:
+            self.wait()
+            raise
 
     def close(self) -> None:
         """Waits for the last write and releases Orbax's threads. After a write error was already

@@ -5,10 +5,13 @@ Before anything is allocated, the analytic estimate of a training step's memory 
 an accelerator's own limit where the runtime reports it (memory_stats()["bytes_limit"]), or, on
 CPU, half the machine's memory shared by this process's devices. A run that cannot fit stops there with
 the breakdown. What the estimate lets through and XLA still cannot allocate comes back as XLA's
-RESOURCE_EXHAUSTED, which `out_of_memory` turns into the same kind of line.
+RESOURCE_EXHAUSTED, which `out_of_memory` turns into the same kind of line. On a GPU the limit is
+the pool `pool_gpu_memory` has JAX allocate, the same share `meshtrain cost` and `plan` fit runs into.
 """
 
 from __future__ import annotations
+
+from collections.abc import MutableMapping
 
 import jax
 from jax.sharding import Mesh
@@ -17,7 +20,12 @@ from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.formatting import format_bytes
 from meshtrain.trainer.planning.memory import memory_per_chip
-from meshtrain.trainer.planning.peaks import host_memory_bytes
+from meshtrain.trainer.planning.peaks import (
+    GPU_MEMORY_FRACTION,
+    GPU_MEMORY_FRACTION_ENV,
+    GPU_MEMORY_FRACTION_ENVS,
+    host_memory_bytes,
+)
 
 _ADVICE = (
     "use more devices, a smaller model, model.remat=full or more train.microbatches "
@@ -85,3 +93,11 @@ def device_memory() -> dict[str, int]:
         **({"device_peak_bytes": int(max(peaks))} if peaks else {}),
         **({"device_bytes_in_use": int(max(in_use))} if in_use else {}),
     }
+
+
+def pool_gpu_memory(environ: MutableMapping[str, str]) -> None:
+    """On a GPU, has JAX pool the share of memory `meshtrain cost` and `plan` fit the run into (read
+    when its GPU backend starts: call it before). Left alone where the environment sets either name
+    jaxlib reads: it refuses both at once."""
+    if not any(environ.get(name) for name in GPU_MEMORY_FRACTION_ENVS):
+        environ[GPU_MEMORY_FRACTION_ENV] = f"{GPU_MEMORY_FRACTION:g}"

@@ -17,28 +17,25 @@ stops the run at the next step with one line; a signal checkpoints and stops at 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import MutableMapping
 
 import jax
 from tqdm import tqdm
 
 from meshtrain.trainer.config.batch_schedule import batch_size_at
 from meshtrain.trainer.config.schema import ExperimentConfig
-from meshtrain.trainer.errors import PeerFailure, UserError
-from meshtrain.trainer.planning.peaks import GPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION_ENV, GPU_MEMORY_FRACTION_ENVS
+from meshtrain.trainer.errors import PeerFailure
 from meshtrain.trainer.run.checkpoint import Checkpoints
 from meshtrain.trainer.run.collective import any_process_each
 from meshtrain.trainer.run.data_setup import prepare_data
 from meshtrain.trainer.run.distributed import initialize
 from meshtrain.trainer.run.evaluation import eval_batches_available, eval_line, evaluate
-from meshtrain.trainer.run.memory_check import check_fits, device_memory, out_of_memory
+from meshtrain.trainer.run.memory_check import check_fits, device_memory, out_of_memory, pool_gpu_memory
 from meshtrain.trainer.run.profiler import StepProfiler
 from meshtrain.trainer.run.recovery import DivergedError, rewind_target, skip_list
 from meshtrain.trainer.run.run_dir import (
@@ -110,18 +107,6 @@ def _close_all(closers, *, quiet: bool) -> None:
         raise first
 
 
-@contextlib.contextmanager
-def _pending_checkpoint_first(checkpoints: Checkpoints):
-    """A small write that fails on a full disk (the data ledger, the metrics line, the goodput
-    record) has usually failed the checkpoint still being written in the background too, whose own
-    error says how many bytes it needed and how many are free: that error is raised first."""
-    try:
-        yield
-    except UserError:
-        checkpoints.wait()
-        raise
-
-
 def _logged_record(cfg: ExperimentConfig, step: int, metrics: dict, schedule, tracker) -> dict:
     """The metrics line of a logged step: the step's figures and the tracker's (which also writes
     the goodput record, so a full disk can fail here)."""
@@ -137,14 +122,6 @@ def _logged_record(cfg: ExperimentConfig, step: int, metrics: dict, schedule, tr
         **device_memory(),
         **tracker.log(step),
     }
-
-
-def pool_gpu_memory(environ: MutableMapping[str, str]) -> None:
-    """On a GPU, has JAX pool the share of memory `meshtrain cost` and `plan` fit the run into (read
-    when its GPU backend starts, which has not happened yet). Left alone where the environment sets
-    either name jaxlib reads: it refuses both at once."""
-    if not any(environ.get(name) for name in GPU_MEMORY_FRACTION_ENVS):
-        environ[GPU_MEMORY_FRACTION_ENV] = f"{GPU_MEMORY_FRACTION:g}"
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunSummary:
@@ -331,10 +308,10 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                 if step > trouble_seen_at:  # healthy past the last trouble: that rewind worked
                     rewinds_in_a_row = 0
             if log_now and ledger:
-                with _pending_checkpoint_first(checkpoints):
+                with checkpoints.pending_error_first():
                     ledger.record(step, fed.batch_number, fed.state_before)
             if log_now or stopping:
-                with _pending_checkpoint_first(checkpoints):
+                with checkpoints.pending_error_first():
                     record = _logged_record(cfg, step, metrics, schedule, tracker)
                     if log:
                         log.write(step, record)
@@ -354,7 +331,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                         )
                     summary.last_eval_loss = losses["eval_loss"]
                     if log:
-                        with _pending_checkpoint_first(checkpoints):
+                        with checkpoints.pending_error_first():
                             log.write(step, losses)
                     if primary:
                         bar.write(f"step {step + 1}: {eval_line(losses)}")
@@ -367,7 +344,7 @@ def _train(cfg: ExperimentConfig, run_dir, primary: bool, started_at: float, sto
                 elif save_now:
                     with tracker.timed("checkpointing"), watchdog.allowance("checkpointing"):
                         checkpoints.save(step + 1, run.state, run.data_state)
-                    with _pending_checkpoint_first(checkpoints):
+                    with checkpoints.pending_error_first():
                         tracker.save_point()
                     last_save = time.monotonic()
             run.step = step + 1
