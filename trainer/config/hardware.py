@@ -86,7 +86,7 @@ class EfficiencyFamily:
     tensor_overlap: float
     data_overlap: float
     op_overhead_s: float
-    straggler_spread: float  # spread (std / mean) of one ICI domain's step: synchronous steps wait for the slowest
+    straggler_spread: float  # std / mean of one slice's (server's) step: a synchronous step waits for the slowest
     source: str
 
 

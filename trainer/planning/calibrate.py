@@ -4,11 +4,12 @@
 
 An observation is a step the model can predict (workload, layout, chip) and the seconds it took.
 The fit moves only the family's efficiencies (FREE_FIELDS: how fast the matmuls, the attention
-kernel and memory-bound work run, the per-op floor and how much one slice's step varies), never the chips' datasheet figures, by
-coordinate search on a log scale minimizing the mean squared log error of predicted over measured
-step time. Fewer observations than free fields cannot tell the efficiencies apart: then one factor
-scales the rate efficiencies together, keeping the family's own shares of the step. `meshtrain plan --calibrate RUN` fits them to one run's metrics.jsonl; the same routine set
-configs/hardware.yaml's family values against configs/published_runs.yaml.
+kernel and memory-bound work run, the per-op floor and how much one slice's step varies), never the
+chips' datasheet figures, by coordinate search on a log scale minimizing the mean squared log error
+of predicted over measured step time. Fewer observations than free fields cannot tell the
+efficiencies apart: then one factor scales the rate efficiencies together, keeping the family's own
+shares of the step. `meshtrain plan --calibrate RUN` fits them to one run's metrics.jsonl; the same
+routine set configs/hardware.yaml's family values against configs/published_runs.yaml.
 
 Written here rather than taken from scipy.optimize: meshtrain does not depend on scipy, and a
 handful of bounded one-dimensional searches over a cheap model is all this needs.

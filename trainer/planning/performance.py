@@ -7,8 +7,8 @@ principles, fed only by the published chip and network figures of configs/hardwa
 One step is the sum, per chip, of
 - compute: every matmul of the block (projections, MLP, attention, logits) at the chip's peak times
   its measured matmul ceiling (where one is published) times the family's matmul efficiency times a
-  shape factor (each dimension padded to the matrix unit's
-  tile), or at HBM bandwidth where its bytes take longer than its FLOPs (the roofline). Fused
+  shape factor (each dimension padded to the matrix unit's tile), or at HBM bandwidth where its
+  bytes take longer than its FLOPs (the roofline). Fused
   (flash / splash) attention runs at attention_efficiency of that rate and skips the causal half;
   dense attention writes its T x T scores to HBM and pays for the softmax passes over them;
 - memory-bound work: the bytes norms, residual adds, rotary embeddings, activations, the
@@ -25,13 +25,13 @@ One step is the sum, per chip, of
     data      all-reduce the gradient shard once per step, hidden up to data_overlap of the last
               microbatch's backward pass
 - a pipeline bubble of (stages - 1) / (virtual stages x microbatches) of the compute, only for
-  published runs that used pipeline parallelism (meshtrain has none: see README, "Plan"); such
-  runs also sharded the optimizer over their data replicas (ZeRO-1), which `optimizer_sharded` models;
+  published runs that used pipeline parallelism (meshtrain has none: see README, "Plan"); published
+  runs that sharded the optimizer over their data replicas (ZeRO-1) say so in `optimizer_sharded`;
 - op_overhead_s per launched op (the floor small models and CPUs hit);
-- the wait for the slowest of the N slices (TPU) or servers (GPU) the step joins over DCN: each one's step
-  varies by straggler_spread of itself, and a synchronous step ends when the last one does, the
-  expected maximum of N normal draws (MaxText loses 10-18% of its MFU from 1 to 32 v5e slices where
-  the DCN bytes alone explain under 4%).
+- the wait for the slowest of the N slices (TPU) or servers (GPU) the step joins over DCN: each
+  one's step varies by straggler_spread of itself, and a synchronous step ends when the last one
+  does, the expected maximum of N normal draws (MaxText loses 10-18% of its MFU from 1 to 32 v5e
+  slices where the DCN bytes alone explain under 4%).
 
 The FLOPs are trainer/planning/flops.py's (model FLOPs for MFU, hardware FLOPs with remat for HFU),
 so the tracker, `meshtrain cost` and this model agree on what a FLOP is.
@@ -381,12 +381,12 @@ def predict_step(
     }
     if pp > 1:
         parts["pipeline bubble"] = (mb.compute + mb.memory) * (pp - 1) / layout.pipeline_virtual  # M cancels
+    step = sum(parts.values())
     domains = math.prod(layout.dcn.get(a, 1) for a in MESH_AXES)  # slices / servers joined over DCN
     if domains > 1:
-        parts["waiting for the slowest slice or server"] = (
-            sum(parts.values()) * family.straggler_spread * expected_slowest(domains)
-        )
-    step = sum(parts.values())
+        wait = step * family.straggler_spread * expected_slowest(domains)
+        parts["waiting for the slowest slice or server"] = wait
+        step += wait
     tokens_per_s = work.batch * work.seq_len / step
     chips = layout.chips
     mfu = tokens_per_s * model_flops_per_token(work.model, work.seq_len) / (chips * peak_flops)
