@@ -30,8 +30,8 @@ One step is the sum, per chip, of
 - op_overhead_s per launched op (the floor small models and CPUs hit);
 - the wait for the slowest of the N slices (TPU) or servers (GPU) the step joins over DCN: each
   one's step varies by straggler_spread of itself, and a synchronous step ends when the last one
-  does, the expected maximum of N normal draws (MaxText loses 10-18% of its MFU from 1 to 32 v5e
-  slices where the DCN bytes alone explain under 4%).
+  does, the expected maximum of N normal draws. The shipped families fit it to 0 (their exposed
+  collectives already explain what MaxText loses from 1 to 32 v5e slices); a calibration may not.
 
 The FLOPs are trainer/planning/flops.py's (model FLOPs for MFU, hardware FLOPs with remat for HFU),
 so the tracker, `meshtrain cost` and this model agree on what a FLOP is.
@@ -383,7 +383,7 @@ def predict_step(
         parts["pipeline bubble"] = (mb.compute + mb.memory) * (pp - 1) / layout.pipeline_virtual  # M cancels
     step = sum(parts.values())
     domains = math.prod(layout.dcn.get(a, 1) for a in MESH_AXES)  # slices / servers joined over DCN
-    if domains > 1:
+    if domains > 1 and family.straggler_spread > 0:
         wait = step * family.straggler_spread * expected_slowest(domains)
         parts["waiting for the slowest slice or server"] = wait
         step += wait
