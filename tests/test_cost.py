@@ -149,6 +149,16 @@ def test_overrides():
         peak_flops(hardware_spec("tpu-v4"), "float32")
 
 
+def test_hardware_moves_an_experiment_but_keeps_the_slices_the_command_line_sets(capsys):
+    """--hardware drops what the experiment said about other hardware (the default's one CPU), never a
+    hardware.* value given beside it: FSDP over 8 GPU servers needs its 8 slices."""
+    fsdp_over_servers = ["default", "mesh.ici_fsdp=8", "mesh.dcn_fsdp=8", "--hardware", "a100-80gb", "--chips", "64"]
+    assert meshtrain(["cost", *fsdp_over_servers, "hardware.num_slices=8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chips"] == 64
+    assert meshtrain(["cost", *fsdp_over_servers]) == 2
+    assert "in 1 slice(s)" in capsys.readouterr().err
+
+
 def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     cache = tmp_path / "cpu_peak.json"
     monkeypatch.setenv("MESHTRAIN_CPU_PEAK_CACHE", str(cache))

@@ -55,6 +55,15 @@ def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return load_experiment(experiment, overrides, gin_files=args.gin_file, gin_params=args.gin_param)
 
 
+def hardware_fields_overridden(args: argparse.Namespace) -> frozenset[str]:
+    """The hardware.* fields the command line's key=value overrides set ("hardware.num_slices=8" ->
+    num_slices): --hardware moves an experiment to another kind and drops the chips, topology and
+    slices the experiment described, but not the ones the user has just given."""
+    _, overrides = split_experiment_and_overrides(args.args)
+    keys = (item.split("=", 1)[0].strip() for item in overrides)
+    return frozenset(key.removeprefix("hardware.") for key in keys if key.startswith("hardware."))
+
+
 def quiet_libraries() -> None:
     """TFDS and Orbax report routine file operations (even as warnings) through absl, and gcsfs
     warns at every bucket it cannot ask for its layout (a permission most service accounts lack)

@@ -47,6 +47,7 @@ from meshtrain.tools.args import (
     chip_count,
     command_main,
     experiment_from_args,
+    hardware_fields_overridden,
     number_type,
 )
 from meshtrain.tools.compile import add_target_arguments, check_target_arguments
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.environ.get("JAX_PLATFORMS"):
         # Nothing runs on an accelerator here (abstract shapes, and on cpu a small matmul benchmark).
         jax.config.update("jax_platforms", "cpu")
-    cfg = experiment_from_args(args)
+    cfg, _ = on_hardware(experiment_from_args(args), args.hardware, keep=hardware_fields_overridden(args))
     if args.measure_cpu_peak:
         kind = args.hardware or cfg.hardware.kind
         if kind in hardware_kinds() and hardware_spec(kind).platform == "cpu":

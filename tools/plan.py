@@ -36,6 +36,7 @@ from meshtrain.tools.args import (
     chip_count,
     command_main,
     experiment_from_args,
+    hardware_fields_overridden,
     number_type,
     split_experiment_and_overrides,
 )
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.validate:
         return _validate(args)
     cfg = experiment_from_args(args)
-    cfg, spec = on_hardware(cfg, args.hardware)
+    cfg, spec = on_hardware(cfg, args.hardware, keep=hardware_fields_overridden(args))
     if args.calibrate:
         return _calibrated_prediction(cfg, spec, args)
     if args.chips is not None:

@@ -81,10 +81,14 @@ def resolve_chips(cfg: ExperimentConfig, spec: HardwareSpec, chips: int | None =
 
 
 def on_hardware(
-    cfg: ExperimentConfig, hardware: str | None = None, hardware_overrides: Mapping[str, Any] | None = None
+    cfg: ExperimentConfig,
+    hardware: str | None = None,
+    hardware_overrides: Mapping[str, Any] | None = None,
+    keep: frozenset[str] = frozenset(),
 ) -> tuple[ExperimentConfig, HardwareSpec]:
     """(cfg on hardware kind `hardware`, default hardware.kind; its HardwareSpec). On another kind the
-    experiment's chip count is dropped, and its topology too unless both kinds are TPUs."""
+    experiment's chip count is dropped, and its topology and slice count too unless both kinds are
+    TPUs; fields named in `keep` (set on the command line for the new kind) stay."""
     kind = hardware if hardware is not None else cfg.hardware.kind
     if kind not in hardware_kinds():
         raise UserError(
@@ -94,16 +98,9 @@ def on_hardware(
     spec = hardware_spec(kind, hardware_overrides)
     if kind != cfg.hardware.kind:  # the experiment's topology and chip count describe other hardware
         same_tpu = spec.platform == "tpu" and hardware_spec(cfg.hardware.kind).platform == "tpu"
-        cfg = dataclasses.replace(
-            cfg,
-            hardware=dataclasses.replace(
-                cfg.hardware,
-                kind=kind,
-                chips=None,
-                topology=cfg.hardware.topology if same_tpu else None,
-                num_slices=cfg.hardware.num_slices if same_tpu else 1,
-            ),
-        )
+        dropped = {"chips": None} | ({} if same_tpu else {"topology": None, "num_slices": 1})
+        kept = {field: value for field, value in dropped.items() if field not in keep}
+        cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(cfg.hardware, kind=kind, **kept))
     return cfg, spec
 
 
