@@ -9,9 +9,9 @@ starting from 0.5 each. The FSDP overlap and the straggler spread couple with th
 step, an exposed all-gather and a longer wait look alike on one row), so they are not left to the
 coordinate search: they are tried on a grid, the rates refitted at each point, and the point with
 the lowest loss kept. The overlap is a hinge (nothing is exposed until the all-gather outlasts the
-share of compute it may hide behind), so a coordinate search would stall on its flat part. It prints the fitted values, to be
-copied into hardware.yaml by hand: this is how the shipped values were set (BENCHMARKS.md,
-"Predicted against published"), once per family and never per run.
+share of compute it may hide behind), so a coordinate search would stall on its flat part. It
+prints the fitted values, to be copied into hardware.yaml by hand: this is how the shipped values
+were set (BENCHMARKS.md, "Predicted against published"), once per family and never per run.
 """
 
 from __future__ import annotations
