@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import tensorflow_datasets as tfds
 
 from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.config.resolve import override_layer
 from meshtrain.trainer.config.schema import ExperimentConfig
 from meshtrain.trainer.errors import PEER_FAILURE_EXIT, PeerFailure, UserError
 
@@ -60,8 +61,7 @@ def hardware_fields_overridden(args: argparse.Namespace) -> frozenset[str]:
     num_slices): --hardware moves an experiment to another kind and drops the chips, topology and
     slices the experiment described, but not the ones the user has just given."""
     _, overrides = split_experiment_and_overrides(args.args)
-    keys = (item.split("=", 1)[0].strip() for item in overrides)
-    return frozenset(key.removeprefix("hardware.") for key in keys if key.startswith("hardware."))
+    return frozenset(field for text in overrides for field in override_layer(text)[1].get("hardware", {}))
 
 
 def quiet_libraries() -> None:

@@ -51,7 +51,6 @@ from meshtrain.tools.args import (
     number_type,
 )
 from meshtrain.tools.compile import add_target_arguments, check_target_arguments
-from meshtrain.trainer.config.hardware import hardware_kinds, hardware_spec
 from meshtrain.trainer.errors import UserError
 from meshtrain.trainer.formatting import (
     format_amount,
@@ -177,11 +176,9 @@ def run(args: argparse.Namespace) -> int:
     if not os.environ.get("JAX_PLATFORMS"):
         # Nothing runs on an accelerator here (abstract shapes, and on cpu a small matmul benchmark).
         jax.config.update("jax_platforms", "cpu")
-    cfg, _ = on_hardware(experiment_from_args(args), args.hardware, keep=hardware_fields_overridden(args))
-    if args.measure_cpu_peak:
-        kind = args.hardware or cfg.hardware.kind
-        if kind in hardware_kinds() and hardware_spec(kind).platform == "cpu":
-            measured_cpu_peak_flops(compute_dtype(cfg.model, "cpu").name, refresh=True)
+    cfg, spec = on_hardware(experiment_from_args(args), args.hardware, keep=hardware_fields_overridden(args))
+    if args.measure_cpu_peak and spec.platform == "cpu":
+        measured_cpu_peak_flops(compute_dtype(cfg.model, "cpu").name, refresh=True)
     aot = None
     if args.aot:
         cfg, aot = aot_compile(cfg, args)

@@ -98,9 +98,9 @@ def on_hardware(
     spec = hardware_spec(kind, hardware_overrides)
     if kind != cfg.hardware.kind:  # the experiment's topology and chip count describe other hardware
         same_tpu = spec.platform == "tpu" and hardware_spec(cfg.hardware.kind).platform == "tpu"
-        dropped = {"chips": None} | ({} if same_tpu else {"topology": None, "num_slices": 1})
-        kept = {field: value for field, value in dropped.items() if field not in keep}
-        cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(cfg.hardware, kind=kind, **kept))
+        reset = {"chips": None} | ({} if same_tpu else {"topology": None, "num_slices": 1})
+        reset = {field: value for field, value in reset.items() if field not in keep}
+        cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(cfg.hardware, kind=kind, **reset))
     return cfg, spec
 
 

@@ -91,12 +91,13 @@ def price_per_chip_hour(spec: HardwareSpec, tier: str = "on_demand") -> float | 
     return None if price is None else price.usd_per_chip_hour
 
 
-# The share of a GPU's memory a meshtrain run lets JAX's allocator pool: trainer/run/train.py sets
-# XLA_CLIENT_MEM_FRACTION to it unless the environment sets either name jaxlib reads (its
-# xla_client takes the deprecated XLA_PYTHON_CLIENT_MEM_FRACTION too, and refuses both at once). JAX's
-# own default is 0.75 (docs.jax.dev, "GPU memory allocation"); MaxText's GPU launcher uses 0.85
-# (tools/orchestration/gpu_multi_process_run.sh). The rest holds the CUDA context, NCCL's buffers and
-# the libraries' workspaces. `meshtrain cost` and `meshtrain plan` fit a GPU run into this pool.
+# The share of a GPU's memory a meshtrain run lets JAX's allocator pool: train() sets
+# XLA_CLIENT_MEM_FRACTION to it (trainer/run/memory_check.py, pool_gpu_memory) unless the
+# environment sets either name jaxlib reads (its xla_client takes the deprecated
+# XLA_PYTHON_CLIENT_MEM_FRACTION too, and refuses both at once). JAX's own default is 0.75
+# (docs.jax.dev, "GPU memory allocation"); MaxText's GPU launcher uses 0.85
+# (tools/orchestration/gpu_multi_process_run.sh). The rest holds the CUDA context, NCCL's buffers
+# and the libraries' workspaces. `meshtrain cost` and `meshtrain plan` fit a GPU run into this pool.
 GPU_MEMORY_FRACTION = 0.85
 GPU_MEMORY_FRACTION_ENV = "XLA_CLIENT_MEM_FRACTION"
 GPU_MEMORY_FRACTION_ENVS = (GPU_MEMORY_FRACTION_ENV, "XLA_PYTHON_CLIENT_MEM_FRACTION")
