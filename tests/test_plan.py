@@ -19,6 +19,7 @@ from meshtrain.trainer.planning.experiment_prediction import predict_experiment,
 from meshtrain.trainer.planning.layout_search import plan_layouts
 from meshtrain.trainer.planning.performance import Layout, expected_slowest, predict_step
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
+from meshtrain.trainer.planning.validation_plot import GOAL_BAND, validation_figure
 from meshtrain.trainer.step.partition import batch_split_problem
 
 AXES = ("data", "fsdp", "sequence", "tensor")
@@ -50,6 +51,28 @@ def test_predictions_match_published_runs_and_beat_a_constant_mfu(comparisons):
     far = [c for c in comparisons if c.run.work.seq_len > 8192 or "32x" in c.run.name or "1008B" in c.run.name]
     assert far and all(abs(c.error) < 0.25 for c in far)
     assert sum(abs(c.error) for c in far) < sum(abs(c.baseline_error) for c in far)
+
+
+def test_validation_plot_draws_every_run_where_the_table_puts_it(comparisons, capsys, tmp_path):
+    """`--validate --plot` draws what the table says: one model point per published run at (published,
+    predicted) MFU, one baseline ring per run at the constant-MFU prediction, and the runs outside the
+    goal's band numbered and named under the axes."""
+    figure = validation_figure(comparisons)
+    ax, notes = figure.axes
+    drawn = [tuple(xy) for collection in ax.collections[1:] for xy in collection.get_offsets()]
+    model_points = sorted(xy for xy in drawn[len(comparisons) :])
+    baseline = sorted(drawn[: len(comparisons)])
+    assert model_points == pytest.approx(sorted((100 * c.published_mfu, 100 * c.predicted_mfu) for c in comparisons))
+    assert baseline == pytest.approx(
+        sorted((100 * c.published_mfu, 100 * c.published_mfu * (1 + c.baseline_error)) for c in comparisons)
+    )
+    outside = [c.run.name for c in comparisons if abs(c.error) > GOAL_BAND]
+    listed = notes.texts[0].get_text()
+    assert outside and all(f"{i}. {name}:" in listed for i, name in enumerate(outside, start=1))
+    png = tmp_path / "validation.png"
+    code, out, _ = run_plan(capsys, "--validate", "--plot", str(png))
+    assert code == 0 and "median |error|" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_part_of_a_step_follows_its_cause():
@@ -222,6 +245,7 @@ def test_deadline_and_budget_pick_the_cheapest_and_the_fastest(capsys):
         (["palm-540b-v4-6144", "--hardware", "tpu-v9"], ["hardware='tpu-v9'", "known:"]),
         (["--calibrate", "/nonexistent/run"], ["--calibrate /nonexistent/run", "config.yaml"]),
         (["default", "--hardware", "h100", "--chips", "8", "--aot"], ["--aot", "h100 is not a TPU"]),
+        (["default", "--plot", "x.png"], ["--plot x.png", "--validate"]),
     ],
 )
 def test_bad_input_is_one_line_naming_what_would_work(capsys, argv, words):

@@ -5,6 +5,7 @@ how much, predicted from the chips' published figures before anything runs.
   meshtrain plan palm-540b-v4-6144 --deadline-days 60           # the cheapest layout that finishes in time
   meshtrain plan palm-540b-v4-6144 --budget-usd 20e6            # the fastest layout within a budget
   meshtrain plan --validate                                     # the model against published runs
+  meshtrain plan --validate --plot validation.png               # ... and as a picture
   meshtrain plan default model.d_model=256 --calibrate runs/default   # refit to a run's step times, predict
 Every mesh split (tensor inside a slice or server; FSDP or data parallelism over the rest; data or
 FSDP across slices over DCN), microbatch count and remat policy is predicted by the performance model
@@ -56,6 +57,7 @@ from meshtrain.trainer.planning.layout_search import (
     plan_layouts,
 )
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
+from meshtrain.trainer.planning.validation_plot import write_validation_plot
 from meshtrain.trainer.storage.paths import as_path
 from meshtrain.trainer.tracking.metrics_log import read_metrics
 
@@ -77,6 +79,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--tier", default="on_demand", choices=PRICE_TIERS, help="the price tier dollars rank by")
     parser.add_argument("--top", type=int, default=8, metavar="N", help="candidates to show (default 8)")
     parser.add_argument("--validate", action="store_true", help="the model against configs/published_runs.yaml")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="with --validate: also draw predicted against published MFU to PNG (local or gs://)",
+    )
     parser.add_argument("--calibrate", metavar="RUN", help="fit the model's efficiencies to RUN's measured step times")
     parser.add_argument(
         "--aot",
@@ -93,6 +100,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     jax.config.update("jax_platforms", "cpu")  # planning runs nothing on an accelerator
+    if args.plot and not args.validate:
+        raise UserError(f"--plot {args.plot}: it draws the --validate comparison; add --validate")
     if args.validate:
         return _validate(args)
     cfg = experiment_from_args(args)
@@ -238,6 +247,8 @@ def _table(name: str, spec, candidates: list[Candidate], tier: str, args: argpar
 def _validate(args: argparse.Namespace) -> int:
     comparisons = [compare(run) for run in published_runs()]
     summary = summarize(comparisons)
+    if args.plot:
+        write_validation_plot(comparisons, as_path(args.plot))
     if args.json:
         rows = [
             {

@@ -3,29 +3,12 @@ matplotlib's Agg canvas (no display, no pyplot state)."""
 
 from __future__ import annotations
 
-import io
-
 from etils import epath
 
-from meshtrain.trainer.storage.atomic import write_atomic
+from meshtrain.trainer.figures import new_figure, save_png
 from meshtrain.trainer.storage.paths import as_path
 
 PLOTS_DIR = "plots"
-
-
-def _figure(height: float = 3.6):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure, path: epath.Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    write_atomic(path, buffer.getvalue())
 
 
 def write_plots(
@@ -39,7 +22,7 @@ def write_plots(
     steps = [s + 1 for s in train]  # a line logged at step s is the state after s + 1 steps
     written = {}
 
-    figure = _figure()
+    figure = new_figure()
     ax = figure.add_subplot()
     ax.plot(steps, [r["loss"] for r in train.values()], label="loss", color="tab:blue")
     if evals:
@@ -57,12 +40,12 @@ def write_plots(
     ax.set(xlabel="step", ylabel="loss", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(figure, out / "loss.png")
+    save_png(figure, out / "loss.png")
     written["loss"] = f"{PLOTS_DIR}/loss.png"
 
     rated = {s: r for s, r in train.items() if s not in skip_throughput and "tokens_per_sec" in r}
     with_mfu = {s: r for s, r in rated.items() if r.get("mfu") is not None}
-    figure = _figure(height=5.4 if with_mfu else 3.6)
+    figure = new_figure(height=5.4 if with_mfu else 3.6)
     axes = figure.subplots(2 if with_mfu else 1, 1, sharex=True, squeeze=False)[:, 0]
     axes[0].plot([s + 1 for s in rated], [r["tokens_per_sec"] for r in rated.values()], ".-", color="tab:blue")
     axes[0].set(ylabel="tokens/s", title="Throughput")
@@ -83,17 +66,17 @@ def write_plots(
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    _save(figure, out / "throughput.png")
+    save_png(figure, out / "throughput.png")
     written["throughput"] = f"{PLOTS_DIR}/throughput.png"
 
     key, label = ("cost_usd", "USD (on-demand)") if priced else ("chip_hours", "chip-hours")
     spent = {s: r for s, r in train.items() if r.get(key) is not None}
-    figure = _figure()
+    figure = new_figure()
     ax = figure.add_subplot()
     ax.plot([s + 1 for s in spent], [r[key] for r in spent.values()], color="tab:red")
     ax.set(xlabel="step", ylabel=label, title="Cumulative cost" if priced else "Cumulative chip-hours (no price)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    _save(figure, out / "cost.png")
+    save_png(figure, out / "cost.png")
     written["cost"] = f"{PLOTS_DIR}/cost.png"
     return written
