@@ -75,6 +75,38 @@ def test_validation_plot_draws_every_run_where_the_table_puts_it(comparisons, ca
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+YOUR_RUN = """
+sources: {mine: "our cluster, 2026-12-04"}
+models: {small: {preset: llama2-7b, num_layers: 8}}
+runs:
+  - name: "our 8-layer Llama on 8 H100"
+    source: mine
+    hardware: h100
+    model: small
+    seq_len: 4096
+    batch: 32
+    mesh: {ici_fsdp: 8}
+    remat: full
+    attention: flash
+    published: {mfu: 0.45, convention: palm}
+"""
+
+
+def test_validate_reads_your_own_runs_and_names_a_misspelt_key(capsys, tmp_path):
+    """--runs: a team's own measured runs, laid out as published_runs.yaml, go through the same
+    comparison; a row's misspelt key is one line naming it, never silently read as the default."""
+    mine = tmp_path / "runs.yaml"
+    mine.write_text(YOUR_RUN)
+    code, out, _ = run_plan(capsys, "--validate", "--runs", str(mine), "--json")
+    (row,) = json.loads(out)["runs"]
+    assert code == 0 and row["name"] == "our 8-layer Llama on 8 H100" and row["published_mfu"] == pytest.approx(0.45)
+    assert row["error"] == pytest.approx(row["predicted_mfu"] / 0.45 - 1)
+    mine.write_text(YOUR_RUN.replace("    remat: full", "    remat: full\n    pipline: 4"))
+    code, out, err = run_plan(capsys, "--validate", "--runs", str(mine))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "runs[0]: unknown key 'pipline'" in err and "pipeline" in err, err
+
+
 def test_every_part_of_a_step_follows_its_cause():
     """Starving one resource makes its part of the step, and only that part, dominate."""
     cfg = load_experiment("palm-540b-v4-6144")

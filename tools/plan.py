@@ -6,6 +6,7 @@ how much, predicted from the chips' published figures before anything runs.
   meshtrain plan palm-540b-v4-6144 --budget-usd 20e6            # the fastest layout within a budget
   meshtrain plan --validate                                     # the model against published runs
   meshtrain plan --validate --plot validation.png               # ... and as a picture
+  meshtrain plan --validate --runs my_runs.yaml                 # the model against your own measured runs
   meshtrain plan default model.d_model=256 --calibrate runs/default   # refit to a run's step times, predict
 Every mesh split (tensor inside a slice or server; FSDP or data parallelism over the rest; data or
 FSDP across slices over DCN), microbatch count and remat policy is predicted by the performance model
@@ -80,6 +81,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--top", type=int, default=8, metavar="N", help="candidates to show (default 8)")
     parser.add_argument("--validate", action="store_true", help="the model against configs/published_runs.yaml")
     parser.add_argument(
+        "--runs",
+        metavar="YAML",
+        help="with --validate: your own runs, laid out as configs/published_runs.yaml (default: that file)",
+    )
+    parser.add_argument(
         "--plot",
         metavar="PNG",
         help="with --validate: also draw predicted against published MFU to PNG (local or gs://)",
@@ -100,8 +106,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     jax.config.update("jax_platforms", "cpu")  # planning runs nothing on an accelerator
-    if args.plot and not args.validate:
-        raise UserError(f"--plot {args.plot}: it draws the --validate comparison; add --validate")
+    for option, value in (("--plot", args.plot), ("--runs", args.runs)):
+        if value and not args.validate:
+            raise UserError(f"{option} {value}: it belongs to the --validate comparison; add --validate")
     if args.validate:
         return _validate(args)
     cfg = experiment_from_args(args)
@@ -245,7 +252,7 @@ def _table(name: str, spec, candidates: list[Candidate], tier: str, args: argpar
 
 
 def _validate(args: argparse.Namespace) -> int:
-    comparisons = [compare(run) for run in published_runs()]
+    comparisons = [compare(run) for run in (published_runs(args.runs) if args.runs else published_runs())]
     summary = summarize(comparisons)
     if args.plot:
         write_validation_plot(comparisons, as_path(args.plot))
@@ -275,7 +282,7 @@ def _validate(args: argparse.Namespace) -> int:
             f"{format_percent(c.predicted_mfu)} | {c.error:+.1%} | {c.baseline_error:+.1%} | {c.prediction.bottleneck} |"
         )
     print(
-        f"\n{summary.count} runs: median |error| {summary.median_abs_error:.1%}, worst {summary.worst_abs_error:.1%} "
+        f"\n{summary.count} run{'s' if summary.count != 1 else ''}: median |error| {summary.median_abs_error:.1%}, worst {summary.worst_abs_error:.1%} "
         f"({summary.worst_run}); constant MFU per kind: median {summary.baseline_median_abs_error:.1%}, "
         f"worst {summary.baseline_worst_abs_error:.1%}"
     )

@@ -11,6 +11,7 @@ PaLM convention), which is what `meshtrain cost` assumed before.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +31,10 @@ from meshtrain.trainer.planning.performance import ATTENTION_KERNELS, Layout, St
 PUBLISHED_RUNS_YAML = CONFIG_DIR / "published_runs.yaml"
 PUBLISHER_CONVENTIONS = ("palm", "causal", "6nd", "megatron")
 _FIGURES = ("mfu", "tflops_per_chip", "tokens_per_s_per_chip")
+ROW_KEYS = (  # what a row of published_runs.yaml may say (its header documents each)
+    *("name", "source", "hardware", "model", "seq_len", "batch", "mesh", "microbatches", "remat", "attention"),
+    *("pipeline", "pipeline_virtual", "optimizer_sharded", "held_out", "published"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +88,9 @@ def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str
             raise ConfigError(f"{where}: missing {key}")
         return row[key]
 
+    unknown = [key for key in row if key not in ROW_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (a row may say: {', '.join(ROW_KEYS)})")
     model_key, source = need("model"), need("source")
     if model_key not in models:
         raise ConfigError(f"{where}: model={model_key!r} is not under models: ({', '.join(models)})")
@@ -133,13 +141,15 @@ def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str
     )
 
 
-def published_runs() -> list[PublishedRun]:
-    """Every row of configs/published_runs.yaml; a malformed row is a ConfigError naming it."""
-    raw = read_yaml_mapping(PUBLISHED_RUNS_YAML)
+def published_runs(path: str | os.PathLike = PUBLISHED_RUNS_YAML) -> list[PublishedRun]:
+    """Every row of configs/published_runs.yaml (or of another file laid out the same way: its own
+    sources, models and runs); a malformed row is a ConfigError naming it."""
+    raw = read_yaml_mapping(path)
     models, sources = raw.get("models") or {}, raw.get("sources") or {}
-    return [
-        _row(row, models, sources, f"{PUBLISHED_RUNS_YAML}: runs[{i}]") for i, row in enumerate(raw.get("runs") or [])
-    ]
+    runs = raw.get("runs") or []
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"{path}: runs: expected a list of at least one run (see {PUBLISHED_RUNS_YAML})")
+    return [_row(row, models, sources, f"{path}: runs[{i}]") for i, row in enumerate(runs)]
 
 
 def observation(run: PublishedRun) -> Observation:
