@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from etils import epath
 from matplotlib.figure import Figure
 
-from meshtrain.trainer.figures import new_figure, save_png
+from meshtrain.trainer.figures import new_figure, png_bytes
 from meshtrain.trainer.planning.published import Comparison, summarize
+from meshtrain.trainer.storage.atomic import write_atomic
 
 GOAL_BAND = 0.15  # |predicted / published - 1| the model aims to stay within on every run
 FAMILY_COLOURS = {"tpu": "tab:blue", "nvidia": "tab:green"}
@@ -102,4 +103,4 @@ def validation_figure(comparisons: Sequence[Comparison]) -> Figure:
 
 
 def write_validation_plot(comparisons: Sequence[Comparison], path: epath.Path) -> None:
-    save_png(validation_figure(comparisons), path)
+    write_atomic(path, png_bytes(validation_figure(comparisons)))

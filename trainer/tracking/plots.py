@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from etils import epath
 
-from meshtrain.trainer.figures import new_figure, save_png
+from meshtrain.trainer.figures import new_figure, png_bytes
+from meshtrain.trainer.storage.atomic import write_atomic
 from meshtrain.trainer.storage.paths import as_path
 
 PLOTS_DIR = "plots"
@@ -40,7 +41,7 @@ def write_plots(
     ax.set(xlabel="step", ylabel="loss", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    save_png(figure, out / "loss.png")
+    write_atomic(out / "loss.png", png_bytes(figure))
     written["loss"] = f"{PLOTS_DIR}/loss.png"
 
     rated = {s: r for s, r in train.items() if s not in skip_throughput and "tokens_per_sec" in r}
@@ -66,7 +67,7 @@ def write_plots(
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    save_png(figure, out / "throughput.png")
+    write_atomic(out / "throughput.png", png_bytes(figure))
     written["throughput"] = f"{PLOTS_DIR}/throughput.png"
 
     key, label = ("cost_usd", "USD (on-demand)") if priced else ("chip_hours", "chip-hours")
@@ -77,6 +78,6 @@ def write_plots(
     ax.set(xlabel="step", ylabel=label, title="Cumulative cost" if priced else "Cumulative chip-hours (no price)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    save_png(figure, out / "cost.png")
+    write_atomic(out / "cost.png", png_bytes(figure))
     written["cost"] = f"{PLOTS_DIR}/cost.png"
     return written
