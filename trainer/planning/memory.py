@@ -50,7 +50,7 @@ from meshtrain.sharding.rules import dimension_axes, partition_spec, split_ways
 from meshtrain.trainer.config.batch_schedule import accumulates, largest_microbatch
 from meshtrain.trainer.config.hardware import hardware_spec
 from meshtrain.trainer.config.mesh_shape import mesh_sizes as mesh_sizes_on
-from meshtrain.trainer.config.schema import ExperimentConfig
+from meshtrain.trainer.config.schema import ExperimentConfig, OptimizerConfig
 from meshtrain.trainer.step.optimizer import make_optimizer
 
 F32 = 4
@@ -124,19 +124,15 @@ def _param_leaves(model: ModelConfig) -> list[_Leaf]:
     ]
 
 
-def state_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int]) -> tuple[int, int, int]:
-    """(params, grads, optimizer) bytes per chip; see the module docstring."""
-    rules = cfg.mesh.rules
-    leaves = _param_leaves(cfg.model)
-    param_bytes = sum(_local_bytes(p.shape, p.names, p.dtype, rules, mesh_sizes) for p in leaves)
-    grad_bytes = sum(_local_bytes(p.shape, p.names, jnp.float32, rules, mesh_sizes) for p in leaves)
-    if accumulates(cfg.train):
-        grad_bytes += param_bytes
-    # A moment shaped like its parameter is split like it (as trainer/step/partition.py's plan_run lays the
-    # state out); anything else (step counts, Adafactor's (1,)-shaped unfactored placeholders) is
-    # replicated.
-    params, axis_names = _abstract_model(cfg.model)
-    optimizer = make_optimizer(cfg.optimizer, cfg.train.steps, axis_names)
+@functools.lru_cache(maxsize=32)
+def _optimizer_leaves(model: ModelConfig, optimizer_cfg: OptimizerConfig, steps: int) -> tuple[_Leaf, ...]:
+    """Every optimizer-state leaf with its shape, logical axis names and dtype. A moment shaped like
+    its parameter is split like it (as trainer/step/partition.py's plan_run lays the state out);
+    anything else (step counts, Adafactor's (1,)-shaped unfactored placeholders) is replicated (names
+    all None). Cached: it is the same for every layout of an experiment, and tracing the optimizer's
+    init is most of what one candidate of `meshtrain plan` costs (13 ms of 19 for PaLM 540B)."""
+    params, axis_names = _abstract_model(model)
+    optimizer = make_optimizer(optimizer_cfg, steps, axis_names)
     opt_state = jax.eval_shape(optimizer.init, params)
     names = jax.tree.map(lambda _, n: _Names(n), params, axis_names)
     opt_names = optax.tree_map_params(
@@ -148,12 +144,26 @@ def state_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int]) -> tuple[i
         transform_non_params=lambda _: _Names(None),
         is_leaf=lambda x: isinstance(x, _Names),
     )
-    opt_bytes = 0
-    for leaf, leaf_names in zip(
-        jax.tree.leaves(opt_state), jax.tree.leaves(opt_names, is_leaf=lambda x: isinstance(x, _Names)), strict=True
-    ):
-        names_ = leaf_names.names if leaf_names.names is not None else (None,) * leaf.ndim
-        opt_bytes += _local_bytes(leaf.shape, names_, leaf.dtype, rules, mesh_sizes)
+    return tuple(
+        _Leaf((), leaf.shape, leaf_names.names if leaf_names.names is not None else (None,) * leaf.ndim, leaf.dtype)
+        for leaf, leaf_names in zip(
+            jax.tree.leaves(opt_state), jax.tree.leaves(opt_names, is_leaf=lambda x: isinstance(x, _Names)), strict=True
+        )
+    )
+
+
+def state_bytes(cfg: ExperimentConfig, mesh_sizes: Mapping[str, int]) -> tuple[int, int, int]:
+    """(params, grads, optimizer) bytes per chip; see the module docstring."""
+    rules = cfg.mesh.rules
+    leaves = _param_leaves(cfg.model)
+    param_bytes = sum(_local_bytes(p.shape, p.names, p.dtype, rules, mesh_sizes) for p in leaves)
+    grad_bytes = sum(_local_bytes(p.shape, p.names, jnp.float32, rules, mesh_sizes) for p in leaves)
+    if accumulates(cfg.train):
+        grad_bytes += param_bytes
+    opt_bytes = sum(
+        _local_bytes(leaf.shape, leaf.names, leaf.dtype, rules, mesh_sizes)
+        for leaf in _optimizer_leaves(cfg.model, cfg.optimizer, cfg.train.steps)
+    )
     return param_bytes, grad_bytes, opt_bytes
 
 
