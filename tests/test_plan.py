@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from meshtrain.tools.plan import main as plan_main
@@ -62,10 +63,12 @@ def test_validation_plot_draws_every_run_where_the_table_puts_it(comparisons, ca
     drawn = [tuple(xy) for collection in ax.collections[1:] for xy in collection.get_offsets()]
     model_points = sorted(xy for xy in drawn[len(comparisons) :])
     baseline = sorted(drawn[: len(comparisons)])
-    assert model_points == pytest.approx(sorted((100 * c.published_mfu, 100 * c.predicted_mfu) for c in comparisons))
-    assert baseline == pytest.approx(
-        sorted((100 * c.published_mfu, 100 * c.published_mfu * (1 + c.baseline_error)) for c in comparisons)
+    expected_points = sorted((100 * c.published_mfu, 100 * c.predicted_mfu) for c in comparisons)
+    expected_baseline = sorted(
+        (100 * c.published_mfu, 100 * c.published_mfu * (1 + c.baseline_error)) for c in comparisons
     )
+    np.testing.assert_allclose(np.array(model_points), np.array(expected_points), rtol=1e-9)
+    np.testing.assert_allclose(np.array(baseline), np.array(expected_baseline), rtol=1e-9)
     outside = [c.run.name for c in comparisons if abs(c.error) > GOAL_BAND]
     listed = notes.texts[0].get_text()
     assert outside and all(f"{i}. {name}:" in listed for i, name in enumerate(outside, start=1))
