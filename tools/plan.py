@@ -252,7 +252,7 @@ def _table(name: str, spec, candidates: list[Candidate], tier: str, args: argpar
 
 
 def _validate(args: argparse.Namespace) -> int:
-    comparisons = [compare(run) for run in (published_runs(args.runs) if args.runs else published_runs())]
+    comparisons = [compare(run) for run in published_runs(args.runs)]
     summary = summarize(comparisons)
     if args.plot:
         write_validation_plot(comparisons, as_path(args.plot))

@@ -141,9 +141,10 @@ def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str
     )
 
 
-def published_runs(path: str | os.PathLike = PUBLISHED_RUNS_YAML) -> list[PublishedRun]:
-    """Every row of configs/published_runs.yaml (or of another file laid out the same way: its own
+def published_runs(path: str | os.PathLike | None = None) -> list[PublishedRun]:
+    """Every row of configs/published_runs.yaml (or of `path`, a file laid out the same way: its own
     sources, models and runs); a malformed row is a ConfigError naming it."""
+    path = path or PUBLISHED_RUNS_YAML
     raw = read_yaml_mapping(path)
     models, sources = raw.get("models") or {}, raw.get("sources") or {}
     runs = raw.get("runs") or []

@@ -10,13 +10,16 @@ runs fall outside the band of the issue's goal (15% of the published value), nam
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from etils import epath
-from matplotlib.figure import Figure
 
 from meshtrain.trainer.figures import new_figure, png_bytes
 from meshtrain.trainer.planning.published import Comparison, summarize
 from meshtrain.trainer.storage.atomic import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GOAL_BAND = 0.15  # |predicted / published - 1| the model aims to stay within on every run
 FAMILY_COLOURS = {"tpu": "tab:blue", "nvidia": "tab:green"}
