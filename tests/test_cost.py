@@ -317,6 +317,9 @@ def test_bad_input(capsys):
     assert "unknown field" in error_of(capsys, PALM, "--hardware-override", "peak_tflops=3")
     assert "faster than the chip's peak" in error_of(capsys, PALM, "--tokens-per-sec-per-chip", "1e6")
     assert "pass --chips" in error_of(capsys, "default", "--hardware", "h100")
+    # No figure for the network between cpu machines: the model cannot predict, a measured figure can.
+    line = error_of(capsys, "default", "--hardware", "cpu", "--chips", "8")
+    assert "cpu has no ici_link_bandwidth_bytes_per_s" in line and "pass --mfu" in line
     # The same checks guard the function the tracker will call.
     cfg = load_experiment(PALM)
     for kwargs, message in (

@@ -110,6 +110,41 @@ def test_validate_reads_your_own_runs_and_names_a_misspelt_key(capsys, tmp_path)
     assert "runs[0]: unknown key 'pipline'" in err and "pipeline" in err, err
 
 
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (("batch: 32", "batch: -32"), ["batch=-32", "positive whole number"]),
+        (("batch: 32", "batch: 30"), ["batch=30", "8 data x fsdp replicas", "multiple of 8"]),
+        (("batch: 32", "batch: 32\n    microbatches: 3"), ["batch=32", "3 microbatches", "multiple of 24"]),
+        (("ici_fsdp: 8", "ici_fsdp: eight"), ["mesh.ici_fsdp='eight'", "positive whole number"]),
+        (("ici_fsdp: 8", "ici_fsdp: 16"), ["join 16 chips", "at most 8", "dcn_"]),
+        (("{ici_fsdp: 8}", "fsdp"), ["mesh='fsdp'", "mapping"]),
+        (("mfu: 0.45", "mfu: 1.45"), ["mfu=1.45", "145% of h100's peak"]),
+        (("mfu: 0.45", "mfu: 0"), ["published.mfu=0", "positive number"]),
+        (("remat: full", "remat: full\n    optimizer_sharded: 'no'"), ["optimizer_sharded='no'", "true or false"]),
+        (("remat: full", "remat: full\n    pipeline_virtual: 0"), ["pipeline_virtual=0", "positive whole number"]),
+        (("runs:", "runs:\n  - {}"), ["runs[0]: missing model"]),
+    ],
+)
+def test_a_run_that_cannot_have_happened_is_one_line_naming_its_key(capsys, tmp_path, edit, words):
+    """A row of --runs is what a run did: its sizes are whole, its batch splits over its replicas and
+    microbatches, its ICI axes fit one slice or server, and its figure is under the chip's peak.
+    Anything else is one line naming the key, not a traceback or a prediction of nonsense."""
+    mine = tmp_path / "runs.yaml"
+    mine.write_text(YOUR_RUN.replace(*edit))
+    code, out, err = run_plan(capsys, "--validate", "--runs", str(mine))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert all(w in err for w in words), err
+
+
+def test_two_runs_of_one_name_are_refused(capsys, tmp_path):
+    mine = tmp_path / "runs.yaml"
+    row = YOUR_RUN.split("runs:\n")[1]
+    mine.write_text(YOUR_RUN + row)
+    code, _, err = run_plan(capsys, "--validate", "--runs", str(mine))
+    assert code == 2 and "runs[1]: name 'our 8-layer Llama on 8 H100' is runs[0]'s too" in err, err
+
+
 def test_every_part_of_a_step_follows_its_cause():
     """Starving one resource makes its part of the step, and only that part, dominate."""
     cfg = load_experiment("palm-540b-v4-6144")
@@ -281,6 +316,8 @@ def test_deadline_and_budget_pick_the_cheapest_and_the_fastest(capsys):
         (["--calibrate", "/nonexistent/run"], ["--calibrate /nonexistent/run", "config.yaml"]),
         (["default", "--hardware", "h100", "--chips", "8", "--aot"], ["--aot", "h100 is not a TPU"]),
         (["default", "--plot", "x.png"], ["--plot x.png", "--validate"]),
+        # A cpu 'chip' is a whole machine, and no figure says how fast machines talk to each other.
+        (["default", "--hardware", "cpu", "--chips", "8"], ["mesh.dcn_data=8", "dcn_bandwidth_bytes_per_s"]),
     ],
 )
 def test_bad_input_is_one_line_naming_what_would_work(capsys, argv, words):

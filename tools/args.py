@@ -119,12 +119,16 @@ def number_type(what: str, *, positive: bool = True):
     return parse
 
 
-def chip_count(text: str) -> int:
-    """An argparse type: a positive whole number of chips (1,024 accepted)."""
-    try:
-        value = int(text.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of chips") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected a positive number of chips")
-    return value
+def count_type(what: str):
+    """An argparse type: a positive whole number of `what` (1,024 accepted)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace(",", "").replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {what}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text}: expected a positive number of {what}")
+        return value
+
+    return parse

@@ -44,8 +44,8 @@ import jax
 from meshtrain.model.dtypes import compute_dtype
 from meshtrain.tools.args import (
     add_experiment_arguments,
-    chip_count,
     command_main,
+    count_type,
     experiment_from_args,
     hardware_fields_overridden,
     number_type,
@@ -104,7 +104,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument(
         "--chips",
-        type=chip_count,
+        type=count_type("chips"),
         metavar="N",
         help="chips in the run (default: hardware.chips, or topology x num_slices)",
     )

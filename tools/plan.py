@@ -35,8 +35,8 @@ import jax
 
 from meshtrain.tools.args import (
     add_experiment_arguments,
-    chip_count,
     command_main,
+    count_type,
     experiment_from_args,
     hardware_fields_overridden,
     number_type,
@@ -70,7 +70,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_experiment_arguments(parser)
     parser.add_argument("--hardware", metavar="KIND", help="a kind of configs/hardware.yaml (default: hardware.kind)")
     goal = parser.add_mutually_exclusive_group()
-    goal.add_argument("--chips", type=chip_count, metavar="N", help="plan on exactly N chips")
+    goal.add_argument("--chips", type=count_type("chips"), metavar="N", help="plan on exactly N chips")
     goal.add_argument(
         "--budget-usd", type=number_type("--budget-usd: USD"), metavar="X", help="fastest layout costing <= X"
     )
@@ -78,7 +78,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--deadline-days", type=number_type("--deadline-days: days"), metavar="D", help="cheapest layout done in D days"
     )
     parser.add_argument("--tier", default="on_demand", choices=PRICE_TIERS, help="the price tier dollars rank by")
-    parser.add_argument("--top", type=int, default=8, metavar="N", help="candidates to show (default 8)")
+    parser.add_argument(
+        "--top", type=count_type("candidates"), default=8, metavar="N", help="candidates to show (default 8)"
+    )
     parser.add_argument("--validate", action="store_true", help="the model against configs/published_runs.yaml")
     parser.add_argument(
         "--runs",
@@ -93,7 +95,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--calibrate", metavar="RUN", help="fit the model's efficiencies to RUN's measured step times")
     parser.add_argument(
         "--aot",
-        type=int,
+        type=count_type("candidates to compile"),
         nargs="?",
         const=3,
         metavar="K",
@@ -176,8 +178,6 @@ def _compiled(cfg, spec, ranked: list[Candidate], count: int) -> list[Candidate]
     the analytic one, and those that do not fit are dropped (UserError when none of them fits)."""
     if spec.platform != "tpu":
         raise UserError(f"--aot compiles for a TPU topology and {spec.kind} is not a TPU: drop --aot")
-    if count < 1:
-        raise UserError(f"--aot {count}: expected a positive number of candidates to compile")
     checked, refused = [], []
     for candidate in ranked[:count]:
         report = compile_report(

@@ -51,6 +51,7 @@ from meshtrain.trainer.planning.flops import (
 )
 from meshtrain.trainer.planning.memory import memory_on_chips
 from meshtrain.trainer.planning.peaks import memory_limit, peak_flops, peak_source
+from meshtrain.trainer.planning.performance import NoNetworkFigure
 
 
 def _positive_number(value: Any) -> bool:
@@ -148,7 +149,10 @@ def _throughput(
         return per_chip, mfu, "--tokens-per-sec-per-chip"
     if mfu is not None:
         return mfu * peak / model_fpt, mfu, "--mfu"
-    prediction = predict_experiment(cfg, spec, chips, peak=peak)
+    try:
+        prediction = predict_experiment(cfg, spec, chips, peak=peak)
+    except NoNetworkFigure as unpredictable:
+        raise UserError(f"{unpredictable}: pass --mfu or --tokens-per-sec-per-chip") from unpredictable
     per_chip = prediction.tokens_per_s / chips
     return (
         per_chip,

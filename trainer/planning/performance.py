@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from meshtrain.model.config import ModelConfig
 from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec
+from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.formatting import format_mesh
 from meshtrain.trainer.planning.flops import (
     full_remat_skips,
@@ -134,6 +135,17 @@ class StepPrediction:
         }
 
 
+class NoNetworkFigure(ConfigError):
+    """A layout whose collectives cross a network the kind gives no bandwidth for (a cpu 'chip' is a
+    whole machine, with no figure for the network between machines): its step cannot be predicted."""
+
+    def __init__(self, spec: HardwareSpec, field: str, axis: str):
+        super().__init__(
+            f"{axis} on {spec.kind}: {spec.kind} has no {field} in configs/hardware.yaml, so the collectives "
+            f"of that axis, and the step, cannot be predicted"
+        )
+
+
 class _Chip:
     """The rates one chip offers, after its family's efficiencies."""
 
@@ -193,9 +205,13 @@ def _gather_s(
     ici_bw, dcn_bw = _ring_bandwidth(spec, family, layout, axis)
     out = {"ici": 0.0, "dcn": 0.0}
     if inside > 1:
-        out["ici"] = full_bytes * (inside - 1) / inside / ici_bw if ici_bw else math.inf
+        if not ici_bw:
+            raise NoNetworkFigure(spec, "ici_link_bandwidth_bytes_per_s", f"mesh.ici_{axis}={inside}")
+        out["ici"] = full_bytes * (inside - 1) / inside / ici_bw
     if across > 1:
-        out["dcn"] = full_bytes / inside * (across - 1) / across / dcn_bw if dcn_bw else math.inf
+        if not dcn_bw:
+            raise NoNetworkFigure(spec, "dcn_bandwidth_bytes_per_s", f"mesh.dcn_{axis}={across}")
+        out["dcn"] = full_bytes / inside * (across - 1) / across / dcn_bw
     return out
 
 

@@ -11,6 +11,7 @@ PaLM convention), which is what `meshtrain cost` assumed before.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -82,7 +83,90 @@ class Comparison:
     baseline_error: float  # the kind's default_mfu as the prediction
 
 
-def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str, str], where: str) -> PublishedRun:
+def _count(value: Any, key: str, where: str) -> int:
+    """A row's size or count: a positive whole number (YAML's true is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: {key}={value!r}, expected a positive whole number")
+    return value
+
+
+def _flag(value: Any, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key}={value!r}, expected true or false")
+    return value
+
+
+def _layout(row: Mapping[str, Any], mesh: Any, where: str) -> Layout:
+    if not isinstance(mesh, Mapping):
+        raise ConfigError(f"{where}: mesh={mesh!r}, expected a mapping such as {{ici_fsdp: 8, dcn_data: 2}}")
+    unknown = [k for k in mesh if not (isinstance(k, str) and k[:4] in ("ici_", "dcn_") and k[4:] in MESH_AXES)]
+    if unknown:
+        raise ConfigError(f"{where}: mesh.{unknown[0]}: expected ici_ or dcn_ + one of {', '.join(MESH_AXES)}")
+    for key, allowed in (("remat", REMAT_POLICIES), ("attention", ATTENTION_KERNELS)):
+        if row.get(key) not in allowed:
+            raise ConfigError(f"{where}: {key}={row.get(key)!r}, expected one of {', '.join(allowed)}")
+    return Layout(
+        ici={a: _count(mesh.get(f"ici_{a}", 1), f"mesh.ici_{a}", where) for a in MESH_AXES},
+        dcn={a: _count(mesh.get(f"dcn_{a}", 1), f"mesh.dcn_{a}", where) for a in MESH_AXES},
+        microbatches=_count(row.get("microbatches", 1), "microbatches", where),
+        remat=row["remat"],
+        attention=row["attention"],
+        pipeline=_count(row.get("pipeline", 1), "pipeline", where),
+        pipeline_virtual=_count(row.get("pipeline_virtual", 1), "pipeline_virtual", where),
+        optimizer_sharded=_flag(row.get("optimizer_sharded", False), "optimizer_sharded", where),
+    )
+
+
+def _figure(published: Any, where: str) -> tuple[str, float, str]:
+    """(figure, value, convention) of a row's `published` mapping."""
+    if not isinstance(published, Mapping):
+        published = {}
+    figures = [k for k in _FIGURES if k in published]
+    convention = published.get("convention")
+    if len(figures) != 1 or convention not in PUBLISHER_CONVENTIONS:
+        raise ConfigError(
+            f"{where}: published: expected one of {', '.join(_FIGURES)} and a convention "
+            f"({', '.join(PUBLISHER_CONVENTIONS)})"
+        )
+    value = published[figures[0]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{where}: published.{figures[0]}={value!r}, expected a positive number")
+    return figures[0], float(value), str(convention)
+
+
+def _check_run(run: PublishedRun, where: str) -> None:
+    """What a run that happened must satisfy: its batch splits evenly over its replicas and
+    microbatches, its sequence over the sequence axis, its ICI axes fit one slice or server, and
+    its published figure is not faster than the chip's peak."""
+    layout, work = run.layout, run.work
+    parts = layout.size("data") * layout.size("fsdp") * layout.microbatches
+    if work.batch % parts:
+        raise ConfigError(
+            f"{where}: batch={work.batch} does not split evenly over {layout.size('data') * layout.size('fsdp')} "
+            f"data x fsdp replicas x {layout.microbatches} microbatches: a multiple of {parts} would"
+        )
+    if work.seq_len % layout.size("sequence"):
+        raise ConfigError(
+            f"{where}: seq_len={work.seq_len} does not split over {layout.size('sequence')} sequence shards"
+        )
+    inside = math.prod(layout.ici[a] for a in MESH_AXES)
+    domain = run.spec.ici_chips_max or 1
+    if inside > domain:
+        raise ConfigError(
+            f"{where}: the ici_ axes join {inside} chips, but one {run.spec.kind} slice or server links at most "
+            f"{domain} (hardware.yaml ici_chips_max): put the rest in dcn_ axes"
+        )
+    if run.published_mfu() > 1:
+        raise ConfigError(
+            f"{where}: published {run.figure}={run.value:g} is {run.published_mfu():.0%} of {run.spec.kind}'s peak "
+            f"in the {run.convention} convention: faster than the chip can run"
+        )
+
+
+def _row(row: Any, models: Mapping[str, Any], sources: Mapping[str, str], where: str) -> PublishedRun:
+    if not isinstance(row, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {', '.join(ROW_KEYS)}")
+
     def need(key):
         if key not in row:
             raise ConfigError(f"{where}: missing {key}")
@@ -96,49 +180,32 @@ def _row(row: Mapping[str, Any], models: Mapping[str, Any], sources: Mapping[str
         raise ConfigError(f"{where}: model={model_key!r} is not under models: ({', '.join(models)})")
     if source not in sources:
         raise ConfigError(f"{where}: source={source!r} is not under sources: ({', '.join(sources)})")
-    fields = dict(models[model_key])
-    seq_len = int(row.get("seq_len", 2048))
+    fields = models[model_key]
+    if not isinstance(fields, Mapping) or "preset" not in fields:
+        raise ConfigError(f"{where}: models.{model_key}: expected a mapping with a preset and model fields")
+    fields = dict(fields)
+    seq_len = _count(row.get("seq_len", 2048), "seq_len", where)
     overrides = [f"model={fields.pop('preset')}", f"data.seq_len={seq_len}"]
     overrides += [f"model.{k}={v}" for k, v in fields.items()]
     overrides.append(f"model.max_seq_len={max(seq_len, int(fields.get('max_seq_len', seq_len)))}")
     cfg = load_experiment(None, overrides)
-    mesh = dict(need("mesh"))
-    unknown = [k for k in mesh if not (k.startswith(("ici_", "dcn_")) and k[4:] in MESH_AXES)]
-    if unknown:
-        raise ConfigError(f"{where}: mesh.{unknown[0]}: expected ici_ or dcn_ + one of {', '.join(MESH_AXES)}")
-    for key, allowed in (("remat", REMAT_POLICIES), ("attention", ATTENTION_KERNELS)):
-        if need(key) not in allowed:
-            raise ConfigError(f"{where}: {key}={row[key]!r}, expected one of {', '.join(allowed)}")
-    layout = Layout(
-        ici={a: int(mesh.get(f"ici_{a}", 1)) for a in MESH_AXES},
-        dcn={a: int(mesh.get(f"dcn_{a}", 1)) for a in MESH_AXES},
-        microbatches=int(row.get("microbatches", 1)),
-        remat=str(need("remat")),
-        attention=str(need("attention")),
-        pipeline=int(row.get("pipeline", 1)),
-        pipeline_virtual=int(row.get("pipeline_virtual", 1)),
-        optimizer_sharded=bool(row.get("optimizer_sharded", False)),
-    )
-    published = dict(need("published"))
-    figures = [k for k in _FIGURES if k in published]
-    convention = published.get("convention")
-    if len(figures) != 1 or convention not in PUBLISHER_CONVENTIONS:
-        raise ConfigError(
-            f"{where}: published: expected one of {', '.join(_FIGURES)} and a convention "
-            f"({', '.join(PUBLISHER_CONVENTIONS)})"
-        )
-    work = Workload(model=cfg.model, seq_len=seq_len, batch=int(need("batch")))
-    return PublishedRun(
+    for key in ("remat", "attention"):
+        need(key)
+    layout = _layout(row, need("mesh"), where)
+    figure, value, convention = _figure(need("published"), where)
+    run = PublishedRun(
         name=str(need("name")),
         source=sources[source],
         spec=hardware_spec(str(need("hardware"))),
-        work=work,
+        work=Workload(model=cfg.model, seq_len=seq_len, batch=_count(need("batch"), "batch", where)),
         layout=layout,
-        figure=figures[0],
-        value=float(published[figures[0]]),
-        convention=str(convention),
-        held_out=bool(row.get("held_out", False)),
+        figure=figure,
+        value=value,
+        convention=convention,
+        held_out=_flag(row.get("held_out", False), "held_out", where),
     )
+    _check_run(run, where)
+    return run
 
 
 def published_runs(path: str | os.PathLike | None = None) -> list[PublishedRun]:
@@ -147,10 +214,22 @@ def published_runs(path: str | os.PathLike | None = None) -> list[PublishedRun]:
     path = path or PUBLISHED_RUNS_YAML
     raw = read_yaml_mapping(path)
     models, sources = raw.get("models") or {}, raw.get("sources") or {}
+    for key, value in (("models", models), ("sources", sources)):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: {key}: expected a mapping of name -> entry (see {PUBLISHED_RUNS_YAML})")
     runs = raw.get("runs") or []
     if not isinstance(runs, list) or not runs:
         raise ConfigError(f"{path}: runs: expected a list of at least one run (see {PUBLISHED_RUNS_YAML})")
-    return [_row(row, models, sources, f"{path}: runs[{i}]") for i, row in enumerate(runs)]
+    rows, names = [], {}
+    for i, row in enumerate(runs):
+        run = _row(row, models, sources, f"{path}: runs[{i}]")
+        if run.name in names:
+            raise ConfigError(
+                f"{path}: runs[{i}]: name {run.name!r} is runs[{names[run.name]}]'s too: give each run its own"
+            )
+        names[run.name] = i
+        rows.append(run)
+    return rows
 
 
 def observation(run: PublishedRun) -> Observation:
