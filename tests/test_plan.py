@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,22 @@ def test_two_runs_of_one_name_are_refused(capsys, tmp_path):
     mine.write_text(YOUR_RUN + row)
     code, _, err = run_plan(capsys, "--validate", "--runs", str(mine))
     assert code == 2 and "runs[1]: name 'our 8-layer Llama on 8 H100' is runs[0]'s too" in err, err
+
+
+LLM_FOUNDRY_RUNS = Path(__file__).resolve().parents[1] / "benchmarks" / "runs" / "llm_foundry_mpt.yaml"
+
+
+def test_runs_the_model_never_saw_are_predicted_within_the_goal():
+    """llm-foundry's published MPT benchmarks (benchmarks/runs/llm_foundry_mpt.yaml: PyTorch FSDP on
+    8-512 GPUs, 125M to 70B parameters) are in neither the validation set nor the family fit. On A100s
+    at sequences up to 4096, where the attention kernel is a small share of the step, the model holds
+    the issue's median goal on them too (BENCHMARKS.md, "Out of sample: llm-foundry's MPT tables", says
+    why the longer sequences and the 2023 H100 rows are predicted fast)."""
+    seen = {run.name for run in published_runs()}
+    runs = published_runs(LLM_FOUNDRY_RUNS)
+    a100_short = [r for r in runs if r.spec.kind.startswith("a100") and r.work.seq_len <= 4096]
+    assert len(a100_short) >= 90 and not seen & {r.name for r in runs}
+    assert summarize([compare(run) for run in a100_short]).median_abs_error <= 0.07
 
 
 def test_every_part_of_a_step_follows_its_cause():

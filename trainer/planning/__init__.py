@@ -30,7 +30,8 @@ Public names: flops (FLOPS_CONVENTIONS, model_flops_per_token, hardware_flops_pe
 flops_breakdown, utilization) and memory (MemoryEstimate, memory_per_chip).
 
 Predicting a step before it runs (`meshtrain plan`): performance (the model: compute, memory-bound
-work and exposed collectives per axis, from configs/hardware.yaml), experiment_prediction (an
+work and exposed collectives per axis, from configs/hardware.yaml; network: the ring collectives'
+seconds over a kind's links), experiment_prediction (an
 experiment's workload and layout for it), layout_search (every layout that fits, ranked),
 calibrate (fitting the family efficiencies to measured steps) and published (the model against
 configs/published_runs.yaml).

@@ -50,8 +50,8 @@ from meshtrain.trainer.planning.flops import (
     model_flops_per_token,
 )
 from meshtrain.trainer.planning.memory import memory_on_chips
+from meshtrain.trainer.planning.network import NoNetworkFigure
 from meshtrain.trainer.planning.peaks import memory_limit, peak_flops, peak_source
-from meshtrain.trainer.planning.performance import NoNetworkFigure
 
 
 def _positive_number(value: Any) -> bool:

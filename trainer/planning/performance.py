@@ -13,8 +13,9 @@ One step is the sum, per chip, of
   dense attention writes its T x T scores to HBM and pays for the softmax passes over them;
 - memory-bound work: the bytes norms, residual adds, rotary embeddings, activations, the
   cross-entropy and the optimizer update move through HBM, at the family's hbm_efficiency;
-- exposed communication, per mesh axis, as ring collectives over the links that axis spans (ICI
-  inside a slice or server, DCN across; a torus axis gets 2 links per torus dimension it covers):
+- exposed communication, per mesh axis, as ring collectives over the links that axis spans
+  (trainer/planning/network.py: ICI inside a slice or server, DCN across; a torus axis gets 2 links
+  per torus dimension it covers):
     fsdp      all-gather each layer's weights in the forward and again in the backward pass, and
               reduce-scatter its gradient, once per microbatch; prefetched a layer ahead, so hidden
               up to fsdp_overlap of that layer's compute
@@ -47,7 +48,6 @@ from collections.abc import Mapping
 from meshtrain.model.config import ModelConfig
 from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec
-from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.formatting import format_mesh
 from meshtrain.trainer.planning.flops import (
     full_remat_skips,
@@ -55,6 +55,7 @@ from meshtrain.trainer.planning.flops import (
     model_flops_per_token,
     param_count,
 )
+from meshtrain.trainer.planning.network import gather_seconds
 
 ATTENTION_KERNELS = ("flash", "dense")  # fused, causal blocks skipped | scores materialized in HBM
 
@@ -135,17 +136,6 @@ class StepPrediction:
         }
 
 
-class NoNetworkFigure(ConfigError):
-    """A layout whose collectives cross a network the kind gives no bandwidth for (a cpu 'chip' is a
-    whole machine, with no figure for the network between machines): its step cannot be predicted."""
-
-    def __init__(self, spec: HardwareSpec, field: str, axis: str):
-        super().__init__(
-            f"{axis} on {spec.kind}: {spec.kind} has no {field} in configs/hardware.yaml, so the collectives "
-            f"of that axis, and the step, cannot be predicted"
-        )
-
-
 class _Chip:
     """The rates one chip offers, after its family's efficiencies."""
 
@@ -174,45 +164,6 @@ class _Chip:
     def trained_matmul_s(self, m: float, k: float, n: float, bytes_per: int) -> tuple[float, float]:
         """(forward, backward) seconds of a trained matmul: backward = dX (m, n, k) + dW (k, m, n)."""
         return self.matmul_s(m, k, n, bytes_per), self.matmul_s(m, n, k, bytes_per) + self.matmul_s(k, m, n, bytes_per)
-
-
-def _ring_bandwidth(spec: HardwareSpec, family: EfficiencyFamily, layout: Layout, axis: str) -> tuple[float, float]:
-    """(ICI, DCN) bytes/s one chip moves in a ring collective over `axis`.
-
-    On a TPU torus an axis covering k of its D dimensions runs bidirectional rings over 2k links;
-    k is its share of the slice's dimensions by log size (fsdp 256 x tensor 12 on a 12x16x16 v4
-    slice: fsdp covers ~2.1 dimensions, tensor ~0.9). On a switch (NVSwitch) an axis inside the
-    server gets the GPU's full NVLink bandwidth. Across slices or servers: the chip's DCN share."""
-    link = spec.ici_link_bandwidth_bytes_per_s or 0.0
-    ici = 0.0
-    if layout.ici.get(axis, 1) > 1 and link:
-        if spec.ici_torus_dims:
-            slice_chips = math.prod(layout.ici.get(a, 1) for a in MESH_AXES)
-            dims = spec.ici_torus_dims * math.log(layout.ici[axis]) / math.log(max(slice_chips, 2))
-            ici = 2.0 * max(dims, 0.5) * link * family.ici_efficiency
-        else:
-            ici = link * family.ici_efficiency
-    dcn = (spec.dcn_bandwidth_bytes_per_s or 0.0) * family.dcn_efficiency
-    return ici, dcn
-
-
-def _gather_s(
-    spec: HardwareSpec, family: EfficiencyFamily, layout: Layout, axis: str, full_bytes: float
-) -> dict[str, float]:
-    """Seconds, by network, of a ring all-gather (or reduce-scatter: the same bytes) over `axis` of
-    a tensor of `full_bytes` per chip once gathered: hierarchical, DCN first on the slice's share."""
-    inside, across = layout.ici.get(axis, 1), layout.dcn.get(axis, 1)
-    ici_bw, dcn_bw = _ring_bandwidth(spec, family, layout, axis)
-    out = {"ici": 0.0, "dcn": 0.0}
-    if inside > 1:
-        if not ici_bw:
-            raise NoNetworkFigure(spec, "ici_link_bandwidth_bytes_per_s", f"mesh.ici_{axis}={inside}")
-        out["ici"] = full_bytes * (inside - 1) / inside / ici_bw
-    if across > 1:
-        if not dcn_bw:
-            raise NoNetworkFigure(spec, "dcn_bandwidth_bytes_per_s", f"mesh.dcn_{axis}={across}")
-        out["dcn"] = full_bytes / inside * (across - 1) / across / dcn_bw
-    return out
 
 
 def _exposed(comm: float, hiding_compute: float, overlap: float) -> float:
@@ -329,8 +280,8 @@ def _communication(
     exposed: dict[str, float] = {}
     if layout.size("fsdp") > 1:
         layer_params = (count.total - count.embedding) / model.num_layers
-        per_layer = _gather_s(spec, family, layout, "fsdp", layer_params / t * cb)
-        embedding = _gather_s(spec, family, layout, "fsdp", count.embedding / t * cb)
+        per_layer = gather_seconds(spec, family, layout.ici, layout.dcn, "fsdp", layer_params / t * cb)
+        embedding = gather_seconds(spec, family, layout.ici, layout.dcn, "fsdp", count.embedding / t * cb)
         hide_forward = mb.layer_forward + mb.layer_memory_forward  # the layer computed while the next one arrives
         hide_backward = mb.layer_backward + mb.layer_memory - mb.layer_memory_forward
         for net, gather in per_layer.items():
@@ -343,7 +294,9 @@ def _communication(
     if t > 1:
         per_pass = 1 if model.block != "sequential" else 2
         reductions = per_pass * (_passes(layout.remat) - 1) * layers + 2  # + the embedding's and the logits'
-        for net, seconds in _gather_s(spec, family, layout, "tensor", rows * model.d_model * cb).items():
+        for net, seconds in gather_seconds(
+            spec, family, layout.ici, layout.dcn, "tensor", rows * model.d_model * cb
+        ).items():
             # An all-reduce moves twice a gather's bytes (reduce-scatter, then all-gather).
             exposed[f"exposed tensor all-reduce over {net}"] = (
                 M * (1 - family.tensor_overlap) * 2 * seconds * reductions
@@ -351,11 +304,11 @@ def _communication(
     if layout.size("sequence") > 1:
         kv_width = _layer_shapes(model, t)["kv"][1]
         keys_values = rows * layout.size("sequence") * kv_width * cb  # the whole sequence's keys and values
-        for net, seconds in _gather_s(spec, family, layout, "sequence", keys_values).items():
+        for net, seconds in gather_seconds(spec, family, layout.ici, layout.dcn, "sequence", keys_values).items():
             exposed[f"exposed sequence all-gather over {net}"] = M * layers * seconds * (_passes(layout.remat) - 1)
     if layout.size("data") > 1:
         shard = count.total / pp / layout.size("fsdp") / t * work.gradient_bytes
-        for net, seconds in _gather_s(spec, family, layout, "data", shard).items():
+        for net, seconds in gather_seconds(spec, family, layout.ici, layout.dcn, "data", shard).items():
             hide = layers * mb.layer_backward  # the last microbatch's backward pass
             exposed[f"exposed data all-reduce over {net}"] = _exposed(2 * seconds, hide, family.data_overlap)
     return {name: s for name, s in exposed.items() if s > 0}
