@@ -333,6 +333,7 @@ def test_deadline_and_budget_pick_the_cheapest_and_the_fastest(capsys):
         (["--calibrate", "/nonexistent/run"], ["--calibrate /nonexistent/run", "config.yaml"]),
         (["default", "--hardware", "h100", "--chips", "8", "--aot"], ["--aot", "h100 is not a TPU"]),
         (["default", "--plot", "x.png"], ["--plot x.png", "--validate"]),
+        (["--validate", "--plot", "/nonexistent/dir/x.png"], ["--plot /nonexistent/dir/x.png", "no directory"]),
         # A cpu 'chip' is a whole machine, and no figure says how fast machines talk to each other.
         (["default", "--hardware", "cpu", "--chips", "8"], ["mesh.dcn_data=8", "dcn_bandwidth_bytes_per_s"]),
     ],

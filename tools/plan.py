@@ -59,7 +59,7 @@ from meshtrain.trainer.planning.layout_search import (
 )
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
 from meshtrain.trainer.planning.validation_plot import write_validation_plot
-from meshtrain.trainer.storage.paths import as_path
+from meshtrain.trainer.storage.paths import as_path, is_url
 from meshtrain.trainer.tracking.metrics_log import read_metrics
 
 
@@ -252,10 +252,16 @@ def _table(name: str, spec, candidates: list[Candidate], tier: str, args: argpar
 
 
 def _validate(args: argparse.Namespace) -> int:
+    plot = as_path(args.plot) if args.plot else None
+    if plot is not None and not is_url(plot) and not plot.parent.is_dir():
+        raise UserError(f"--plot {args.plot}: no directory {plot.parent} to write it in")
     comparisons = [compare(run) for run in published_runs(args.runs)]
     summary = summarize(comparisons)
-    if args.plot:
-        write_validation_plot(comparisons, as_path(args.plot))
+    if plot is not None:
+        try:
+            write_validation_plot(comparisons, plot)
+        except OSError as e:
+            raise UserError(f"--plot {args.plot}: cannot write: {e.strerror or e}") from None
     if args.json:
         rows = [
             {
