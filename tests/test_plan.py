@@ -3,6 +3,7 @@ calibration on a real CPU run, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from meshtrain.trainer.planning.experiment_prediction import predict_experiment,
 from meshtrain.trainer.planning.layout_search import plan_layouts
 from meshtrain.trainer.planning.performance import Layout, expected_slowest, predict_step
 from meshtrain.trainer.planning.published import compare, published_runs, summarize
-from meshtrain.trainer.planning.validation_plot import GOAL_BAND, validation_figure
+from meshtrain.trainer.planning.validation_plot import GOAL_BAND, MOST_NAMED, validation_figure
 from meshtrain.trainer.step.partition import batch_split_problem
 
 AXES = ("data", "fsdp", "sequence", "tensor")
@@ -53,6 +54,25 @@ def test_predictions_match_published_runs_and_beat_a_constant_mfu(comparisons):
     far = [c for c in comparisons if c.run.work.seq_len > 8192 or "32x" in c.run.name or "1008B" in c.run.name]
     assert far and all(abs(c.error) < 0.25 for c in far)
     assert sum(abs(c.error) for c in far) < sum(abs(c.baseline_error) for c in far)
+
+
+def test_validation_plot_of_many_misses_names_the_worst_and_counts_the_rest(comparisons):
+    """A file of runs far outside the band (a team's own, through --runs) still gives a readable
+    picture: every point inside the axes, the worst MOST_NAMED named, the rest counted."""
+    far = [
+        dataclasses.replace(
+            c,
+            run=dataclasses.replace(c.run, name=f"run {i}"),
+            predicted_mfu=c.published_mfu * (1.5 + i / 100),
+            error=0.5 + i / 100,
+        )
+        for i, c in enumerate(comparisons[:40])
+    ]
+    ax, notes = validation_figure(far).axes
+    listed = notes.texts[0].get_text()
+    assert all(f"run {i}:" in listed for i in range(40 - MOST_NAMED, 40))  # the worst, by error
+    assert "run 0:" not in listed and f"and {40 - MOST_NAMED} more" in listed
+    assert ax.get_ylim()[1] >= max(100 * c.predicted_mfu for c in far)
 
 
 def test_validation_plot_draws_every_run_where_the_table_puts_it(comparisons, capsys, tmp_path):
