@@ -278,10 +278,14 @@ def _communication(
     t, pp = layout.size("tensor"), layout.pipeline
     count = param_count(model)
     exposed: dict[str, float] = {}
+
+    def ring(axis: str, full_bytes: float) -> dict[str, float]:  # seconds by network of one ring gather
+        return gather_seconds(spec, family, layout.ici, layout.dcn, axis, full_bytes)
+
     if layout.size("fsdp") > 1:
         layer_params = (count.total - count.embedding) / model.num_layers
-        per_layer = gather_seconds(spec, family, layout.ici, layout.dcn, "fsdp", layer_params / t * cb)
-        embedding = gather_seconds(spec, family, layout.ici, layout.dcn, "fsdp", count.embedding / t * cb)
+        per_layer = ring("fsdp", layer_params / t * cb)
+        embedding = ring("fsdp", count.embedding / t * cb)
         hide_forward = mb.layer_forward + mb.layer_memory_forward  # the layer computed while the next one arrives
         hide_backward = mb.layer_backward + mb.layer_memory - mb.layer_memory_forward
         for net, gather in per_layer.items():
@@ -294,9 +298,7 @@ def _communication(
     if t > 1:
         per_pass = 1 if model.block != "sequential" else 2
         reductions = per_pass * (_passes(layout.remat) - 1) * layers + 2  # + the embedding's and the logits'
-        for net, seconds in gather_seconds(
-            spec, family, layout.ici, layout.dcn, "tensor", rows * model.d_model * cb
-        ).items():
+        for net, seconds in ring("tensor", rows * model.d_model * cb).items():
             # An all-reduce moves twice a gather's bytes (reduce-scatter, then all-gather).
             exposed[f"exposed tensor all-reduce over {net}"] = (
                 M * (1 - family.tensor_overlap) * 2 * seconds * reductions
@@ -304,11 +306,11 @@ def _communication(
     if layout.size("sequence") > 1:
         kv_width = _layer_shapes(model, t)["kv"][1]
         keys_values = rows * layout.size("sequence") * kv_width * cb  # the whole sequence's keys and values
-        for net, seconds in gather_seconds(spec, family, layout.ici, layout.dcn, "sequence", keys_values).items():
+        for net, seconds in ring("sequence", keys_values).items():
             exposed[f"exposed sequence all-gather over {net}"] = M * layers * seconds * (_passes(layout.remat) - 1)
     if layout.size("data") > 1:
         shard = count.total / pp / layout.size("fsdp") / t * work.gradient_bytes
-        for net, seconds in gather_seconds(spec, family, layout.ici, layout.dcn, "data", shard).items():
+        for net, seconds in ring("data", shard).items():
             hide = layers * mb.layer_backward  # the last microbatch's backward pass
             exposed[f"exposed data all-reduce over {net}"] = _exposed(2 * seconds, hide, family.data_overlap)
     return {name: s for name, s in exposed.items() if s > 0}

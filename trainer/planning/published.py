@@ -97,14 +97,13 @@ def _flag(value: Any, key: str, where: str) -> bool:
 
 
 def _layout(row: Mapping[str, Any], mesh: Any, where: str) -> Layout:
+    """The row's mesh, microbatching, remat, attention and pipeline as a Layout (remat and attention
+    already checked)."""
     if not isinstance(mesh, Mapping):
         raise ConfigError(f"{where}: mesh={mesh!r}, expected a mapping such as {{ici_fsdp: 8, dcn_data: 2}}")
     unknown = [k for k in mesh if not (isinstance(k, str) and k[:4] in ("ici_", "dcn_") and k[4:] in MESH_AXES)]
     if unknown:
         raise ConfigError(f"{where}: mesh.{unknown[0]}: expected ici_ or dcn_ + one of {', '.join(MESH_AXES)}")
-    for key, allowed in (("remat", REMAT_POLICIES), ("attention", ATTENTION_KERNELS)):
-        if row.get(key) not in allowed:
-            raise ConfigError(f"{where}: {key}={row.get(key)!r}, expected one of {', '.join(allowed)}")
     return Layout(
         ici={a: _count(mesh.get(f"ici_{a}", 1), f"mesh.ici_{a}", where) for a in MESH_AXES},
         dcn={a: _count(mesh.get(f"dcn_{a}", 1), f"mesh.dcn_{a}", where) for a in MESH_AXES},
@@ -156,9 +155,10 @@ def _check_run(run: PublishedRun, where: str) -> None:
             f"{where}: the ici_ axes join {inside} chips, but one {run.spec.kind} slice or server links at most "
             f"{domain} (hardware.yaml ici_chips_max): put the rest in dcn_ axes"
         )
-    if run.published_mfu() > 1:
+    mfu = run.published_mfu()
+    if mfu > 1:
         raise ConfigError(
-            f"{where}: published {run.figure}={run.value:g} is {run.published_mfu():.0%} of {run.spec.kind}'s peak "
+            f"{where}: published {run.figure}={run.value:g} is {mfu:.0%} of {run.spec.kind}'s peak "
             f"in the {run.convention} convention: faster than the chip can run"
         )
 
@@ -189,8 +189,9 @@ def _row(row: Any, models: Mapping[str, Any], sources: Mapping[str, str], where:
     overrides += [f"model.{k}={v}" for k, v in fields.items()]
     overrides.append(f"model.max_seq_len={max(seq_len, int(fields.get('max_seq_len', seq_len)))}")
     cfg = load_experiment(None, overrides)
-    for key in ("remat", "attention"):
-        need(key)
+    for key, allowed in (("remat", REMAT_POLICIES), ("attention", ATTENTION_KERNELS)):
+        if need(key) not in allowed:
+            raise ConfigError(f"{where}: {key}={row[key]!r}, expected one of {', '.join(allowed)}")
     layout = _layout(row, need("mesh"), where)
     figure, value, convention = _figure(need("published"), where)
     run = PublishedRun(

@@ -33,7 +33,8 @@ def validation_figure(comparisons: Sequence[Comparison]) -> Figure:
     """The scatter described in the module docstring, for `comparisons` (published.compare's)."""
     summary = summarize(comparisons)
     outside = [(100 * c.published_mfu, c) for c in comparisons if abs(c.error) > GOAL_BAND]
-    named = sorted(sorted(outside, key=lambda pc: -abs(pc[1].error))[:MOST_NAMED], key=outside.index)
+    worst = sorted(range(len(outside)), key=lambda i: -abs(outside[i][1].error))[:MOST_NAMED]
+    named = [outside[i] for i in sorted(worst)]  # the worst, in the table's order
     lines = [f"{number}. {c.run.name}: {c.error:+.1%}" for number, (_, c) in enumerate(named, start=1)]
     if len(outside) > len(named):
         lines.append(f"... and {len(outside) - len(named)} more (`meshtrain plan --validate` lists every run)")
