@@ -388,6 +388,23 @@ def test_hardware_kinds_and_specs():
             assert spec.gke_accelerator
 
 
+def test_a_fitted_matmul_ceiling_is_marked_and_checked():
+    """TPU kinds with published runs carry a fitted ceiling, marked so (no TPU shape search is
+    published); a ceiling given by hand is a measurement; a flag without a ceiling, or one that is not
+    a boolean, is refused naming the field."""
+    from meshtrain.trainer.config.hardware import hardware_spec
+
+    v4 = hardware_spec("tpu-v4")
+    assert v4.matmul_ceiling_fitted and 0 < v4.matmul_ceiling < 1
+    assert not hardware_spec("h100").matmul_ceiling_fitted and hardware_spec("h100").matmul_ceiling
+    measured = hardware_spec("tpu-v4", {"matmul_ceiling": 0.9})
+    assert measured.matmul_ceiling == 0.9 and not measured.matmul_ceiling_fitted
+    with pytest.raises(ConfigError, match=r"matmul_ceiling_fitted='yes', expected true or false"):
+        hardware_spec("tpu-v4", {"matmul_ceiling_fitted": "yes"})
+    with pytest.raises(ConfigError, match=r"matmul_ceiling_fitted is true but there is no matmul_ceiling"):
+        hardware_spec("v100", {"matmul_ceiling_fitted": True})
+
+
 def test_unknown_hardware_kind_lists_known_kinds():
     from meshtrain.trainer.config.hardware import hardware_spec
 

@@ -36,18 +36,22 @@ def comparisons():
 def test_predictions_match_published_runs_and_beat_a_constant_mfu(comparisons):
     """The issue's goal: median |error| <= 7% of the published MFU over a set spanning TPUs and GPUs,
     7B to 1T parameters, 8 to 16384 chips, sequences of 2048 to 131072 tokens; and well ahead of
-    the constant MFU per kind it replaces. The worst row is held to 25%: the goal's 15% is not met
-    (MT-NLG 530B published 126 TFLOP/s per A100 where Megatron-LM's own run of the same model and
-    layout on the same 2240 GPUs reached 159; BENCHMARKS.md, "Predicted against published"). Rows
-    held out of the family fit stay as close."""
+    the constant MFU per kind it replaces. Every row but MT-NLG 530B's is within the goal's 15%;
+    those three are held to 25% (MT-NLG published 126 TFLOP/s per A100 where Megatron-LM's own run of
+    the same model and layout on the same 2240 GPUs reached 159; BENCHMARKS.md, "Predicted against
+    published"). Rows held out of the fit are within the goal too: PaLM 540B among them, which checks
+    the TPU v4 matmul ceiling fitted to MaxText's v4 rows alone."""
     summary = summarize(comparisons)
     kinds = {c.run.spec.platform for c in comparisons}
     assert kinds == {"tpu", "gpu"} and summary.count >= 90
     assert max(c.run.work.seq_len for c in comparisons) >= 131072
     assert summary.median_abs_error <= 0.07, summary
     assert summary.worst_abs_error <= 0.25, summary
-    held_out = [c for c in comparisons if c.run.held_out]
-    assert held_out and all(abs(c.error) <= 0.2 for c in held_out)
+    beyond_goal = {c.run.name for c in comparisons if abs(c.error) > 0.15}
+    assert all(name.startswith("MT-NLG 530B") for name in beyond_goal), beyond_goal
+    held_out = {c.run.name: c.error for c in comparisons if c.run.held_out}
+    assert len(held_out) >= 5 and all(abs(e) <= 0.15 for e in held_out.values()), held_out
+    assert abs(held_out["PaLM 540B, 6144 TPU v4"]) <= 0.05, held_out
     assert summary.median_abs_error < summary.baseline_median_abs_error / 3, summary
     # Far from typical (the long-sequence run, the 1T model, 32 slices over DCN) the model stays close
     # where a constant cannot follow.

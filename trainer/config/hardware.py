@@ -67,7 +67,8 @@ class HardwareSpec:
     ici_chips_max: int | None = None
     dcn_bandwidth_bytes_per_s: float | None = None
     matmul_tile: int | None = None
-    matmul_ceiling: float | None = None  # measured best bf16 matmul / peak; None: none published (1.0)
+    matmul_ceiling: float | None = None  # best bf16 matmul / peak; None: neither measured nor fitted (1.0)
+    matmul_ceiling_fitted: bool = False  # the ceiling was fitted to the kind's published runs, not measured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +185,10 @@ def _build(kind: str, fields: Mapping[str, Any], where: str) -> HardwareSpec:
         raise ConfigError(
             f"{where}: matmul_ceiling={ceiling!r}, expected a fraction of the peak in (0, 1], e.g. 0.8, or null"
         )
+    if not isinstance(spec.matmul_ceiling_fitted, bool):
+        raise ConfigError(f"{where}: matmul_ceiling_fitted={spec.matmul_ceiling_fitted!r}, expected true or false")
+    if spec.matmul_ceiling_fitted and ceiling is None:
+        raise ConfigError(f"{where}: matmul_ceiling_fitted is true but there is no matmul_ceiling to have fitted")
     mfu = spec.default_mfu
     if mfu is not None and (not is_number(mfu) or not 0 < mfu <= 1):
         raise ConfigError(f"{where}: default_mfu={mfu!r}, expected a fraction in (0, 1], e.g. 0.4")
@@ -314,6 +319,8 @@ def with_overrides(spec: HardwareSpec, overrides: Mapping[str, Any] | None) -> H
         else:
             known = sorted([*fields, *(f"prices.{tier}" for tier in PRICE_TIERS)])
             raise ConfigError(f"{where}: unknown field {key!r} (fields: {', '.join(known)}){did_you_mean(key, known)}")
+    if "matmul_ceiling" in overrides and "matmul_ceiling_fitted" not in overrides:
+        fields["matmul_ceiling_fitted"] = False  # a ceiling given by hand is a measurement, not the fit's
     fields["prices"] = prices
     return _build(spec.kind, fields, where)
 

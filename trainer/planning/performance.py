@@ -6,7 +6,8 @@ principles, fed only by the published chip and network figures of configs/hardwa
 
 One step is the sum, per chip, of
 - compute: every matmul of the block (projections, MLP, attention, logits) at the chip's peak times
-  its measured matmul ceiling (where one is published) times the family's matmul efficiency times a
+  its matmul ceiling (measured where a shape search is published, else fitted to the kind's published
+  runs: hardware.yaml) times the family's matmul efficiency times a
   shape factor (each dimension padded to the matrix unit's tile), or at HBM bandwidth where its
   bytes take longer than its FLOPs (the roofline). Fused
   (flash / splash) attention runs at attention_efficiency of that rate and skips the causal half;
@@ -31,8 +32,8 @@ One step is the sum, per chip, of
 - op_overhead_s per launched op (the floor small models and CPUs hit);
 - the wait for the slowest of the N slices (TPU) or servers (GPU) the step joins over DCN: each
   one's step varies by straggler_spread of itself, and a synchronous step ends when the last one
-  does, the expected maximum of N normal draws. The shipped families fit it to 0 (their exposed
-  collectives already explain what MaxText loses from 1 to 32 v5e slices); a calibration may not.
+  does, the expected maximum of N normal draws. The TPU family's is fitted (MaxText loses more MFU
+  from 1 to 32 slices than the DCN bytes explain); the NVIDIA rows show none.
 
 The FLOPs are trainer/planning/flops.py's (model FLOPs for MFU, hardware FLOPs with remat for HFU),
 so the tracker, `meshtrain cost` and this model agree on what a FLOP is.
@@ -141,7 +142,7 @@ class _Chip:
 
     def __init__(self, spec: HardwareSpec, family: EfficiencyFamily, peak_flops: float, hbm_bytes_per_s: float):
         self.family = family
-        # The kind's measured matmul ceiling (its silicon and power limit), then the family's software.
+        # The kind's matmul ceiling (its silicon and power limit, measured or fitted), then the family's software.
         self.matmul_flops = peak_flops * (spec.matmul_ceiling or 1.0) * family.matmul_efficiency
         self.hbm = hbm_bytes_per_s * family.hbm_efficiency
         self.tile = spec.matmul_tile or 1
