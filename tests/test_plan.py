@@ -447,3 +447,25 @@ def test_calibrated_on_one_cpu_run_predicts_another_size_within_20_percent(data_
         if report["prediction"]["step_s"] == pytest.approx(measured, rel=0.2):
             return
     pytest.fail(f"calibrated prediction off by more than 20% on both pairs: {json.dumps(tries)}")
+
+
+def test_fitted_matmul_ceilings_recover_the_levels_that_made_the_steps():
+    """The fit of the TPU kinds' ceilings (benchmarks/fit_efficiency_families.py) finds what it is
+    for: steps made by a known family with v4 at 0.75 of v5e's matmul rate are fitted, from rates of
+    0.5 and no ceilings, back to v4 at 0.75 (v5e at 1.0) and to the steps themselves. (At 2048 tokens
+    the rates trade against each other, attention for matmul: the steps pin them, not each one.)"""
+    from meshtrain.trainer.planning.calibrate import fit_with_ceilings, with_ceilings
+    from meshtrain.trainer.planning.published import observation
+
+    rows = [r for r in published_runs() if r.spec.kind in ("tpu-v4", "tpu-v5e") and "x " in r.name][:14]
+    assert {r.spec.kind for r in rows} == {"tpu-v4", "tpu-v5e"}
+    truth = efficiency_with(
+        efficiency_family(rows[0].spec), {"matmul_efficiency": 0.9, "attention_efficiency": 0.6, "hbm_efficiency": 0.8}
+    )
+    made = with_ceilings([observation(r) for r in rows], {"tpu-v4": 0.75, "tpu-v5e": 1.0})
+    steps = [dataclasses.replace(o, step_s=o.predicted_s(truth)) for o in made]
+    start = efficiency_with(truth, dict.fromkeys(("matmul_efficiency", "attention_efficiency", "hbm_efficiency"), 0.5))
+    family, ceilings = fit_with_ceilings(start, steps, {"tpu-v4", "tpu-v5e"})
+    assert ceilings["tpu-v5e"] == 1.0 and ceilings["tpu-v4"] == pytest.approx(0.75, rel=0.02), ceilings
+    for o in with_ceilings(steps, ceilings):
+        assert o.predicted_s(family) == pytest.approx(o.step_s, rel=0.02), o.label

@@ -1,6 +1,7 @@
 """Fitting the performance model's free efficiencies to step times that were measured.
 
     fit_family(family, observations)  # -> Fit(family=..., error_before=..., error_after=...)
+    fit_with_ceilings(family, observations, free_kinds)  # -> (family, {kind: matmul ceiling})
 
 An observation is a step the model can predict (workload, layout, chip) and the seconds it took.
 The fit moves only the family's efficiencies (FREE_FIELDS: how fast the matmuls, the attention
@@ -11,6 +12,12 @@ efficiencies apart: then one factor scales the rate efficiencies together, keepi
 shares of the step. `meshtrain plan --calibrate RUN` fits them to one run's metrics.jsonl; the same
 routine set configs/hardware.yaml's family values against configs/published_runs.yaml.
 
+fit_with_ceilings also fits the matmul ceiling of each kind in `free_kinds` (no TPU shape search is
+published, so a TPU kind's ceiling is fitted to its own runs): the family's rates and the kinds'
+ceilings in turn, each ceiling moved by the mean log error of its kind's observations, then all of
+them divided by the largest, so the best kind sits at 1.0 and the family's matmul efficiency
+carries the level they share.
+
 Written here rather than taken from scipy.optimize: meshtrain does not depend on scipy, and a
 handful of bounded one-dimensional searches over a cheap model is all this needs.
 """
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from meshtrain.trainer.config.hardware import MAX_RATE_EFFICIENCY, EfficiencyFamily, HardwareSpec, efficiency_with
 from meshtrain.trainer.planning.performance import Layout, Workload, predict_step
@@ -162,3 +169,42 @@ def fit_family(
         error_after=median_error(fitted, observations),
         moved={f: (getattr(family, f), getattr(fitted, f)) for f in fields},
     )
+
+
+def with_ceilings(observations: Sequence[Observation], ceilings: Mapping[str, float]) -> list[Observation]:
+    """The observations, those of each kind named in `ceilings` on chips with that matmul ceiling."""
+    return [
+        dataclasses.replace(o, spec=dataclasses.replace(o.spec, matmul_ceiling=ceilings[o.spec.kind]))
+        if o.spec.kind in ceilings
+        else o
+        for o in observations
+    ]
+
+
+def fit_with_ceilings(
+    family: EfficiencyFamily,
+    observations: Sequence[Observation],
+    free_kinds: Iterable[str],
+    fields: Sequence[str] = _RATES,
+    turns: int = 4,
+    max_rate: float = 1.0,
+) -> tuple[EfficiencyFamily, dict[str, float]]:
+    """`fields` of the family and the matmul ceilings of `free_kinds` fitted in turn (module
+    docstring): (the family, {kind: ceiling}, the best kind at 1.0). With no free kind among the
+    observations it is fit_family alone."""
+    ceilings = {o.spec.kind: 1.0 for o in observations if o.spec.kind in set(free_kinds)}
+    family = fit_family(family, with_ceilings(observations, ceilings), fields, rounds=6, max_rate=max_rate).family
+    if not ceilings:
+        return family, ceilings
+    for _ in range(turns):
+        logs: dict[str, list[float]] = {kind: [] for kind in ceilings}
+        for o in with_ceilings(observations, ceilings):
+            if o.spec.kind in ceilings:
+                logs[o.spec.kind].append(math.log(o.predicted_s(family) / o.step_s))
+        moved = {kind: ceilings[kind] * math.exp(sum(v) / len(v)) for kind, v in logs.items()}
+        best = max(moved.values())
+        ceilings = {kind: value / best for kind, value in moved.items()}
+        # The family's matmul rate takes over the best kind's level, so each prediction stays put.
+        family = efficiency_with(family, {"matmul_efficiency": min(max_rate, family.matmul_efficiency * best)})
+        family = fit_family(family, with_ceilings(observations, ceilings), fields, rounds=2, max_rate=max_rate).family
+    return family, ceilings
