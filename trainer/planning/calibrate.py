@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
 from meshtrain.trainer.config.hardware import MAX_RATE_EFFICIENCY, EfficiencyFamily, HardwareSpec, efficiency_with
@@ -192,19 +193,20 @@ def fit_with_ceilings(
     """`fields` of the family and the matmul ceilings of `free_kinds` fitted in turn (module
     docstring): (the family, {kind: ceiling}, the best kind at 1.0). With no free kind among the
     observations it is fit_family alone."""
-    ceilings = {o.spec.kind: 1.0 for o in observations if o.spec.kind in set(free_kinds)}
-    family = fit_family(family, with_ceilings(observations, ceilings), fields, rounds=6, max_rate=max_rate).family
-    if not ceilings:
-        return family, ceilings
-    for _ in range(turns):
+    free = set(free_kinds)
+    ceilings = {o.spec.kind: 1.0 for o in observations if o.spec.kind in free}
+    seen = with_ceilings(observations, ceilings)
+    family = fit_family(family, seen, fields, rounds=6, max_rate=max_rate).family
+    for _ in range(turns if ceilings else 0):
         logs: dict[str, list[float]] = {kind: [] for kind in ceilings}
-        for o in with_ceilings(observations, ceilings):
+        for o in seen:
             if o.spec.kind in ceilings:
                 logs[o.spec.kind].append(math.log(o.predicted_s(family) / o.step_s))
-        moved = {kind: ceilings[kind] * math.exp(sum(v) / len(v)) for kind, v in logs.items()}
+        moved = {kind: ceilings[kind] * math.exp(statistics.fmean(v)) for kind, v in logs.items()}
         best = max(moved.values())
         ceilings = {kind: value / best for kind, value in moved.items()}
+        seen = with_ceilings(observations, ceilings)
         # The family's matmul rate takes over the best kind's level, so each prediction stays put.
         family = efficiency_with(family, {"matmul_efficiency": min(max_rate, family.matmul_efficiency * best)})
-        family = fit_family(family, with_ceilings(observations, ceilings), fields, rounds=2, max_rate=max_rate).family
+        family = fit_family(family, seen, fields, rounds=2, max_rate=max_rate).family
     return family, ceilings
