@@ -39,6 +39,8 @@ from meshtrain.trainer.planning.flops import (
     attention_flops_per_token,
     flops_breakdown,
     hardware_flops_per_token,
+    megatron_core_flops_per_token,
+    megatron_flops_per_token,
     model_flops_per_token,
     utilization,
 )
@@ -252,6 +254,28 @@ def test_attention_term_and_conventions():
     assert _delta(dict(num_heads=4), dict(num_heads=8), "6nd") == 6 * m.num_layers * m.d_model * m.head_dim * 4 * 2
     with pytest.raises(ValueError, match="convention"):
         model_flops_per_token(m, T, "kaplan")
+
+
+def test_megatrons_two_counts_agree_where_they_should():
+    """Megatron-LM's 2021 count (eq. 3: the block four times with its recompute, the logits three
+    times) and Megatron-Core's 2024 one (no recompute) are written from two papers; for a GPT-shaped
+    model a third more of the 2024 count is the 2021 count plus one more pass of the logits, 2 h V.
+    Both match PaLM's count but for the parameters that do no matmul: the input table, biases, norms
+    and positions, which PaLM's 6N counts and Megatron's do not."""
+    gpt = model_preset("gpt3-175b", vocab_size=131072, tie_embeddings=False, max_seq_len=4096)
+    h, V = gpt.d_model, gpt.vocab_size
+    core, eq3 = megatron_core_flops_per_token(gpt, 4096), megatron_flops_per_token(gpt, 4096)
+    assert core * 4 / 3 - eq3 == pytest.approx(2 * h * V, rel=1e-9)
+    block_weights = gpt.num_layers * 12 * h * h  # q, k, v, out (4 h^2) and the MLP (8 h^2)
+    no_matmul = count_params(gpt).total - block_weights - h * V
+    assert model_flops_per_token(gpt, 4096, "palm") - core == pytest.approx(6 * no_matmul, rel=1e-9)
+    # Grouped-query attention and a gated MLP change Megatron-Core's count as they change the weights.
+    llama = _model(block="sequential", tie_embeddings=False, use_bias=False)
+    weights = count_params(llama).total - llama.vocab_size * llama.d_model
+    weights -= llama.num_layers * 2 * llama.d_model + llama.d_model  # the norms' scales
+    assert megatron_core_flops_per_token(llama, T) == pytest.approx(
+        6 * weights + attention_flops_per_token(llama, T), rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("block", ["parallel", "sequential"])

@@ -205,3 +205,17 @@ def megatron_flops_per_token(model: ModelConfig, seq_len: int) -> float:
     Megatron-LM, Megatron-DeepSpeed (BLOOM) and MT-NLG publish; used to read their figures."""
     h, layers = model.d_model, model.num_layers
     return 96.0 * layers * h * h + 16.0 * layers * h * seq_len + 6.0 * h * model.vocab_size
+
+
+def megatron_core_flops_per_token(model: ModelConfig, seq_len: int) -> float:
+    """Training model FLOPs per token as Megatron-Core counts them for its MFU (num_floating_point_
+    operations in megatron/training/training.py, 2024, as for its H100 scaling table): per layer
+    6 x the attention projections (q and out at H Q, k and v at G Q each) + 12 H Q T for the scores
+    (full, unhalved) + 6 x the MLP weights (x 3/2 when gated), and 6 h V for the logits. Nothing is
+    counted for the input embedding, biases or norms, and no recompute: close to PaLM's 6N, but
+    a model's untied input table, a sixth of a 1.7B model's parameters, is left out."""
+    h, layers, qdim = model.d_model, model.num_layers, model.num_heads * model.head_dim
+    kv_share = model.num_kv_heads / model.num_heads
+    gated = 1.5 if model.mlp == "swiglu" else 1.0
+    per_layer = 12.0 * (h * qdim * (1 + kv_share) + qdim * seq_len + h * model.d_ff * gated)
+    return layers * per_layer + 6.0 * h * model.vocab_size

@@ -22,7 +22,8 @@ One step is the sum, per chip, of
               up to fsdp_overlap of that layer's compute
     tensor    all-reduce the block's activations (1 per layer for a parallel block, 2 sequential) in
               the forward pass, again in the backward and in a full-remat replay; tensor_overlap of
-              it hidden (collective matmul)
+              it hidden, or, for a run that decomposes them into its matmuls (collective_matmul:
+              Megatron-Core's --tp-comm-overlap), all of it that the layer's matmuls outlast
     sequence  all-gather keys and values per layer (and reduce-scatter their gradients); exposed
     data      all-reduce the gradient shard once per step, hidden up to data_overlap of the last
               microbatch's backward pass
@@ -88,6 +89,10 @@ class Layout:
     pipeline: int = 1  # stages; published runs only (meshtrain has no pipeline parallelism)
     pipeline_virtual: int = 1  # interleaved stages per chip (Megatron's virtual pipeline)
     optimizer_sharded: bool = False  # ZeRO-1: each data replica updates only its share; published runs only
+    collective_matmul: bool = False  # tensor collectives run under the layer's matmuls (Megatron-Core's
+    # --tp-comm-overlap); published runs only: without it the family's tensor_overlap share is hidden
+    fused_accumulation: bool = False  # microbatch gradients summed inside the weight-gradient matmuls
+    # (Megatron's --gradient-accumulation-fusion), not in a pass of their own; published runs only
 
     def size(self, axis: str) -> int:
         return self.ici.get(axis, 1) * self.dcn.get(axis, 1)
@@ -298,12 +303,16 @@ def _communication(
             exposed[f"exposed fsdp all-gather/reduce-scatter over {net}"] = M * seconds
     if t > 1:
         per_pass = 1 if model.block != "sequential" else 2
-        reductions = per_pass * (_passes(layout.remat) - 1) * layers + 2  # + the embedding's and the logits'
+        backward_passes = _passes(layout.remat) - 2  # the backward's reductions, and a full-remat replay's
         for net, seconds in ring("tensor", rows * model.d_model * cb).items():
             # An all-reduce moves twice a gather's bytes (reduce-scatter, then all-gather).
-            exposed[f"exposed tensor all-reduce over {net}"] = (
-                M * (1 - family.tensor_overlap) * 2 * seconds * reductions
-            )
+            forward, backward = 2 * seconds * per_pass, 2 * seconds * per_pass * backward_passes
+            if layout.collective_matmul:  # each one runs while the layer's matmuls do
+                per_layer = _exposed(forward, mb.layer_forward, 1.0) + _exposed(backward, mb.layer_backward, 1.0)
+            else:
+                per_layer = (1 - family.tensor_overlap) * (forward + backward)
+            embedding_and_logits = 2 * 2 * seconds * (1 - family.tensor_overlap)
+            exposed[f"exposed tensor all-reduce over {net}"] = M * (layers * per_layer + embedding_and_logits)
     if layout.size("sequence") > 1:
         kv_width = _layer_shapes(model, t)["kv"][1]
         keys_values = rows * layout.size("sequence") * kv_width * cb  # the whole sequence's keys and values
@@ -343,7 +352,9 @@ def predict_step(
     local_params = param_count(work.model).total / pp / layout.size("fsdp") / layout.size("tensor")
     updated = local_params / (layout.size("data") if layout.optimizer_sharded else 1)
     update_bytes = updated * (3 * work.param_bytes + 2 * work.optimizer_bytes_per_param)
-    accumulate_bytes = (M - 1) * local_params * 3 * work.param_bytes  # read, add, write the float32 sum
+    accumulate_bytes = (
+        0 if layout.fused_accumulation else (M - 1) * local_params * 3 * work.param_bytes
+    )  # read, add, write the float32 sum
     parts = {
         **_communication(work, layout, spec, family, mb, rows, layers),
         "compute: matmuls and attention": M * mb.compute,

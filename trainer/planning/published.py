@@ -25,16 +25,28 @@ from meshtrain.trainer.config.paths import CONFIG_DIR
 from meshtrain.trainer.config.yamlio import read_yaml_mapping
 from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.planning.calibrate import Observation
-from meshtrain.trainer.planning.flops import megatron_flops_per_token, model_flops_per_token
+from meshtrain.trainer.planning.flops import (
+    megatron_core_flops_per_token,
+    megatron_flops_per_token,
+    model_flops_per_token,
+)
 from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
 from meshtrain.trainer.planning.performance import ATTENTION_KERNELS, Layout, StepPrediction, Workload, predict_step
 
 PUBLISHED_RUNS_YAML = CONFIG_DIR / "published_runs.yaml"
-PUBLISHER_CONVENTIONS = ("palm", "causal", "6nd", "megatron")
+PUBLISHER_CONVENTIONS = ("palm", "causal", "6nd", "megatron", "megatron_core")
 _FIGURES = ("mfu", "tflops_per_chip", "tokens_per_s_per_chip")
 ROW_KEYS = (  # what a row of published_runs.yaml may say (its header documents each)
     *("name", "source", "hardware", "model", "seq_len", "batch", "mesh", "microbatches", "remat", "attention"),
-    *("pipeline", "pipeline_virtual", "optimizer_sharded", "held_out", "published"),
+    *(
+        "pipeline",
+        "pipeline_virtual",
+        "optimizer_sharded",
+        "collective_matmul",
+        "fused_accumulation",
+        "held_out",
+        "published",
+    ),
 )
 
 
@@ -56,6 +68,8 @@ class PublishedRun:
         """FLOPs per token in the publisher's convention."""
         if self.convention == "megatron":
             return megatron_flops_per_token(self.work.model, self.work.seq_len)
+        if self.convention == "megatron_core":
+            return megatron_core_flops_per_token(self.work.model, self.work.seq_len)
         return model_flops_per_token(self.work.model, self.work.seq_len, self.convention)
 
     @property
@@ -113,6 +127,8 @@ def _layout(row: Mapping[str, Any], mesh: Any, where: str) -> Layout:
         pipeline=_count(row.get("pipeline", 1), "pipeline", where),
         pipeline_virtual=_count(row.get("pipeline_virtual", 1), "pipeline_virtual", where),
         optimizer_sharded=_flag(row.get("optimizer_sharded", False), "optimizer_sharded", where),
+        collective_matmul=_flag(row.get("collective_matmul", False), "collective_matmul", where),
+        fused_accumulation=_flag(row.get("fused_accumulation", False), "fused_accumulation", where),
     )
 
 
