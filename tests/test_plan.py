@@ -36,19 +36,19 @@ def comparisons():
 
 # Rows beyond the goal's 15%, each with the bound it is held to and why (BENCHMARKS.md, "Predicted
 # against published"). MT-NLG published 126 TFLOP/s per A100 where Megatron-LM's own run of the same
-# model and layout on the same 2240 GPUs reached 159. Megatron-Core's two smallest H100 models (held
-# out of the fit) run slower than the model predicts: their GEMMs (hidden 2048 and 4096) are below the
-# sizes whose rate the model's one matmul level carries.
-KNOWN_MISSES = {"MT-NLG 530B": 0.25, "Megatron-Core GPT 1.7B": 0.35, "Megatron-Core GPT 7.1B": 0.22}
+# model and layout on the same 2240 GPUs reached 159. Megatron-Core's smallest H100 model (held out of
+# the fit, hidden 2048) runs slower than the model predicts: its GEMMs are below the sizes whose rate
+# the model's one matmul level carries.
+KNOWN_MISSES = {"MT-NLG 530B": 0.25, "Megatron-Core GPT 1.7B": 0.30}
 
 
 def test_predictions_match_published_runs_and_beat_a_constant_mfu(comparisons):
     """The issue's goal: median |error| <= 7% of the published MFU over a set spanning TPUs and GPUs,
     1.7B to 1T parameters, 8 to 16384 chips, sequences of 2048 to 131072 tokens; and well ahead of
     the constant MFU per kind it replaces. Every row but KNOWN_MISSES' is within the goal's 15%, and
-    those within their own bounds. Rows held out of the fit are within the goal too (but the two
-    small Megatron-Core models): PaLM 540B among them, which checks the TPU v4 matmul ceiling fitted
-    to MaxText's v4 rows alone, and Megatron-Core's H100 table from 16B to 462B."""
+    those within their own bounds. Rows held out of the fit are within the goal too (but the
+    smallest Megatron-Core model): PaLM 540B among them, which checks the TPU v4 matmul ceiling fitted
+    to MaxText's v4 rows alone, and Megatron-Core's H100 table from 7.1B to 462B."""
     summary = summarize(comparisons)
     kinds = {c.run.spec.platform for c in comparisons}
     assert kinds == {"tpu", "gpu"} and summary.count >= 100
