@@ -352,9 +352,8 @@ def predict_step(
     local_params = param_count(work.model).total / pp / layout.size("fsdp") / layout.size("tensor")
     updated = local_params / (layout.size("data") if layout.optimizer_sharded else 1)
     update_bytes = updated * (3 * work.param_bytes + 2 * work.optimizer_bytes_per_param)
-    accumulate_bytes = (
-        0 if layout.fused_accumulation else (M - 1) * local_params * 3 * work.param_bytes
-    )  # read, add, write the float32 sum
+    # Summing microbatch gradients reads, adds and writes the float32 sum, unless the matmuls do it.
+    accumulate_bytes = 0 if layout.fused_accumulation else (M - 1) * local_params * 3 * work.param_bytes
     parts = {
         **_communication(work, layout, spec, family, mb, rows, layers),
         "compute: matmuls and attention": M * mb.compute,
