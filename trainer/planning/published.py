@@ -34,12 +34,14 @@ from meshtrain.trainer.planning.peaks import memory_bandwidth, peak_flops
 from meshtrain.trainer.planning.performance import ATTENTION_KERNELS, Layout, StepPrediction, Workload, predict_step
 
 PUBLISHED_RUNS_YAML = CONFIG_DIR / "published_runs.yaml"
-PUBLISHER_CONVENTIONS = ("palm", "causal", "6nd", "megatron", "megatron_core")
+# Conventions only publishers use, each with its own count; the rest are flops.FLOPS_CONVENTIONS.
+_PUBLISHER_COUNTS = {"megatron": megatron_flops_per_token, "megatron_core": megatron_core_flops_per_token}
+PUBLISHER_CONVENTIONS = ("palm", "causal", "6nd", *_PUBLISHER_COUNTS)
+_LAYOUT_FLAGS = ("optimizer_sharded", "collective_matmul", "fused_accumulation")  # Layout's, false unless said
 _FIGURES = ("mfu", "tflops_per_chip", "tokens_per_s_per_chip")
 ROW_KEYS = (  # what a row of published_runs.yaml may say (its header documents each)
     *("name", "source", "hardware", "model", "seq_len", "batch", "mesh", "microbatches", "remat", "attention"),
-    *("pipeline", "pipeline_virtual", "optimizer_sharded", "collective_matmul", "fused_accumulation"),
-    *("held_out", "published"),
+    *("pipeline", "pipeline_virtual", *_LAYOUT_FLAGS, "held_out", "published"),
 )
 
 
@@ -59,10 +61,8 @@ class PublishedRun:
 
     def flops_per_token(self) -> float:
         """FLOPs per token in the publisher's convention."""
-        if self.convention == "megatron":
-            return megatron_flops_per_token(self.work.model, self.work.seq_len)
-        if self.convention == "megatron_core":
-            return megatron_core_flops_per_token(self.work.model, self.work.seq_len)
+        if self.convention in _PUBLISHER_COUNTS:
+            return _PUBLISHER_COUNTS[self.convention](self.work.model, self.work.seq_len)
         return model_flops_per_token(self.work.model, self.work.seq_len, self.convention)
 
     @property
@@ -119,9 +119,7 @@ def _layout(row: Mapping[str, Any], mesh: Any, where: str) -> Layout:
         attention=row["attention"],
         pipeline=_count(row.get("pipeline", 1), "pipeline", where),
         pipeline_virtual=_count(row.get("pipeline_virtual", 1), "pipeline_virtual", where),
-        optimizer_sharded=_flag(row.get("optimizer_sharded", False), "optimizer_sharded", where),
-        collective_matmul=_flag(row.get("collective_matmul", False), "collective_matmul", where),
-        fused_accumulation=_flag(row.get("fused_accumulation", False), "fused_accumulation", where),
+        **{flag: _flag(row.get(flag, False), flag, where) for flag in _LAYOUT_FLAGS},
     )
 
 
