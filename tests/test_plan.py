@@ -36,19 +36,18 @@ def comparisons():
 
 # Rows beyond the goal's 15%, each with the bound it is held to and why (BENCHMARKS.md, "Predicted
 # against published"). MT-NLG published 126 TFLOP/s per A100 where Megatron-LM's own run of the same
-# model and layout on the same 2240 GPUs reached 159. Megatron-Core's smallest H100 model (held out of
-# the fit, hidden 2048) runs slower than the model predicts: its GEMMs are below the sizes whose rate
-# the model's one matmul level carries.
-KNOWN_MISSES = {"MT-NLG 530B": 0.25, "Megatron-Core GPT 1.7B": 0.30}
+# model and layout on the same 2240 GPUs reached 159; its steps are ~8 s longer than predicted at all
+# three scales, a per-step cost no layout term carries.
+KNOWN_MISSES = {"MT-NLG 530B": 0.25}
 
 
 def test_predictions_match_published_runs_and_beat_a_constant_mfu(comparisons):
     """The issue's goal: median |error| <= 7% of the published MFU over a set spanning TPUs and GPUs,
     1.7B to 1T parameters, 8 to 16384 chips, sequences of 2048 to 131072 tokens; and well ahead of
     the constant MFU per kind it replaces. Every row but KNOWN_MISSES' is within the goal's 15%, and
-    those within their own bounds. Rows held out of the fit are within the goal too (but the
-    smallest Megatron-Core model): PaLM 540B among them, which checks the TPU v4 matmul ceiling fitted
-    to MaxText's v4 rows alone, and Megatron-Core's H100 table from 7.1B to 462B."""
+    those within their own bounds. Rows held out of the fit are within the goal too: PaLM 540B among
+    them, which checks the TPU v4 matmul ceiling fitted to MaxText's v4 rows alone, and Megatron-Core's
+    H100 table from 1.7B to 462B."""
     summary = summarize(comparisons)
     kinds = {c.run.spec.platform for c in comparisons}
     assert kinds == {"tpu", "gpu"} and summary.count >= 100
@@ -285,6 +284,35 @@ def test_overlapped_tensor_collectives_and_fused_accumulation_move_only_their_pa
         accumulation = 3 * local_params * 3 * work.param_bytes / (3.35e12 * family.hbm_efficiency)
         assert plain[update] - fused[update] == pytest.approx(accumulation)
         assert {k: v for k, v in fused.items() if k != update} == {k: v for k, v in plain.items() if k != update}
+
+
+def test_an_eager_loss_and_the_data_reductions_tail_move_only_their_parts():
+    """A loss computed pass by pass over float32 logits (Megatron-LM's) moves 52 bytes per logit
+    through HBM where a fused one moves 16: the memory-bound part grows by exactly the difference and
+    nothing else moves. The data-parallel reduction hides behind the backward pass but for its tail,
+    the input embedding's and the first layer's gradients, which come last: with all the rest hidden
+    that tail is what remains exposed."""
+    cfg = load_experiment(None, ["model=llama2-7b"])
+    work = workload_of(cfg, "gpu", batch=64)
+    ici, dcn = {**dict.fromkeys(AXES, 1), "tensor": 8}, {**dict.fromkeys(AXES, 1), "data": 8}
+    spec = hardware_spec("h100")
+    family = efficiency_with(efficiency_family(spec), {"data_overlap": 1.0})
+    memory, data = "memory-bound: norms, activations, softmax", "exposed data all-reduce over dcn"
+    fused, eager = (
+        predict_step(work, Layout(ici, dcn, 4, eager_cross_entropy=eager), spec, family, 989e12, 3.35e12).parts
+        for eager in (False, True)
+    )
+    logits = 4 * (64 * work.seq_len / 8 / 4) * (work.model.vocab_size / 8)  # per chip, 4 microbatches
+    assert eager[memory] - fused[memory] == pytest.approx((52 - 16) * logits / (3.35e12 * family.hbm_efficiency))
+    assert {k: v for k, v in eager.items() if k != memory} == {k: v for k, v in fused.items() if k != memory}
+    model, count = work.model, param_count(work.model)
+    tail_params = model.vocab_size * model.d_model + (count.total - count.embedding) / model.num_layers
+    tail_bytes = tail_params / 8 * work.gradient_bytes  # the tensor shard's
+    ring = 2 * tail_bytes * 7 / 8 / (spec.dcn_bandwidth_bytes_per_s * family.dcn_efficiency)
+    long_step = workload_of(cfg, "gpu", batch=1024)
+    one, four = (predict_step(long_step, Layout(ici, dcn, m), spec, family, 989e12, 3.35e12).parts for m in (1, 4))
+    assert one[data] == pytest.approx(ring)  # one microbatch: its backward hides all but the tail
+    assert four[data] > 2 * ring  # four: the last one's backward is a quarter as long, and hides less
 
 
 def test_attention_dominates_long_sequences_and_flash_beats_dense_there():

@@ -13,7 +13,8 @@ One step is the sum, per chip, of
   (flash / splash) attention runs at attention_efficiency of that rate and skips the causal half;
   dense attention writes its T x T scores to HBM and pays for the softmax passes over them;
 - memory-bound work: the bytes norms, residual adds, rotary embeddings, activations, the
-  cross-entropy and the optimizer update move through HBM, at the family's hbm_efficiency;
+  cross-entropy (fused, or pass by pass for runs that say eager_cross_entropy) and the optimizer
+  update move through HBM, at the family's hbm_efficiency;
 - exposed communication, per mesh axis, as ring collectives over the links that axis spans
   (trainer/planning/network.py: ICI inside a slice or server, DCN across; a torus axis gets 2 links
   per torus dimension it covers):
@@ -26,7 +27,8 @@ One step is the sum, per chip, of
               Megatron-Core's --tp-comm-overlap), all of it that the layer's matmuls outlast
     sequence  all-gather keys and values per layer (and reduce-scatter their gradients); exposed
     data      all-reduce the gradient shard once per step, hidden up to data_overlap of the last
-              microbatch's backward pass
+              microbatch's backward pass, but for its tail: the input embedding's and the first
+              layer's gradients come last, with nothing left to hide behind
 - a pipeline bubble of (stages - 1) / (virtual stages x microbatches) of the compute, only for
   published runs that used pipeline parallelism (meshtrain has none: see README, "Plan"); published
   runs that sharded the optimizer over their data replicas (ZeRO-1) say so in `optimizer_sharded`;
@@ -93,6 +95,8 @@ class Layout:
     # --tp-comm-overlap); published runs only: without it the family's tensor_overlap share is hidden
     fused_accumulation: bool = False  # microbatch gradients summed inside the weight-gradient matmuls
     # (Megatron's --gradient-accumulation-fusion), not in a pass of their own; published runs only
+    eager_cross_entropy: bool = False  # the loss in separate float32 passes over the logits (Megatron-LM's
+    # vocab-parallel cross entropy), not one fused kernel: _CROSS_ENTROPY_BYTES; published runs only
 
     def size(self, axis: str) -> int:
         return self.ici.get(axis, 1) * self.dcn.get(axis, 1)
@@ -201,6 +205,13 @@ def _replayed(model: ModelConfig, remat: str) -> set[str]:
     return {"q", "kv", "out", "mlp_in", "mlp_out"} - full_remat_skips(model)
 
 
+# Bytes through HBM per logit for the loss and its gradient. Fused (XLA, one kernel each way): the
+# float32 logits written, read twice, the gradient written, 4 x 4. Eager, as Megatron-LM's
+# vocab-parallel cross entropy runs it (megatron/core/tensor_parallel/cross_entropy.py), pass by pass:
+# cast to float32 (read 2, write 4), max (4), subtract in place (8), exp in place (8), sum (4), divide
+# in place (8); backward: multiply in place (8), cast back to bf16 (6): 52.
+_CROSS_ENTROPY_BYTES = {False: 16, True: 52}
+
 # Launched ops per layer and pass (matmuls plus fused elementwise groups, counted from the block's
 # jaxpr: ~7 matmuls and ~8 fusions forward); the backward pass launches about twice as many.
 _OPS_FORWARD = 15
@@ -256,7 +267,7 @@ def _microbatch(work: Workload, layout: Layout, chip: _Chip, rows: float, layers
     layer_memory = memory_forward * _passes(layout.remat)
     vocab = math.ceil(model.vocab_size / layout.size("tensor"))
     logits_forward, logits_backward = chip.trained_matmul_s(rows, model.d_model, vocab, cb)
-    cross_entropy = 4 * 4 * rows * vocab / chip.hbm  # float32 logits: written, read twice, gradient written
+    cross_entropy = _CROSS_ENTROPY_BYTES[layout.eager_cross_entropy] * rows * vocab / chip.hbm
     layer_forward = forward + attention
     layer_backward = backward + attention_backward + replayed + attention_replay
     return _Microbatch(
@@ -319,10 +330,14 @@ def _communication(
         for net, seconds in ring("sequence", keys_values).items():
             exposed[f"exposed sequence all-gather over {net}"] = M * layers * seconds * (_passes(layout.remat) - 1)
     if layout.size("data") > 1:
-        shard = count.total / pp / layout.size("fsdp") / t * work.gradient_bytes
-        for net, seconds in ring("data", shard).items():
+        per_chip = work.gradient_bytes / layout.size("fsdp") / t
+        layer_params = (count.total - count.embedding) / model.num_layers
+        tail = ring("data", (model.vocab_size * model.d_model + layer_params) * per_chip)  # reduced last
+        for net, seconds in ring("data", count.total / pp * per_chip).items():
             hide = layers * mb.layer_backward  # the last microbatch's backward pass
-            exposed[f"exposed data all-reduce over {net}"] = _exposed(2 * seconds, hide, family.data_overlap)
+            exposed[f"exposed data all-reduce over {net}"] = max(
+                _exposed(2 * seconds, hide, family.data_overlap), 2 * min(tail[net], seconds)
+            )
     return {name: s for name, s in exposed.items() if s > 0}
 
 
