@@ -36,9 +36,9 @@ def comparisons():
 
 # Rows beyond the goal's 15%, each with the bound it is held to and why (BENCHMARKS.md, "Predicted
 # against published"). MT-NLG published 126 TFLOP/s per A100 where Megatron-LM's own run of the same
-# model and layout on the same 2240 GPUs reached 159; its steps are ~8 s longer than predicted at all
-# three scales, a per-step cost no layout term carries.
-KNOWN_MISSES = {"MT-NLG 530B": 0.25}
+# model and layout on the same 2240 GPUs reached 159; its steps are about 7.5 s longer than predicted
+# at all three scales, a per-step cost no layout term carries.
+KNOWN_MISSES = {"MT-NLG 530B": 0.22}
 
 
 def test_predictions_match_published_runs_and_beat_a_constant_mfu(comparisons):
@@ -313,6 +313,26 @@ def test_an_eager_loss_and_the_data_reductions_tail_move_only_their_parts():
     one, four = (predict_step(long_step, Layout(ici, dcn, m), spec, family, 989e12, 3.35e12).parts for m in (1, 4))
     assert one[data] == pytest.approx(ring)  # one microbatch: its backward hides all but the tail
     assert four[data] > 2 * ring  # four: the last one's backward is a quarter as long, and hides less
+
+
+def test_a_pipeline_bubble_waits_for_a_neighbours_whole_microbatch():
+    """In the bubble a stage waits for its neighbours' microbatches, collectives included: slower
+    tensor links lengthen it by (stages - 1) / virtual stages of one microbatch's extra tensor time,
+    and more virtual stages shorten it in proportion."""
+    cfg = load_experiment(None, ["model=llama2-7b"])
+    work = workload_of(cfg, "gpu", batch=64)
+    ici, dcn = {**dict.fromkeys(AXES, 1), "tensor": 8}, {**dict.fromkeys(AXES, 1), "data": 2}
+    family = efficiency_family(hardware_spec("h100"))
+    tensor, bubble = "exposed tensor all-reduce over ici", "pipeline bubble"
+    fast, slow = (
+        predict_step(work, Layout(ici, dcn, 8, pipeline=4), spec, family, 989e12, 3.35e12).parts
+        for spec in (hardware_spec("h100"), hardware_spec("h100", {"ici_link_bandwidth_bytes_per_s": 5e9}))
+    )
+    assert slow[bubble] - fast[bubble] == pytest.approx(3 * (slow[tensor] - fast[tensor]) / 8)
+    interleaved = predict_step(
+        work, Layout(ici, dcn, 8, pipeline=4, pipeline_virtual=3), hardware_spec("h100"), family, 989e12, 3.35e12
+    ).parts
+    assert interleaved[bubble] == pytest.approx(fast[bubble] / 3)
 
 
 def test_attention_dominates_long_sequences_and_flash_beats_dense_there():

@@ -29,7 +29,8 @@ One step is the sum, per chip, of
     data      all-reduce the gradient shard once per step, hidden up to data_overlap of the last
               microbatch's backward pass, but for its tail: the input embedding's and the first
               layer's gradients come last, with nothing left to hide behind
-- a pipeline bubble of (stages - 1) / (virtual stages x microbatches) of the compute, only for
+- a pipeline bubble of (stages - 1) / virtual stages slots, each a stage's whole microbatch (its
+  collectives and gradient accumulation too: what a neighbour waits for), only for
   published runs that used pipeline parallelism (meshtrain has none: see README, "Plan"); published
   runs that sharded the optimizer over their data replicas (ZeRO-1) say so in `optimizer_sharded`;
 - op_overhead_s per launched op (the floor small models and CPUs hit);
@@ -376,8 +377,10 @@ def predict_step(
         "optimizer update": (update_bytes + accumulate_bytes) / chip.hbm,
         "op launch overhead": (M * mb.ops + 50) * family.op_overhead_s,
     }
-    if pp > 1:
-        parts["pipeline bubble"] = (mb.compute + mb.memory) * (pp - 1) / layout.pipeline_virtual  # M cancels
+    if pp > 1:  # a slot of the bubble: one microbatch's every per-microbatch part (the data reduction is per step)
+        per_step = ("optimizer update", "op launch overhead", *(n for n in parts if n.startswith("exposed data")))
+        slot = sum(s for n, s in parts.items() if n not in per_step) / M + mb.ops * family.op_overhead_s
+        parts["pipeline bubble"] = (slot + accumulate_bytes / chip.hbm / M) * (pp - 1) / layout.pipeline_virtual
     step = sum(parts.values())
     domains = math.prod(layout.dcn.get(a, 1) for a in MESH_AXES)  # slices / servers joined over DCN
     if domains > 1 and family.straggler_spread > 0:
