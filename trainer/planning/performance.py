@@ -377,10 +377,12 @@ def predict_step(
         "optimizer update": (update_bytes + accumulate_bytes) / chip.hbm,
         "op launch overhead": (M * mb.ops + 50) * family.op_overhead_s,
     }
-    if pp > 1:  # a slot of the bubble: one microbatch's every per-microbatch part (the data reduction is per step)
-        per_step = ("optimizer update", "op launch overhead", *(n for n in parts if n.startswith("exposed data")))
-        slot = sum(s for n, s in parts.items() if n not in per_step) / M + mb.ops * family.op_overhead_s
-        parts["pipeline bubble"] = (slot + accumulate_bytes / chip.hbm / M) * (pp - 1) / layout.pipeline_virtual
+    if pp > 1:
+        # A bubble slot is a stage's whole microbatch, what its neighbour waits for: every part the step
+        # pays per microbatch (the data reduction and the update are paid once per step).
+        once = {"optimizer update", "op launch overhead", *(n for n in parts if n.startswith("exposed data"))}
+        slot = (sum(s for n, s in parts.items() if n not in once) + accumulate_bytes / chip.hbm) / M
+        parts["pipeline bubble"] = (slot + mb.ops * family.op_overhead_s) * (pp - 1) / layout.pipeline_virtual
     step = sum(parts.values())
     domains = math.prod(layout.dcn.get(a, 1) for a in MESH_AXES)  # slices / servers joined over DCN
     if domains > 1 and family.straggler_spread > 0:
