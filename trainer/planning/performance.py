@@ -295,13 +295,13 @@ def _communication(
     model, cb, M = work.model, work.compute_bytes, layout.microbatches
     t, pp = layout.size("tensor"), layout.pipeline
     count = param_count(model)
+    layer_params = (count.total - count.embedding) / model.num_layers
     exposed: dict[str, float] = {}
 
     def ring(axis: str, full_bytes: float) -> dict[str, float]:  # seconds by network of one ring gather
         return gather_seconds(spec, family, layout.ici, layout.dcn, axis, full_bytes)
 
     if layout.size("fsdp") > 1:
-        layer_params = (count.total - count.embedding) / model.num_layers
         per_layer = ring("fsdp", layer_params / t * cb)
         embedding = ring("fsdp", count.embedding / t * cb)
         hide_forward = mb.layer_forward + mb.layer_memory_forward  # the layer computed while the next one arrives
@@ -332,7 +332,6 @@ def _communication(
             exposed[f"exposed sequence all-gather over {net}"] = M * layers * seconds * (_passes(layout.remat) - 1)
     if layout.size("data") > 1:
         per_chip = work.gradient_bytes / layout.size("fsdp") / t
-        layer_params = (count.total - count.embedding) / model.num_layers
         tail = ring("data", (model.vocab_size * model.d_model + layer_params) * per_chip)  # reduced last
         for net, seconds in ring("data", count.total / pp * per_chip).items():
             hide = layers * mb.layer_backward  # the last microbatch's backward pass
