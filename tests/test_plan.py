@@ -110,6 +110,10 @@ def test_validation_plot_draws_every_run_where_the_table_puts_it(comparisons, ca
     png = tmp_path / "validation.png"
     code, out, _ = run_plan(capsys, "--validate", "--plot", str(png))
     assert code == 0 and "median |error|" in out
+    held_out = [c for c in comparisons if c.run.held_out]  # the out-of-sample check has its own line
+    assert (
+        f"{len(held_out)} of them held out of the fit: median |error| {summarize(held_out).median_abs_error:.1%}" in out
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

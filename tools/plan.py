@@ -257,6 +257,8 @@ def _validate(args: argparse.Namespace) -> int:
         raise UserError(f"--plot {args.plot}: no directory {plot.parent} to write it in")
     comparisons = [compare(run) for run in published_runs(args.runs)]
     summary = summarize(comparisons)
+    held_out = [c for c in comparisons if c.run.held_out]
+    held_out_summary = summarize(held_out) if held_out else None  # the check on data the fit never saw
     if plot is not None:
         try:
             write_validation_plot(comparisons, plot)
@@ -277,7 +279,8 @@ def _validate(args: argparse.Namespace) -> int:
             }
             for c in comparisons
         ]
-        print(json.dumps({"runs": rows, "summary": dataclasses.asdict(summary)}, indent=2))
+        held_out_json = dataclasses.asdict(held_out_summary) if held_out_summary else None
+        print(json.dumps({"runs": rows, "summary": dataclasses.asdict(summary), "held_out": held_out_json}, indent=2))
         return 0
     print("| run | chips | published MFU | predicted | error | constant-MFU error | predicted bottleneck |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -292,6 +295,12 @@ def _validate(args: argparse.Namespace) -> int:
         f"({summary.worst_run}); constant MFU per kind: median {summary.baseline_median_abs_error:.1%}, "
         f"worst {summary.baseline_worst_abs_error:.1%}"
     )
+    if held_out_summary is not None:
+        print(
+            f"{held_out_summary.count} of them held out of the fit: median |error| "
+            f"{held_out_summary.median_abs_error:.1%}, worst {held_out_summary.worst_abs_error:.1%} "
+            f"({held_out_summary.worst_run})"
+        )
     return 0
 
 
