@@ -33,7 +33,6 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 
 from meshtrain.model import axes
 
-KERNELS = ("dot_product", "splash", "flash_gpu")
 _AUTO = {"tpu": "splash", "gpu": "flash_gpu"}
 _PLATFORM = {"splash": "tpu", "flash_gpu": "gpu"}
 # Tile sizes: the largest of these that divides the sequence (MaxText's splash default is 512). Splash

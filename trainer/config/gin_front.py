@@ -18,7 +18,7 @@ import gin
 from meshtrain.trainer.config import tree
 from meshtrain.trainer.config.errors_fmt import did_you_mean
 from meshtrain.trainer.config.gin_text import checked_text, expanded_file
-from meshtrain.trainer.config.paths import GIN_DIR, shipped_names, shipped_or_path
+from meshtrain.trainer.config.paths import GIN_DIR, shipped_or_path
 from meshtrain.trainer.config.resolve import Layer, normalize_layer
 from meshtrain.trainer.errors import ConfigError
 
@@ -43,15 +43,6 @@ def _parameters(configurable: str) -> list[str]:
     if section is None:
         return ["name", "run_dir", "seed", "model"]
     return list(tree.field_types(tree.sections()[section]))
-
-
-def _all_parameters() -> list[str]:
-    return [f"{c}.{p}" for c in CONFIGURABLES for p in _parameters(c)]
-
-
-def gin_names() -> list[str]:
-    """Shipped gin experiments (configs/gin/*.gin), for messages and tests."""
-    return shipped_names(GIN_DIR, ".gin")
 
 
 def gin_path(name: str) -> Path:
