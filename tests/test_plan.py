@@ -290,6 +290,30 @@ def test_overlapped_tensor_collectives_and_fused_accumulation_move_only_their_pa
         assert {k: v for k, v in fused.items() if k != update} == {k: v for k, v in plain.items() if k != update}
 
 
+def test_sequence_parallelism_splits_only_the_norms_and_residual_adds():
+    """Megatron's sequence parallelism (its --sequence-parallel) runs each tensor rank's norms,
+    dropout and residual adds on its own 1/tensor share of the tokens, where plain tensor parallelism
+    repeats them on every rank: the memory-bound part falls by exactly 1 - 1/tensor of those bytes
+    (two norms and two residual adds of d_model per token and pass in a sequential block), and the
+    collectives, which move the same bytes as a reduce-scatter and an all-gather, do not change."""
+    cfg = load_experiment(None, ["model=llama2-7b"])
+    work = workload_of(cfg, "gpu", batch=64)
+    assert work.model.block == "sequential"
+    ici, dcn = {**dict.fromkeys(AXES, 1), "tensor": 8}, {**dict.fromkeys(AXES, 1), "data": 8}
+    spec = hardware_spec("h100")
+    family = efficiency_family(spec)
+    memory = "memory-bound: norms, activations, softmax"
+    plain, split = (
+        predict_step(work, Layout(ici, dcn, 4, remat="full", sequence_parallel=sp), spec, family, 989e12, 3.35e12).parts
+        for sp in (False, True)
+    )
+    tokens = 64 * work.seq_len / 8  # per chip and step, over 4 microbatches
+    passes = 4  # forward, backward (twice the forward) and the full-remat replay
+    residual = work.model.num_layers * passes * tokens * 10 * work.model.d_model * work.compute_bytes
+    assert plain[memory] - split[memory] == pytest.approx(residual * (1 - 1 / 8) / (3.35e12 * family.hbm_efficiency))
+    assert {k: v for k, v in split.items() if k != memory} == {k: v for k, v in plain.items() if k != memory}
+
+
 def test_an_eager_loss_and_the_data_reductions_tail_move_only_their_parts():
     """A loss computed pass by pass over float32 logits (Megatron-LM's) moves 52 bytes per logit
     through HBM where a fused one moves 16: the memory-bound part grows by exactly the difference and

@@ -14,7 +14,8 @@ One step is the sum, per chip, of
   dense attention writes its T x T scores to HBM and pays for the softmax passes over them;
 - memory-bound work: the bytes norms, residual adds, rotary embeddings, activations, the
   cross-entropy (fused, or pass by pass for runs that say eager_cross_entropy) and the optimizer
-  update move through HBM, at the family's hbm_efficiency;
+  update move through HBM, at the family's hbm_efficiency (the norms and residual adds on every
+  tensor rank, or on a 1/tensor share of the tokens for runs that say sequence_parallel);
 - exposed communication, per mesh axis, as ring collectives over the links that axis spans
   (trainer/planning/network.py: ICI inside a slice or server, DCN across; a torus axis gets 2 links
   per torus dimension it covers):
@@ -98,6 +99,8 @@ class Layout:
     # (Megatron's --gradient-accumulation-fusion), not in a pass of their own; published runs only
     eager_cross_entropy: bool = False  # the loss in separate float32 passes over the logits (Megatron-LM's
     # vocab-parallel cross entropy), not one fused kernel: _CROSS_ENTROPY_BYTES; published runs only
+    sequence_parallel: bool = False  # norms and residual adds split over the tensor ranks by token
+    # (Megatron's --sequence-parallel; its collectives move the same bytes); published runs only
 
     def size(self, axis: str) -> int:
         return self.ici.get(axis, 1) * self.dcn.get(axis, 1)
@@ -258,9 +261,11 @@ def _microbatch(work: Workload, layout: Layout, chip: _Chip, rows: float, layers
         scores_memory = 4.0 * heads * rows * T * cb / chip.hbm  # write, read, write, read the scores
     attention_replay = attention if layout.remat in ("full", "save_dots") else 0.0
     # Bytes through HBM per token and layer, forward: norms and residual adds over d_model (a
-    # sequential block has two of each), the MLP activation over its hidden width, rotary on q and k.
+    # sequential block has two of each; each tensor rank does its share of the tokens under sequence
+    # parallelism, all of them without), the MLP activation over its hidden width, rotary on q and k.
+    residual = (10 if model.block == "sequential" else 6) * model.d_model
     widths = (
-        (10 if model.block == "sequential" else 6) * model.d_model
+        residual / (layout.size("tensor") if layout.sequence_parallel else 1)
         + (3 if model.mlp == "swiglu" else 2) * shapes["mlp_out"][0]
         + 2 * (shapes["q"][1] + shapes["kv"][1] // 2)
     )

@@ -38,7 +38,13 @@ PUBLISHED_RUNS_YAML = CONFIG_DIR / "published_runs.yaml"
 _PUBLISHER_COUNTS = {"megatron": megatron_flops_per_token, "megatron_core": megatron_core_flops_per_token}
 PUBLISHER_CONVENTIONS = ("palm", "causal", "6nd", *_PUBLISHER_COUNTS)
 # Layout's, false unless a row says true.
-_LAYOUT_FLAGS = ("optimizer_sharded", "collective_matmul", "fused_accumulation", "eager_cross_entropy")
+_LAYOUT_FLAGS = (
+    "optimizer_sharded",
+    "collective_matmul",
+    "fused_accumulation",
+    "eager_cross_entropy",
+    "sequence_parallel",
+)
 _FIGURES = ("mfu", "tflops_per_chip", "tokens_per_s_per_chip")
 ROW_KEYS = (  # what a row of published_runs.yaml may say (its header documents each)
     *("name", "source", "hardware", "model", "seq_len", "batch", "mesh", "microbatches", "remat", "attention"),
