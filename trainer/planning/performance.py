@@ -55,6 +55,7 @@ from meshtrain.model.config import ModelConfig
 from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec
 from meshtrain.trainer.formatting import format_mesh
+from meshtrain.trainer.planning.chip_rates import ChipRates
 from meshtrain.trainer.planning.flops import (
     full_remat_skips,
     hardware_flops_per_token,
@@ -150,36 +151,6 @@ class StepPrediction:
         }
 
 
-class _Chip:
-    """The rates one chip offers, after its family's efficiencies."""
-
-    def __init__(self, spec: HardwareSpec, family: EfficiencyFamily, peak_flops: float, hbm_bytes_per_s: float):
-        self.family = family
-        # The kind's matmul ceiling (its silicon and power limit, measured or fitted), then the family's software.
-        self.matmul_flops = peak_flops * (spec.matmul_ceiling or 1.0) * family.matmul_efficiency
-        self.hbm = hbm_bytes_per_s * family.hbm_efficiency
-        self.tile = spec.matmul_tile or 1
-
-    def padded_share(self, *dims: float) -> float:
-        """Useful share of the matrix unit: each dimension over itself padded up to the tile."""
-        share = 1.0
-        for d in dims:
-            d = max(float(d), 1.0)
-            share *= d / (math.ceil(d / self.tile) * self.tile)
-        return share
-
-    def matmul_s(self, m: float, k: float, n: float, bytes_per: int) -> float:
-        """One (m, k) x (k, n) matmul: the slower of its FLOPs at the shaped rate and its bytes over HBM."""
-        flops = 2.0 * m * k * n
-        return max(
-            flops / (self.matmul_flops * self.padded_share(m, k, n)), bytes_per * (m * k + k * n + m * n) / self.hbm
-        )
-
-    def trained_matmul_s(self, m: float, k: float, n: float, bytes_per: int) -> tuple[float, float]:
-        """(forward, backward) seconds of a trained matmul: backward = dX (m, n, k) + dW (k, m, n)."""
-        return self.matmul_s(m, k, n, bytes_per), self.matmul_s(m, n, k, bytes_per) + self.matmul_s(k, m, n, bytes_per)
-
-
 def _exposed(comm: float, hiding_compute: float, overlap: float) -> float:
     return max(0.0, comm - overlap * hiding_compute)
 
@@ -239,7 +210,7 @@ def _passes(remat: str) -> int:
     return 3 + (1 if remat == "full" else 0)
 
 
-def _microbatch(work: Workload, layout: Layout, chip: _Chip, rows: float, layers: float) -> _Microbatch:
+def _microbatch(work: Workload, layout: Layout, chip: ChipRates, rows: float, layers: float) -> _Microbatch:
     """Compute and memory-bound time of one microbatch of `rows` tokens per chip."""
     model, T, cb = work.model, work.seq_len, work.compute_bytes
     shapes = _layer_shapes(model, layout.size("tensor"))
@@ -363,7 +334,7 @@ def predict_step(
     hbm_bytes_per_s: float,
 ) -> StepPrediction:
     """The predicted step of `work` laid out as `layout` on `spec` chips (module docstring)."""
-    chip = _Chip(spec, family, peak_flops, hbm_bytes_per_s)
+    chip = ChipRates(spec, family, peak_flops, hbm_bytes_per_s)
     M, pp = layout.microbatches, layout.pipeline
     replicas = layout.size("data") * layout.size("fsdp")
     rows = work.batch * work.seq_len / replicas / layout.size("sequence") / M  # tokens per chip and microbatch
