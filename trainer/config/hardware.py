@@ -88,6 +88,8 @@ class EfficiencyFamily:
     data_overlap: float
     op_overhead_s: float
     straggler_spread: float  # std / mean of one slice's (server's) step: a synchronous step waits for the slowest
+    dropout_forward_efficiency: float  # share of a fused attention kernel's rate it keeps drawing dropout inside it
+    dropout_backward_efficiency: float  # ... in its backward kernel, which draws the same mask again
     source: str
 
 

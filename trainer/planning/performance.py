@@ -10,12 +10,14 @@ One step is the sum, per chip, of
   runs: hardware.yaml) times the family's matmul efficiency times a
   shape factor (each dimension padded to the matrix unit's tile), or at HBM bandwidth where its
   bytes take longer than its FLOPs (the roofline). Fused
-  (flash / splash) attention runs at attention_efficiency of that rate and skips the causal half;
+  (flash / splash) attention runs at attention_efficiency of that rate and skips the causal half
+  (drawing dropout inside it, at the family's dropout efficiencies of that rate);
   dense attention writes its T x T scores to HBM and pays for the softmax passes over them;
 - memory-bound work: the bytes norms, residual adds, rotary embeddings, activations, the
-  cross-entropy (fused, or pass by pass for runs that say eager_cross_entropy) and the optimizer
-  update move through HBM, at the family's hbm_efficiency (the norms and residual adds on every
-  tensor rank, or on a 1/tensor share of the tokens for runs that say sequence_parallel);
+  cross-entropy (fused, or pass by pass for runs that say eager_cross_entropy), dropout masks (runs
+  that say dropout) and the optimizer update move through HBM, at the family's hbm_efficiency (the
+  norms and residual adds on every tensor rank, or on a 1/tensor share of the tokens for runs that
+  say sequence_parallel);
 - exposed communication, per mesh axis, as ring collectives over the links that axis spans
   (trainer/planning/network.py: ICI inside a slice or server, DCN across; a torus axis gets 2 links
   per torus dimension it covers):
@@ -102,6 +104,8 @@ class Layout:
     # vocab-parallel cross entropy), not one fused kernel: _CROSS_ENTROPY_BYTES; published runs only
     sequence_parallel: bool = False  # norms and residual adds split over the tensor ranks by token
     # (Megatron's --sequence-parallel; its collectives move the same bytes); published runs only
+    dropout: bool = False  # hidden and attention dropout (Megatron-LM's default 0.1): masks drawn, written
+    # and read again in the backward, or drawn inside a fused attention kernel; published runs only
 
     def size(self, axis: str) -> int:
         return self.ici.get(axis, 1) * self.dcn.get(axis, 1)
@@ -205,6 +209,14 @@ class _Microbatch:
     ops: float  # launched ops
 
 
+def _dropout_bytes(cb: int, fused: bool, replayed: bool) -> int:
+    """HBM bytes per element a dropout adds over a layer's passes: forward, its 1-byte mask written
+    (and, in a pass of its own, its input read and output written); backward, the gradient and the
+    mask read and the gradient written; a replay draws and writes the mask again."""
+    forward = 1 if fused else 2 * cb + 1
+    return forward + 2 * cb + 1 + (forward if replayed else 0)
+
+
 def _passes(remat: str) -> int:
     """Forward-sized passes over a layer: forward, backward (twice the forward) and a full replay."""
     return 3 + (1 if remat == "full" else 0)
@@ -226,6 +238,9 @@ def _microbatch(work: Workload, layout: Layout, chip: ChipRates, rows: float, la
         rate = chip.matmul_flops * chip.family.attention_efficiency * chip.padded_share(model.head_dim)
         attention = 0.5 * attention_flops / rate  # causal: the masked half of the blocks is skipped
         attention_backward = 2.5 * attention  # the backward kernel recomputes the scores (5 matmuls to 2)
+        if layout.dropout:  # the mask drawn inside the kernel, forward and again backward
+            attention /= chip.family.dropout_forward_efficiency
+            attention_backward /= chip.family.dropout_backward_efficiency
     else:
         attention = 2 * chip.matmul_s(rows, model.head_dim, T, cb) * heads
         attention_backward = 2 * attention
@@ -242,6 +257,12 @@ def _microbatch(work: Workload, layout: Layout, chip: ChipRates, rows: float, la
     )
     memory_forward = cb * rows * widths / chip.hbm + scores_memory
     layer_memory = memory_forward * _passes(layout.remat)
+    if layout.dropout:  # two hidden dropouts, fused into the residual adds (Megatron's bias-dropout-add)
+        hidden = 2 * model.d_model / (layout.size("tensor") if layout.sequence_parallel else 1)
+        layer_memory += rows * hidden * _dropout_bytes(cb, fused=True, replayed=layout.remat == "full") / chip.hbm
+        if layout.attention == "dense":  # a pass of its own over the scores, replayed with the attention
+            scores = rows * heads * T * _dropout_bytes(cb, fused=False, replayed=attention_replay > 0)
+            layer_memory += scores / chip.hbm
     vocab = math.ceil(model.vocab_size / layout.size("tensor"))
     logits_forward, logits_backward = chip.trained_matmul_s(rows, model.d_model, vocab, cb)
     cross_entropy = _CROSS_ENTROPY_BYTES[layout.eager_cross_entropy] * rows * vocab / chip.hbm

@@ -44,6 +44,7 @@ _LAYOUT_FLAGS = (
     "fused_accumulation",
     "eager_cross_entropy",
     "sequence_parallel",
+    "dropout",
 )
 _FIGURES = ("mfu", "tflops_per_chip", "tokens_per_s_per_chip")
 ROW_KEYS = (  # what a row of published_runs.yaml may say (its header documents each)
