@@ -250,15 +250,16 @@ def _microbatch(work: Workload, layout: Layout, chip: ChipRates, rows: float, la
     # sequential block has two of each; each tensor rank does its share of the tokens under sequence
     # parallelism, all of them without), the MLP activation over its hidden width, rotary on q and k.
     residual = (10 if model.block == "sequential" else 6) * model.d_model
+    token_share = layout.size("tensor") if layout.sequence_parallel else 1  # ranks the per-token work is split over
     widths = (
-        residual / (layout.size("tensor") if layout.sequence_parallel else 1)
+        residual / token_share
         + (3 if model.mlp == "swiglu" else 2) * shapes["mlp_out"][0]
         + 2 * (shapes["q"][1] + shapes["kv"][1] // 2)
     )
     memory_forward = cb * rows * widths / chip.hbm + scores_memory
     layer_memory = memory_forward * _passes(layout.remat)
     if layout.dropout:  # two hidden dropouts, fused into the residual adds (Megatron's bias-dropout-add)
-        hidden = 2 * model.d_model / (layout.size("tensor") if layout.sequence_parallel else 1)
+        hidden = 2 * model.d_model / token_share
         layer_memory += rows * hidden * _dropout_bytes(cb, fused=True, replayed=layout.remat == "full") / chip.hbm
         if layout.attention == "dense":  # a pass of its own over the scores, replayed with the attention
             scores = rows * heads * T * _dropout_bytes(cb, fused=False, replayed=attention_replay > 0)
