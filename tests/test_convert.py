@@ -9,7 +9,9 @@ where torch is not installed (Python 3.12 here); the others skip there, saying s
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 
 import jax
@@ -17,7 +19,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from meshtrain.model.params import count_params
 from meshtrain.tools.convert import main as convert
+from meshtrain.trainer.config import load_experiment
+from meshtrain.trainer.convert.families import family_for_model
+from meshtrain.trainer.convert.family_base import hf_tensor_shapes
+from meshtrain.trainer.convert.meshtrain_format import param_shapes
 from meshtrain.trainer.convert.safetensors_reader import SafetensorsReader
 from meshtrain.trainer.convert.verify import meshtrain_logits, sample_tokens
 from meshtrain.trainer.run.saved_weights import find_checkpoint, load_decoder
@@ -153,7 +160,6 @@ def test_bfloat16_checkpoints_convert_exactly_and_upcast_losslessly(tmp_path, ca
 
 
 def test_legacy_neox_rotary_keys_are_read():
-    from meshtrain.trainer.config import load_experiment
     from meshtrain.trainer.convert.family_neox import GPTNeoX
 
     hf = {
@@ -176,12 +182,47 @@ def test_legacy_neox_rotary_keys_are_read():
     )
 
 
+# Each Llama preset's total as Hugging Face shows it for the published checkpoint (the model card's
+# "Model size", rounded as there): meta-llama/Llama-2-13b-hf 13B, Llama-2-70b-hf 69B,
+# Meta-Llama-3-8B 8.03B, Meta-Llama-3-70B 70.6B, Llama-3.1-405B 406B.
+PUBLISHED_LLAMA_SIZES = {
+    "llama2-7b": (6.74, 2),
+    "llama2-13b": (13, 0),
+    "llama2-70b": (69, 0),
+    "llama3-8b": (8.03, 2),
+    "llama3-70b": (70.6, 1),
+    "llama3-405b": (406, 0),
+}
+
+
+@pytest.mark.parametrize("preset", PUBLISHED_LLAMA_SIZES)
+def test_llama_presets_are_the_published_models(preset):
+    """The preset, exported as `meshtrain convert` writes its config.json, builds a transformers model
+    (on torch's meta device: shapes only, no memory) with exactly meshtrain's parameter count, every
+    tensor shaped as the converter maps it, and the size the published checkpoint shows."""
+    torch, transformers = reference()
+    experiment = load_experiment(None, [f"model={preset}"])
+    cfg = experiment.model
+    family = family_for_model(cfg, "LlamaForCausalLM")
+    hf_config = transformers.LlamaConfig(**family.hf_config(cfg, "bfloat16"))
+    with torch.device("meta"):
+        hf_model = transformers.LlamaForCausalLM(hf_config)
+    hf_shapes = {name: tuple(t.shape) for name, t in hf_model.named_parameters()}
+    assert hf_shapes == hf_tensor_shapes(family.groups(cfg), param_shapes(experiment), cfg.num_layers)
+    assert sum(math.prod(shape) for shape in hf_shapes.values()) == count_params(cfg).total
+    billions, digits = PUBLISHED_LLAMA_SIZES[preset]
+    assert round(count_params(cfg).total / 1e9, digits) == billions
+    assert family.model_config(family.hf_config(cfg, "bfloat16"), cfg) == dataclasses.replace(
+        cfg, name="llama", init_std=hf_config.initializer_range
+    )
+
+
 def write_random_meshtrain(directory, *overrides: str):
     """A meshtrain checkpoint of random weights (the library's own writer; no training, no torch)."""
     from flax import nnx
 
     from meshtrain.model.decoder import Decoder
-    from meshtrain.trainer.config import dump_config, load_experiment
+    from meshtrain.trainer.config import dump_config
     from meshtrain.trainer.convert.meshtrain_format import StreamingCheckpointWriter
 
     cfg = load_experiment(
@@ -222,7 +263,6 @@ NEOX = [
 def llama_with_tokenizer(tmp_path_factory, data_dir):
     """A Llama over the test corpus tokenizer (512 pieces, eos 1), exported to Hugging Face (with
     the tokenizer) and converted back: (root, root/hf, root/mt)."""
-    from meshtrain.trainer.config import load_experiment
     from meshtrain.trainer.data.tokenizer import tokenizer_path
 
     root = tmp_path_factory.mktemp("llama512")
@@ -252,7 +292,6 @@ def test_greedy_sample_equals_transformers_generate(llama_with_tokenizer, capsys
 
 
 def test_training_continues_from_converted_weights(llama_with_tokenizer, data_dir, tmp_path):
-    from meshtrain.trainer.config import load_experiment
     from meshtrain.trainer.run.train import train
 
     root = llama_with_tokenizer
@@ -281,7 +320,6 @@ def test_training_continues_from_converted_weights(llama_with_tokenizer, data_di
 
 
 def test_a_run_resumes_after_the_weights_it_started_from_are_gone(llama_with_tokenizer, data_dir, tmp_path):
-    from meshtrain.trainer.config import load_experiment
     from meshtrain.trainer.run.train import train
 
     weights = shutil.copytree(llama_with_tokenizer / "mt", tmp_path / "weights")
@@ -302,7 +340,6 @@ def test_a_run_resumes_after_the_weights_it_started_from_are_gone(llama_with_tok
 
 
 def test_meshtrain_to_meshtrain_casts_reshards_and_resumes(llama_with_tokenizer, data_dir, tmp_path, capsys):
-    from meshtrain.trainer.config import load_experiment
     from meshtrain.trainer.run.train import train
 
     root = llama_with_tokenizer
@@ -471,7 +508,6 @@ def test_failed_verify_writes_nothing(hf_llama, tmp_path, capsys):
 
 
 def test_a_model_no_family_expresses_is_refused(small_model, tmp_path, capsys, data_dir):
-    from meshtrain.trainer.config import load_experiment
     from meshtrain.trainer.run.train import train
 
     run = tmp_path / "palm"
