@@ -22,6 +22,7 @@ from meshtrain.sharding.mesh import MESH_AXES
 from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec, efficiency_family, hardware_spec
 from meshtrain.trainer.config.loader import load_experiment
 from meshtrain.trainer.config.paths import CONFIG_DIR
+from meshtrain.trainer.config.presets import preset_names
 from meshtrain.trainer.config.yamlio import read_yaml_mapping
 from meshtrain.trainer.errors import ConfigError
 from meshtrain.trainer.planning.calibrate import Observation
@@ -191,11 +192,14 @@ def _row(row: Any, models: Mapping[str, Any], sources: Mapping[str, str], where:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (a row may say: {', '.join(ROW_KEYS)})")
     model_key, source = need("model"), need("source")
-    if model_key not in models:
-        raise ConfigError(f"{where}: model={model_key!r} is not under models: ({', '.join(models)})")
+    if model_key not in models and model_key not in preset_names():
+        raise ConfigError(
+            f"{where}: model={model_key!r} is neither under models: ({', '.join(models)}) "
+            f"nor a model preset ({', '.join(preset_names())})"
+        )
     if source not in sources:
         raise ConfigError(f"{where}: source={source!r} is not under sources: ({', '.join(sources)})")
-    fields = models[model_key]
+    fields = models.get(model_key, {"preset": model_key})
     if not isinstance(fields, Mapping) or "preset" not in fields:
         raise ConfigError(f"{where}: models.{model_key}: expected a mapping with a preset and model fields")
     fields = dict(fields)
