@@ -402,7 +402,28 @@ def test_a_fitted_matmul_ceiling_is_marked_and_checked():
     with pytest.raises(ConfigError, match=r"matmul_ceiling_fitted='yes', expected true or false"):
         hardware_spec("tpu-v4", {"matmul_ceiling_fitted": "yes"})
     with pytest.raises(ConfigError, match=r"matmul_ceiling_fitted is true but there is no matmul_ceiling"):
-        hardware_spec("v100", {"matmul_ceiling_fitted": True})
+        hardware_spec("tpu-v3", {"matmul_ceiling_fitted": True})
+
+
+def test_a_kind_nobody_measured_plans_at_its_familys_lowest_matmul_ceiling():
+    """TPU v3 has no published shape search and no published run with its layout: the performance model
+    runs its matmuls at the lowest ceiling of the TPU kinds (v4's, fitted), not at the best kind's 1.0,
+    so a plan on it promises no more than a measured sibling. A kind with its own ceiling keeps it; a
+    family with none (cpu) runs at 1.0."""
+    from meshtrain.trainer.config.hardware import efficiency_family, hardware_kinds, hardware_spec, matmul_ceiling
+    from meshtrain.trainer.planning.chip_rates import ChipRates
+
+    specs = [hardware_spec(kind) for kind in hardware_kinds()]
+    tpu_ceilings = [s.matmul_ceiling for s in specs if s.efficiency_family == "tpu" and s.matmul_ceiling is not None]
+    v3 = hardware_spec("tpu-v3")
+    assert v3.matmul_ceiling is None and matmul_ceiling(v3) == min(tpu_ceilings) < max(tpu_ceilings)
+    assert matmul_ceiling(v3) == hardware_spec("tpu-v4").matmul_ceiling
+    family = efficiency_family(v3)
+    chip = ChipRates(v3, family, v3.peak_bf16_flops, v3.hbm_bandwidth_bytes_per_s)
+    assert chip.matmul_flops == pytest.approx(v3.peak_bf16_flops * min(tpu_ceilings) * family.matmul_efficiency)
+    for kind in ("h100", "v100", "tpu-v5e"):
+        assert matmul_ceiling(hardware_spec(kind)) == hardware_spec(kind).matmul_ceiling
+    assert hardware_spec("cpu").matmul_ceiling is None and matmul_ceiling(hardware_spec("cpu")) == 1.0
 
 
 def test_unknown_hardware_kind_lists_known_kinds():

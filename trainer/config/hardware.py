@@ -67,7 +67,7 @@ class HardwareSpec:
     ici_chips_max: int | None = None
     dcn_bandwidth_bytes_per_s: float | None = None
     matmul_tile: int | None = None
-    matmul_ceiling: float | None = None  # best bf16 matmul / peak; None: neither measured nor fitted (1.0)
+    matmul_ceiling: float | None = None  # best bf16 matmul / peak; None: not known, see matmul_ceiling()
     matmul_ceiling_fitted: bool = False  # the ceiling was fitted to the kind's published runs, not measured
 
 
@@ -278,6 +278,21 @@ def efficiency_family(spec: HardwareSpec) -> EfficiencyFamily:
             f"{', '.join(families) or '(none defined)'}"
         )
     return families[spec.efficiency_family]
+
+
+def matmul_ceiling(spec: HardwareSpec) -> float:
+    """The share of its peak the kind's best matmul reaches: measured or fitted (hardware.yaml), or, for a
+    kind with neither (no shape search and no published run with a layout), the lowest of its efficiency
+    family's kinds, so that a plan on a chip nobody measured promises no more than its least capable
+    measured sibling; 1.0 in a family with none."""
+    if spec.matmul_ceiling is not None:
+        return spec.matmul_ceiling
+    siblings = [
+        other.matmul_ceiling
+        for other in _table().values()
+        if other.efficiency_family == spec.efficiency_family and other.matmul_ceiling is not None
+    ]
+    return min(siblings, default=1.0)
 
 
 def hardware_kinds() -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec
+from meshtrain.trainer.config.hardware import EfficiencyFamily, HardwareSpec, matmul_ceiling
 
 
 class ChipRates:
@@ -20,7 +20,7 @@ class ChipRates:
     def __init__(self, spec: HardwareSpec, family: EfficiencyFamily, peak_flops: float, hbm_bytes_per_s: float):
         self.family = family
         # The kind's matmul ceiling (its silicon and power limit, measured or fitted), then the family's software.
-        self.matmul_flops = peak_flops * (spec.matmul_ceiling or 1.0) * family.matmul_efficiency
+        self.matmul_flops = peak_flops * matmul_ceiling(spec) * family.matmul_efficiency
         self.hbm = hbm_bytes_per_s * family.hbm_efficiency
         self.tile = spec.matmul_tile or 1
 
